@@ -1,0 +1,46 @@
+"""The `seqrec` command: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from seqrec.shared.logs import configure_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seqrec", description="Hybrid BERT4Rec sequential recommender")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    from seqrec.services.trainer.cli import add_train_arguments, run_train
+
+    train = sub.add_parser("train", help="train on an interaction file and write a versioned bundle")
+    add_train_arguments(train)
+    train.set_defaults(func=run_train)
+
+    verify = sub.add_parser("verify", help="check a bundle's manifest and checksums")
+    verify.add_argument("bundle")
+    verify.set_defaults(func=run_verify)
+    return parser
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from seqrec.shared.bundle import Bundle, BundleError
+
+    try:
+        bundle = Bundle.open(args.bundle)
+    except BundleError as exc:
+        print(f"seqrec verify: {exc}", file=sys.stderr)
+        return 1
+    print(f"ok: bundle {bundle.version}, {len(bundle.manifest['files'])} files verified")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

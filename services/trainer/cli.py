@@ -1,0 +1,83 @@
+"""`seqrec train`: the command-line front of the trainer pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any
+
+from seqrec.shared.config import (
+    PRESETS,
+    SAMPLING_STRATEGIES,
+    ConfigError,
+    DataConfig,
+    Hyperparameters,
+    TrainConfig,
+    build_hparams,
+)
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Data flags, then one flag per hyperparameter (named after the field, defaults from the spec)."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", required=True, help="interactions file (.csv, .tsv or .parquet)")
+    data.add_argument("--user-col", default="user_id")
+    data.add_argument("--item-col", default="item_id")
+    data.add_argument("--time-col", default="timestamp", help="numbers or ISO date strings")
+    data.add_argument("--meta-cols", default="", help="comma-separated item metadata columns")
+    data.add_argument("--name-col", default=None, help="display-name column")
+    data.add_argument("--items", default=None, help="item table joined on the item column")
+    data.add_argument("--min-user-interactions", type=int, default=0, help="iterative k-core minimum per user")
+    data.add_argument("--min-item-interactions", type=int, default=0, help="iterative k-core minimum per item")
+    hp = parser.add_argument_group("hyperparameters (default: the spec's, or the preset's)")
+    hp.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    for f in dataclasses.fields(Hyperparameters):
+        flag = "--" + f.name.replace("_", "-")
+        kind = {bool: _bool, int: int, float: float, str: str}[type(f.default)]
+        extra: dict[str, Any] = {"choices": SAMPLING_STRATEGIES} if f.name == "sampling" else {}
+        if kind is _bool:
+            extra.update(nargs="?", const=True)
+        hp.add_argument(flag, type=kind, default=None, help=f"default {f.default}", **extra)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--out", default="bundles", help="directory that receives the versioned bundle")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Hyperparameters)}
+    meta_cols = tuple(c.strip() for c in args.meta_cols.split(",") if c.strip())
+    data = DataConfig(data=args.data, user_col=args.user_col, item_col=args.item_col, time_col=args.time_col,
+                      meta_cols=meta_cols, name_col=args.name_col, items=args.items,
+                      min_user_interactions=args.min_user_interactions,
+                      min_item_interactions=args.min_item_interactions)
+    return TrainConfig(data=data, hparams=build_hparams(args.preset, **overrides), seed=args.seed, preset=args.preset)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from seqrec.services.trainer.data import DataError
+    from seqrec.services.trainer.pipeline import run_training
+    from seqrec.services.trainer.train import TrainingError
+
+    try:
+        cfg = config_from_args(args)
+        path, metrics = run_training(cfg, args.out, progress=not args.no_progress)
+    except (ConfigError, DataError, TrainingError) as exc:
+        print(f"seqrec train: error: {exc}", file=sys.stderr)
+        return 2
+    for warning in metrics["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    summary = {"bundle": str(path), "valid": metrics["valid"], "test": metrics["test"],
+               "epochs": metrics["epochs"], "train_seconds": metrics["train_seconds"]}
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,81 @@
+"""Full-ranking evaluation: every catalog item is scored for every user (no sampled negatives).
+
+Inputs go through `seqrec.shared.history.encode_histories`, the function the ranker serves with,
+so offline metrics measure exactly what serving computes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from seqrec.services.trainer.model import BERT4Rec
+from seqrec.services.trainer.split import EvalSet
+from seqrec.shared.history import encode_histories
+from seqrec.shared.metrics import ranking_metrics
+
+SAMPLED_NEGATIVES = 100
+
+
+@torch.no_grad()
+def score_histories(model: BERT4Rec, histories: list[np.ndarray], mask_index: int,
+                    batch_size: int = 256) -> np.ndarray:
+    """Logits [len(histories), n_items] for items 1..n_items (column j is item index j + 1)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    vectors = model.item_vectors()[1:mask_index]  # items only: no padding, no [MASK]
+    out = []
+    for start in range(0, len(histories), batch_size):
+        ids = encode_histories(histories[start:start + batch_size], model.cfg.max_len, mask_index)
+        intent = model(torch.from_numpy(ids).to(device))
+        out.append((intent @ vectors.T).float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, mask_index - 1), dtype=np.float32)
+
+
+def _sampled_ranks(scores: np.ndarray, eval_set: EvalSet, popularity: np.ndarray,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Rank of the target among 100 popularity-sampled negatives the user has not seen."""
+    cdf = np.cumsum(popularity[1:] + 1e-12)
+    cdf /= cdf[-1]
+    ranks = np.empty(len(eval_set), dtype=np.int64)
+    n_items = len(cdf)
+    for row, (history, target) in enumerate(zip(eval_set.inputs, eval_set.targets, strict=True)):
+        excluded = set(history.tolist()) | {int(target)}
+        chosen: list[int] = []
+        seen_draws: set[int] = set()
+        while len(chosen) < SAMPLED_NEGATIVES and len(excluded) + len(seen_draws) < n_items:
+            draws = np.searchsorted(cdf, rng.random(2 * SAMPLED_NEGATIVES)) + 1
+            for item in draws.tolist():
+                if item not in excluded and item not in seen_draws:
+                    seen_draws.add(item)
+                    chosen.append(item)
+                    if len(chosen) == SAMPLED_NEGATIVES:
+                        break
+        target_score = scores[row, target - 1]
+        ranks[row] = int((scores[row, np.asarray(chosen, dtype=np.int64) - 1] > target_score).sum())
+    return ranks
+
+
+def evaluate(model: BERT4Rec, eval_set: EvalSet, mask_index: int, exclude_seen: bool = False,
+             popularity: np.ndarray | None = None, seed: int = 0, batch_size: int = 256) -> dict[str, float]:
+    """HR@{1,5,10,20}, NDCG@{1,5,10,20} and MRR by full ranking; `sampled_*` with `popularity` given."""
+    if len(eval_set) == 0:
+        return {}
+    scores = score_histories(model, eval_set.inputs, mask_index, batch_size)
+    rows = np.arange(len(eval_set))
+    target_cols = eval_set.targets - 1
+    target_scores = scores[rows, target_cols].copy()
+    if exclude_seen:
+        for row, history in enumerate(eval_set.inputs):
+            scores[row, history - 1] = -np.inf
+        scores[rows, target_cols] = target_scores  # the target itself is never excluded
+    ranks = (scores > target_scores[:, None]).sum(axis=1)
+    metrics = ranking_metrics(ranks)
+    metrics["users"] = float(len(eval_set))
+    if popularity is not None:
+        sampled = ranking_metrics(_sampled_ranks(scores, eval_set, popularity, np.random.default_rng(seed)),
+                                  cutoffs=(10,))
+        metrics.update({f"sampled100_{k}": v for k, v in sampled.items()})
+    return metrics

@@ -1,0 +1,58 @@
+"""Losses at masked positions only: full softmax cross-entropy, or sampled softmax with log-Q correction.
+
+Only the P masked positions are projected and scored, so memory grows with P × (negatives + 1),
+never with batch × length × catalog.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class NegativeSampler:
+    """Draws negatives from the training item frequency (plus one, so every item can be drawn).
+
+    Popularity-proportional negatives are harder than uniform ones; the log-Q correction
+    (subtract log q(item) from every sampled logit) keeps the estimate unbiased for the full softmax.
+    """
+
+    def __init__(self, item_counts: torch.Tensor, n_items: int):
+        weights = item_counts[1 : n_items + 1].double() + 1.0  # items are indices 1..n_items
+        self.probs = (weights / weights.sum()).float()
+        self.log_q = torch.zeros(item_counts.shape[0])
+        self.log_q[1 : n_items + 1] = self.probs.log()
+        self._cdf = torch.cumsum(weights / weights.sum(), dim=0).float()
+        self._cdf[-1] = 1.0
+
+    def to(self, device: torch.device) -> NegativeSampler:
+        self.probs, self.log_q, self._cdf = self.probs.to(device), self.log_q.to(device), self._cdf.to(device)
+        return self
+
+    def sample(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Item indices (1..n_items) drawn with replacement, in `shape`."""
+        u = torch.rand(shape, generator=generator, device=self._cdf.device)
+        return torch.searchsorted(self._cdf, u, right=True).clamp_(max=len(self._cdf) - 1) + 1
+
+
+def full_softmax_loss(out: torch.Tensor, item_vectors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over every item index; `out` (P, C+1) intents, labels (P,)."""
+    logits = out @ item_vectors.T
+    return F.cross_entropy(logits, labels)
+
+
+def sampled_softmax_loss(out: torch.Tensor, item_vectors: torch.Tensor, labels: torch.Tensor,
+                         sampler: NegativeSampler, n_negatives: int,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Softmax over the positive and `n_negatives` sampled negatives per position, log-Q corrected.
+
+    A negative that happens to equal its positive ("accidental hit") is removed from the softmax.
+    """
+    negatives = sampler.sample((labels.shape[0], n_negatives), generator)  # (P, N)
+    candidates = torch.cat([labels[:, None], negatives], dim=1)  # (P, 1+N)
+    vectors = item_vectors[candidates]  # (P, 1+N, C+1)
+    logits = torch.einsum("pc,pnc->pn", out, vectors) - sampler.log_q[candidates]
+    hit = torch.zeros_like(candidates, dtype=torch.bool)
+    hit[:, 1:] = negatives == labels[:, None]
+    logits = logits.masked_fill(hit, float("-inf"))
+    return F.cross_entropy(logits, torch.zeros_like(labels))

@@ -1,0 +1,58 @@
+"""Cloze masking on tensors (no per-sample Python loops).
+
+Invariants (unit-tested): padding is never masked; every sequence has at least one masked item;
+a sequence with two or more items keeps at least one unmasked; a `last_item_share` of sequences
+masks only their newest item, the position serving predicts.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from seqrec.shared.vocab import PAD_INDEX
+
+
+def _pick_one(candidates: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One-hot [B, L] of a uniformly random True position per row of `candidates` (rows with any)."""
+    noise = torch.rand(candidates.shape, generator=generator, device=candidates.device)
+    noise = torch.where(candidates, noise + 1.0, torch.zeros_like(noise))
+    choice = noise.argmax(dim=1, keepdim=True)
+    return torch.zeros_like(candidates).scatter_(1, choice, True) & candidates
+
+
+def cloze_mask(
+    seqs: torch.Tensor,
+    mask_ratio: float,
+    mask_index: int,
+    n_items: int,
+    last_item_share: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (inputs, labels) for a left-padded batch `seqs` [B, L] of item indices.
+
+    labels hold the original item at masked positions and PAD_INDEX (ignored) elsewhere. Masked
+    positions become [MASK] 80% of the time, a random item 10%, and stay unchanged 10%.
+    """
+    device = seqs.device
+    real = seqs != PAD_INDEX
+    rand = lambda: torch.rand(seqs.shape, generator=generator, device=device)  # noqa: E731
+    masked = (rand() < mask_ratio) & real
+
+    n_real = real.sum(dim=1, keepdim=True)
+    all_masked = (masked.sum(dim=1, keepdim=True) == n_real) & (n_real > 1)
+    masked = masked & ~(all_masked & _pick_one(masked, generator))
+    none_masked = masked.sum(dim=1, keepdim=True) == 0
+    masked = masked | (none_masked & _pick_one(real, generator))
+
+    if last_item_share > 0:
+        last_only = torch.rand((seqs.shape[0], 1), generator=generator, device=device) < last_item_share
+        last_slot = torch.zeros_like(masked)
+        last_slot[:, -1] = True
+        masked = torch.where(last_only, last_slot & real, masked)
+
+    labels = torch.where(masked, seqs, torch.full_like(seqs, PAD_INDEX))
+    action = rand()
+    random_items = torch.randint(1, n_items + 1, seqs.shape, generator=generator, device=device)
+    inputs = torch.where(masked & (action < 0.8), torch.full_like(seqs, mask_index), seqs)
+    inputs = torch.where(masked & (action >= 0.8) & (action < 0.9), random_items, inputs)
+    return inputs, labels

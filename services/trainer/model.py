@@ -1,0 +1,126 @@
+"""BERT4Rec: a bidirectional Transformer encoder over item sequences, trained with the Cloze task.
+
+Scoring contract shared with serving: `intent(ids)` [B, D+1] · `item_vectors()` [n_indices, D+1]
+is exactly the model's logit for every item, because the output bias is folded into the last
+dimension (the intent carries a constant 1 there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqrec.shared.vocab import PAD_INDEX
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_indices: int  # embedding rows: padding, items, [MASK]
+    max_len: int = 50  # positions, the [MASK] slot included
+    hidden_size: int = 64  # model width
+    depth: int = 2  # encoder blocks
+    heads: int = 4  # attention heads; hidden_size % heads == 0
+    dropout: float = 0.1  # dropout everywhere
+    weight_tying: bool = False  # output item vectors share the input embedding table
+    use_attention_mask: bool = True  # keys at padding positions are not attended
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.heads = cfg.heads
+        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
+        self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        b, t, c = x.shape  # (B, T, C)
+        q, k, v = self.qkv(x).split(c, dim=2)
+        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))  # (B, H, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(b, t, c)
+        return self.resid_drop(self.proj(y))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(cfg.hidden_size, 4 * cfg.hidden_size), nn.GELU(),
+                                 nn.Linear(4 * cfg.hidden_size, cfg.hidden_size), nn.Dropout(cfg.dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm Transformer block (stable without warm-up)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.hidden_size)
+        self.attn = SelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.hidden_size)
+        self.ff = FeedForward(cfg)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), key_mask)
+        return x + self.ff(self.ln2(x))
+
+
+class BERT4Rec(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.hidden_size
+        self.item_emb = nn.Embedding(cfg.n_indices, d, padding_idx=PAD_INDEX)
+        self.pos_emb = nn.Embedding(cfg.max_len, d)
+        self.emb_norm = nn.LayerNorm(d)
+        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.final_norm = nn.LayerNorm(d)
+        # BERT's masked-LM head transform: dense → GELU → LayerNorm, then dot with item vectors.
+        self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
+        self.out_emb = None if cfg.weight_tying else nn.Embedding(cfg.n_indices, d)
+        self.out_bias = nn.Parameter(torch.zeros(cfg.n_indices))
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def output_weight(self) -> torch.Tensor:
+        return self.item_emb.weight if self.out_emb is None else self.out_emb.weight
+
+    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        """Hidden states (B, T, C) for left-padded ids (B, T), T <= max_len.
+
+        Positions count back from the last slot, so the newest slot is always position max_len - 1.
+        """
+        t = ids.shape[1]
+        pos = torch.arange(self.cfg.max_len - t, self.cfg.max_len, device=ids.device)
+        x = self.emb_drop(self.emb_norm(self.item_emb(ids) + self.pos_emb(pos)))
+        key_mask = (ids != PAD_INDEX)[:, None, None, :] if self.cfg.use_attention_mask else None  # (B,1,1,T)
+        for block in self.blocks:
+            x = block(x, key_mask)
+        return self.final_norm(x)
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states at predicted positions (…, C) → output space (…, C)."""
+        return self.head(hidden)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Intent vectors (B, C+1) at the last slot ([MASK] at serving); the extra 1 carries the bias."""
+        h = self.project(self.encode(ids)[:, -1, :])
+        return torch.cat([h, torch.ones_like(h[:, :1])], dim=1)
+
+    def item_vectors(self) -> torch.Tensor:
+        """(n_indices, C+1): output item vectors with the bias folded in as the last column."""
+        return torch.cat([self.output_weight(), self.out_bias[:, None]], dim=1)

@@ -1,0 +1,141 @@
+"""From a training config to an evaluated, exported, verified bundle. The CLI and the service both call this."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import logging
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seqrec.services.trainer.data import Interactions, load_interactions
+from seqrec.services.trainer.evaluate import evaluate
+from seqrec.services.trainer.export import INPUT_NAME, OUTPUT_NAME, export_encoder
+from seqrec.services.trainer.model import BERT4Rec, ModelConfig
+from seqrec.services.trainer.report import markdown_report, plot_curves, training_warnings
+from seqrec.services.trainer.split import EvalSet, leave_one_out, training_windows
+from seqrec.services.trainer.train import EpochRecord, TrainingError, history_as_dicts, train_model
+from seqrec.shared import bundle as b
+from seqrec.shared.config import TrainConfig, validate_data_config, validate_hparams
+from seqrec.shared.metrics import ranking_metrics
+from seqrec.shared.vocab import PAD_INDEX
+
+log = logging.getLogger(__name__)
+LIBRARIES = ("torch", "numpy", "pandas", "onnx", "onnxscript", "seqrec")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def popularity_metrics(counts: np.ndarray, eval_set: EvalSet) -> dict[str, float]:
+    """Full-ranking metrics of the global-popularity baseline (same ranking rule as the model)."""
+    item_scores = counts[1:].astype(np.float64)
+    target_scores = item_scores[eval_set.targets - 1]
+    ranks = (item_scores[None, :] > target_scores[:, None]).sum(axis=1)
+    return ranking_metrics(ranks)
+
+
+def _write_bundle(writer: b.BundleWriter, cfg: TrainConfig, model: BERT4Rec, data: Interactions,
+                  counts: np.ndarray, metrics: dict[str, Any], history: list[EpochRecord],
+                  warnings: list[str]) -> None:
+    export_encoder(model, writer.path(b.ENCODER))
+    with torch.no_grad():
+        writer.write_array(b.ITEM_VECTORS, model.item_vectors().float().cpu().numpy())
+    data.vocab.save(writer.path(b.VOCAB))
+    writer.write_array(b.POPULARITY, counts.astype(np.int64))
+    if data.items:
+        writer.write_jsonl(b.ITEMS, ({"item_id": item, "display_name": info.display_name, "meta": info.meta}
+                                     for item, info in data.items.items() if item in data.vocab))
+    writer.write_jsonl(b.HISTORIES, ({"user_id": user, "items": data.vocab.decode(seq), "timestamps": ts}
+                                     for user, seq, ts in zip(data.user_ids, data.sequences, data.timestamps,
+                                                              strict=True)))
+    writer.write_json(b.METRICS, metrics)
+    writer.write_json("training_history.json", history_as_dicts(history))
+    plot_curves(history, writer.path("training_curves.png"), f"seqrec bundle {writer.version}")
+    writer.path("report.md").write_text(markdown_report(writer.version, cfg, data.stats, metrics, warnings))
+
+
+def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
+                 on_epoch: Callable[[EpochRecord], None] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Train, evaluate, export and write a bundle; returns its path and the summary (metrics.json)."""
+    validate_data_config(cfg.data)
+    validate_hparams(cfg.hparams)
+    hp = cfg.hparams
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    data = load_interactions(cfg.data)
+    lengths = np.array([len(s) for s in data.sequences])
+    data.stats["share_users_below_5"] = float((lengths < 5).mean())
+    data.stats["mean_sequence_length"] = float(lengths.mean())
+    split = leave_one_out(data.sequences)
+    windows = training_windows(split.train, hp.max_len, hp.window_stride, hp.sampling)
+    if len(windows) == 0:
+        raise TrainingError("no training sequence has two or more items; every user needs at least 2 "
+                            "interactions before validation and test (4 in all)")
+    n_items = data.vocab.n_items
+    train_counts = np.bincount(np.concatenate(split.train), minlength=data.vocab.n_indices)
+    log.info("training on %d windows from %d users, %d items", len(windows), len(data.user_ids), n_items)
+
+    model = BERT4Rec(ModelConfig(n_indices=data.vocab.n_indices, max_len=hp.max_len, hidden_size=hp.hidden_size,
+                                 depth=hp.depth, heads=hp.heads, dropout=hp.dropout, weight_tying=hp.weight_tying,
+                                 use_attention_mask=hp.use_attention_mask))
+    try:
+        result = train_model(model, windows, split, hp, n_items, train_counts, cfg.seed, on_epoch, progress)
+    except torch.OutOfMemoryError as exc:
+        raise TrainingError(f"out of memory: lower batch_size ({hp.batch_size}), negative_samples "
+                            f"({hp.negative_samples}) or max_len ({hp.max_len}) ({exc})") from exc
+
+    mask_index = data.vocab.mask_index
+    test = evaluate(result.model, split.test, mask_index, popularity=train_counts, seed=cfg.seed)
+    metrics: dict[str, Any] = {
+        "valid": evaluate(result.model, split.valid, mask_index),
+        "test": test,
+        "test_seen_excluded": evaluate(result.model, split.test, mask_index, exclude_seen=True),
+        "popularity_test": popularity_metrics(train_counts, split.test),
+        "epochs": len(result.history),
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "train_seconds": round(result.train_seconds, 3),
+        "device": result.device,
+        "data": data.stats,
+    }
+    warnings = training_warnings(cfg, data.stats, result.history, result.best_epoch, test,
+                                 metrics["popularity_test"], result.stopped_early, result.device)
+    metrics["warnings"] = warnings
+
+    writer = b.BundleWriter(Path(out_dir))
+    try:
+        all_counts = np.bincount(np.concatenate(data.sequences), minlength=data.vocab.n_indices)
+        _write_bundle(writer, cfg, result.model, data, all_counts, metrics, result.history, warnings)
+        path = writer.commit({
+            "config": cfg.to_dict(),
+            "model": dataclasses.asdict(result.model.cfg),
+            "max_len": hp.max_len,
+            "pad_index": PAD_INDEX,
+            "mask_index": mask_index,
+            "n_items": n_items,
+            "dim": hp.hidden_size + 1,
+            "encoder": {"input": INPUT_NAME, "input_dtype": "int64", "input_shape": ["batch", "length<=max_len"],
+                        "output": OUTPUT_NAME, "output_dtype": "float32", "output_shape": ["batch", "dim"],
+                        "layout": "history oldest→newest, then mask_index; left-padded with pad_index",
+                        "score": "intent · item_vectors[i] is the logit of item index i"},
+            "libraries": _versions(),
+        })
+    except BaseException:
+        writer.abort()
+        raise
+    b.Bundle.open(path)  # verify what was written
+    return path, metrics

@@ -1,0 +1,153 @@
+"""The training loop: Cloze batches, AdamW, clipping, validation, early stopping, best weights restored."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from seqrec.services.trainer.evaluate import evaluate
+from seqrec.services.trainer.losses import NegativeSampler, full_softmax_loss, sampled_softmax_loss
+from seqrec.services.trainer.masking import cloze_mask
+from seqrec.services.trainer.model import BERT4Rec
+from seqrec.services.trainer.split import LeaveOneOut
+from seqrec.shared.config import Hyperparameters
+
+log = logging.getLogger(__name__)
+PROBE_USERS = 1000  # users in the train-side probe used to spot overfitting
+
+
+class TrainingError(RuntimeError):
+    """Training could not continue; the message says why and what to change."""
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    seconds: float
+    sequences_per_s: float
+    positions_per_s: float
+    valid: dict[str, float] = field(default_factory=dict)
+    train_probe: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    model: BERT4Rec
+    history: list[EpochRecord]
+    best_epoch: int
+    best_valid: dict[str, float]
+    train_seconds: float
+    stopped_early: bool
+    device: str
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_model(
+    model: BERT4Rec,
+    windows: np.ndarray,
+    split: LeaveOneOut,
+    hp: Hyperparameters,
+    n_items: int,
+    item_counts: np.ndarray,
+    seed: int,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` on left-padded `windows` and keep the weights with the best validation NDCG@10."""
+    device = pick_device()
+    model.to(device)
+    mask_index = n_items + 1
+    generator = torch.Generator(device=device).manual_seed(seed)
+    shuffle_rng = np.random.default_rng(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    sampler = NegativeSampler(torch.as_tensor(item_counts), n_items).to(device) if hp.negative_samples else None
+    data = torch.from_numpy(windows)
+    if device.type == "cuda":
+        data = data.pin_memory()
+    real_positions = int((windows != 0).sum())
+    probe = type(split.train_probe)(split.train_probe.inputs[:PROBE_USERS], split.train_probe.targets[:PROBE_USERS])
+
+    history: list[EpochRecord] = []
+    best_ndcg, best_epoch, best_state, best_valid = -1.0, 0, None, {}
+    train_seconds, stale, stopped_early = 0.0, 0, False
+    for epoch in range(1, hp.epochs + 1):
+        model.train()
+        order = torch.from_numpy(shuffle_rng.permutation(len(data)))
+        n_batches = math.ceil(len(data) / hp.batch_size)
+        bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{hp.epochs}", unit="batch", leave=False,
+                   disable=not progress, dynamic_ncols=True)
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        for b in bar:
+            batch = data[order[b * hp.batch_size:(b + 1) * hp.batch_size]].to(device, non_blocking=True)
+            inputs, labels = cloze_mask(batch, hp.mask_ratio, mask_index, n_items, hp.last_item_mask_share,
+                                        generator)
+            where = labels != 0
+            hidden = model.encode(inputs)[where]  # (P, C): masked positions only
+            out = model.project(hidden)
+            out = torch.cat([out, torch.ones_like(out[:, :1])], dim=1)
+            targets = labels[where]
+            vectors = model.item_vectors()
+            if sampler is None:
+                loss = full_softmax_loss(out, vectors, targets)
+            else:
+                loss = sampled_softmax_loss(out, vectors, targets, sampler, hp.negative_samples, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if hp.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
+            optimizer.step()
+            loss_sum += loss.detach()
+            if progress and (b % 10 == 0 or b == n_batches - 1):
+                bar.set_postfix(loss=f"{loss_sum.item() / (b + 1):.4f}")
+        seconds = time.perf_counter() - started
+        train_seconds += seconds
+        mean_loss = loss_sum.item() / max(n_batches, 1)
+        if not math.isfinite(mean_loss):
+            raise TrainingError(f"loss became {mean_loss} in epoch {epoch}: keep gradient clipping on "
+                                f"(grad_clip={hp.grad_clip}) and lower the learning rate (lr={hp.lr}, try {hp.lr / 10:g})")
+        record = EpochRecord(epoch=epoch, loss=mean_loss, seconds=seconds,
+                             sequences_per_s=len(data) / seconds, positions_per_s=real_positions / seconds)
+        if epoch % hp.eval_every == 0 or epoch == hp.epochs:
+            record.valid = evaluate(model, split.valid, mask_index)
+            record.train_probe = evaluate(model, probe, mask_index)
+            ndcg = record.valid.get("ndcg@10", 0.0)
+            if ndcg > best_ndcg:
+                best_ndcg, best_epoch, best_valid, stale = ndcg, epoch, record.valid, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+        history.append(record)
+        bar.close()
+        if progress:
+            tqdm.write(f"epoch {epoch:>3}  loss {mean_loss:.4f}  valid HR@10 {record.valid.get('hr@10', float('nan')):.4f}"
+                       f"  NDCG@10 {record.valid.get('ndcg@10', float('nan')):.4f}  {record.sequences_per_s:,.0f} seq/s"
+                       f"  ({seconds:.1f}s)")
+        if on_epoch:
+            on_epoch(record)
+        if stale >= hp.patience:
+            stopped_early = True
+            log.info("early stop: no validation NDCG@10 gain for %d evaluations", stale)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(model=model, history=history, best_epoch=best_epoch, best_valid=best_valid,
+                       train_seconds=train_seconds, stopped_early=stopped_early, device=str(device))
+
+
+def history_as_dicts(history: list[EpochRecord]) -> list[dict[str, Any]]:
+    return [r.__dict__ for r in history]

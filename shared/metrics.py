@@ -1,0 +1,33 @@
+"""Ranking metrics from full-catalog scores: HR@K, NDCG@K and MRR.
+
+rank = number of catalog items scored strictly higher than the target (0 is best), the same
+rule as the peer benchmark runners, so ties never flatter the model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CUTOFFS = (1, 5, 10, 20)
+
+
+def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Rank of each row's target column among all columns of `scores` [B, n]."""
+    scores = np.nan_to_num(np.asarray(scores, dtype=np.float32), nan=-np.inf)
+    rows = np.arange(scores.shape[0])
+    target_scores = scores[rows, targets][:, None]
+    return (scores > target_scores).sum(axis=1)
+
+
+def ranking_metrics(ranks: np.ndarray, cutoffs: tuple[int, ...] = CUTOFFS) -> dict[str, float]:
+    """HR@K, NDCG@K for every cutoff and MRR, averaged over users."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if ranks.size == 0:
+        return {}
+    out: dict[str, float] = {}
+    for k in cutoffs:
+        hit = ranks < k
+        out[f"hr@{k}"] = float(hit.mean())
+        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+    out["mrr"] = float((1.0 / (ranks + 1.0)).mean())
+    return out
