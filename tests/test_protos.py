@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from google.protobuf import descriptor_pb2
 from google.protobuf.message import Message
+
 from seqrec.proto.v1 import (
     common_pb2,
     embedder_pb2,

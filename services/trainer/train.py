@@ -118,7 +118,8 @@ def train_model(
         mean_loss = loss_sum.item() / max(n_batches, 1)
         if not math.isfinite(mean_loss):
             raise TrainingError(f"loss became {mean_loss} in epoch {epoch}: keep gradient clipping on "
-                                f"(grad_clip={hp.grad_clip}) and lower the learning rate (lr={hp.lr}, try {hp.lr / 10:g})")
+                                f"(grad_clip={hp.grad_clip}) and lower the learning rate "
+                                f"(lr={hp.lr}, try {hp.lr / 10:g})")
         record = EpochRecord(epoch=epoch, loss=mean_loss, seconds=seconds,
                              sequences_per_s=len(data) / seconds, positions_per_s=real_positions / seconds)
         if epoch % hp.eval_every == 0 or epoch == hp.epochs:
@@ -132,10 +133,13 @@ def train_model(
                 stale += 1
         history.append(record)
         bar.close()
+        line = (f"epoch {epoch:>3}  loss {mean_loss:.4f}  valid HR@10 {record.valid.get('hr@10', float('nan')):.4f}"
+                f"  NDCG@10 {record.valid.get('ndcg@10', float('nan')):.4f}  {record.sequences_per_s:,.0f} seq/s"
+                f"  ({seconds:.1f}s)")
         if progress:
-            tqdm.write(f"epoch {epoch:>3}  loss {mean_loss:.4f}  valid HR@10 {record.valid.get('hr@10', float('nan')):.4f}"
-                       f"  NDCG@10 {record.valid.get('ndcg@10', float('nan')):.4f}  {record.sequences_per_s:,.0f} seq/s"
-                       f"  ({seconds:.1f}s)")
+            tqdm.write(line)
+        log.info(line, extra={"epoch": epoch, "loss": mean_loss, "valid_ndcg10": record.valid.get("ndcg@10"),
+                              "valid_hr10": record.valid.get("hr@10"), "seconds": round(seconds, 3)})
         if on_epoch:
             on_epoch(record)
         if stale >= hp.patience:

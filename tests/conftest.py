@@ -1,0 +1,67 @@
+"""Shared fixtures: a small interaction file with real sequential structure, and a bundle trained on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+SERIES, EPISODES = 30, 8
+
+
+def make_series_interactions(n_users: int = 300, seed: int = 0) -> pd.DataFrame:
+    """Users watch whole series episode after episode; which series and where they start is random.
+
+    Item `s{series}e{episode}`; the next item is almost always the next episode, which a sequence
+    model learns and popularity cannot.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(n_users):
+        t = 1_600_000_000 + int(rng.integers(0, 10_000))
+        for series in rng.choice(SERIES, size=int(rng.integers(2, 5)), replace=False):
+            start = int(rng.integers(0, EPISODES // 2))
+            for episode in range(start, EPISODES):
+                t += int(rng.integers(60, 600))
+                rows.append((f"u{user}", f"s{series}e{episode}", t))
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)  # file order is not time order
+
+
+def make_item_table() -> pd.DataFrame:
+    rows = [(f"s{s}e{e}", f"Series {s} episode {e + 1}", ["drama", "comedy", "docs"][s % 3], bool(e % 2))
+            for s in range(SERIES) for e in range(EPISODES)]
+    return pd.DataFrame(rows, columns=["item_id", "title", "genre", "in_stock"])
+
+
+@pytest.fixture(scope="session")
+def series_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "series.csv"
+    make_series_interactions().to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def items_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("items") / "items.csv"
+    make_item_table().to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory: pytest.TempPathFactory, series_csv: Path, items_csv: Path):
+    """A small model trained for real on the series data (shared by the bundle and parity tests)."""
+    from seqrec.services.trainer.pipeline import run_training
+    from seqrec.shared.config import DataConfig, TrainConfig, build_hparams
+
+    cfg = TrainConfig(
+        data=DataConfig(data=str(series_csv), items=str(items_csv), meta_cols=("genre", "in_stock"),
+                        name_col="title"),
+        hparams=build_hparams(max_len=12, hidden_size=32, heads=2, epochs=40, batch_size=64, patience=40, lr=0.003,
+                              negative_samples=50),
+        seed=7,
+    )
+    path, metrics = run_training(cfg, tmp_path_factory.mktemp("bundles"), progress=False)
+    return path, metrics

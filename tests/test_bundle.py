@@ -1,0 +1,133 @@
+"""The bundle: contents, verification, ONNX/torch parity, offline metrics reproduced from the bundle alone."""
+
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from seqrec.services.trainer.export import export_encoder
+from seqrec.services.trainer.model import BERT4Rec, ModelConfig
+from seqrec.shared import bundle as b
+from seqrec.shared.history import encode_histories
+from seqrec.shared.metrics import ranking_metrics
+
+
+@pytest.mark.parametrize("tying,attn_mask", [(False, True), (True, False)])
+def test_onnx_matches_torch_at_several_lengths_with_padding(tmp_path, tying, attn_mask):
+    torch.manual_seed(0)
+    model = BERT4Rec(ModelConfig(n_indices=202, max_len=16, hidden_size=32, heads=4, weight_tying=tying,
+                                 use_attention_mask=attn_mask)).eval()
+    path = export_encoder(model, tmp_path / "encoder.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for lengths in ([1], [3, 7], [15, 2, 9], [40, 1]):
+        histories = [rng.integers(1, 201, size=n).tolist() for n in lengths]
+        ids = encode_histories(histories, 16, 201)
+        onnx_out = session.run(["intent"], {"item_ids": ids})[0]
+        torch_out = model(torch.from_numpy(ids)).detach().numpy()
+        assert onnx_out.shape == (len(lengths), 33)
+        assert np.abs(onnx_out - torch_out).max() <= 1e-4
+        if attn_mask:  # padding is invisible: each row scores the same alone, in a batch, or padded to max_len
+            alone = np.concatenate([session.run(None, {"item_ids": encode_histories([h], 16, 201)})[0]
+                                    for h in histories])
+            full = session.run(None, {"item_ids": encode_histories(histories, 16, 201, pad_to=16)})[0]
+            assert np.abs(alone - onnx_out).max() <= 1e-4
+            assert np.abs(full - onnx_out).max() <= 1e-4
+
+
+def test_bundle_contents(trained_bundle):
+    path, metrics = trained_bundle
+    bundle = b.Bundle.open(path)
+    m = bundle.manifest
+    assert m["format_version"] == b.FORMAT_VERSION and m["bundle_version"] == path.name
+    assert m["pad_index"] == 0 and m["mask_index"] == m["n_items"] + 1 and m["max_len"] == 12
+    for name in (b.ENCODER, b.ITEM_VECTORS, b.VOCAB, b.POPULARITY, b.ITEMS, b.HISTORIES, b.METRICS,
+                 "report.md", "training_curves.png"):
+        assert name in m["files"] and len(m["files"][name]["sha256"]) == 64
+    assert m["config"]["hparams"]["hidden_size"] == 32 and m["libraries"]["torch"]
+    vectors = bundle.item_vectors()
+    assert vectors.dtype == np.float32 and vectors.shape == (m["n_items"] + 2, 33)
+    assert bundle.popularity().shape == (m["n_items"] + 2,)
+    on_disk = bundle.metrics()
+    assert set(on_disk) >= {"valid", "test", "epochs", "train_seconds"}
+    assert on_disk["test"]["ndcg@10"] == pytest.approx(metrics["test"]["ndcg@10"])
+    items = {row["item_id"]: row for row in bundle.iter_jsonl(b.ITEMS)}
+    assert items["s0e0"]["display_name"] == "Series 0 episode 1"
+    assert items["s0e0"]["meta"] == {"genre": "drama", "in_stock": "False"}
+    assert not list(path.glob("*.pkl")) and not list(path.glob("*.pt"))
+
+
+def test_sequence_model_beats_popularity(trained_bundle):
+    _, metrics = trained_bundle
+    assert metrics["test"]["hr@10"] > 0.5
+    assert metrics["test"]["ndcg@10"] > 2 * metrics["popularity_test"]["ndcg@10"]
+
+
+def test_metrics_reproduce_from_the_bundle_alone(trained_bundle):
+    """ONNX Runtime + item_vectors + histories (what serving reads) give the trainer's test metrics."""
+    path, metrics = trained_bundle
+    bundle = b.Bundle.open(path)
+    vocab = bundle.vocab()
+    session = ort.InferenceSession(str(bundle.file(b.ENCODER)), providers=["CPUExecutionProvider"])
+    histories = [vocab.encode(row["items"])[0] for row in bundle.iter_jsonl(b.HISTORIES)]
+    histories = [h for h in histories if len(h) >= 3]
+    inputs, targets = [h[:-1] for h in histories], np.array([h[-1] for h in histories])
+    intent = session.run(None, {"item_ids": encode_histories(inputs, bundle.max_len, bundle.mask_index)})[0]
+    scores = intent @ bundle.item_vectors()[1:bundle.mask_index].T
+    target_scores = scores[np.arange(len(targets)), targets - 1]
+    ranks = (scores > target_scores[:, None] + 1e-5).sum(1)
+    online = ranking_metrics(ranks)
+    assert online["hr@10"] == pytest.approx(metrics["test"]["hr@10"], abs=0.01)
+    assert online["ndcg@10"] == pytest.approx(metrics["test"]["ndcg@10"], abs=0.01)
+
+
+@pytest.fixture
+def bundle_copy(trained_bundle, tmp_path):
+    path = tmp_path / "copy"
+    shutil.copytree(trained_bundle[0], path)
+    return path
+
+
+def test_verification_rejects_a_tampered_file(bundle_copy):
+    vectors = bundle_copy / b.ITEM_VECTORS
+    data = bytearray(vectors.read_bytes())
+    data[-1] ^= 0xFF
+    vectors.write_bytes(bytes(data))
+    with pytest.raises(b.BundleError, match="item_vectors.npy does not match its sha256"):
+        b.Bundle.open(bundle_copy)
+
+
+def test_verification_rejects_a_truncated_file(bundle_copy):
+    encoder = bundle_copy / b.ENCODER
+    encoder.write_bytes(encoder.read_bytes()[:100])
+    with pytest.raises(b.BundleError, match="encoder.onnx has 100 bytes"):
+        b.Bundle.open(bundle_copy)
+
+
+def test_verification_rejects_missing_file_and_wrong_format(bundle_copy):
+    manifest = json.loads((bundle_copy / b.MANIFEST).read_text())
+    manifest["format_version"] = 999
+    (bundle_copy / b.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(b.BundleError, match="format 999 is not supported"):
+        b.Bundle.open(bundle_copy)
+    manifest["format_version"] = b.FORMAT_VERSION
+    (bundle_copy / b.MANIFEST).write_text(json.dumps(manifest))
+    (bundle_copy / b.VOCAB).unlink()
+    with pytest.raises(b.BundleError, match="vocab.json is missing"):
+        b.Bundle.open(bundle_copy)
+
+
+def test_manifest_cannot_point_outside_the_bundle(bundle_copy):
+    manifest = json.loads((bundle_copy / b.MANIFEST).read_text())
+    manifest["files"]["../escape"] = {"sha256": "0" * 64, "bytes": 1}
+    (bundle_copy / b.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(b.BundleError, match="outside the bundle"):
+        b.Bundle.open(bundle_copy)
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(b.BundleError, match="not a bundle"):
+        b.Bundle.open(tmp_path)
