@@ -56,7 +56,8 @@ def test_bundle_contents(trained_bundle):
     assert on_disk["test"]["ndcg@10"] == pytest.approx(metrics["test"]["ndcg@10"])
     items = {row["item_id"]: row for row in bundle.iter_jsonl(b.ITEMS)}
     assert items["s0e0"]["display_name"] == "Series 0 episode 1"
-    assert items["s0e0"]["meta"] == {"genre": "drama", "in_stock": "False"}
+    assert items["s0e0"]["meta"] == {"genre": "drama", "in_stock": False}
+    assert m["metadata_schema"] == {"genre": "string", "in_stock": "bool"}
     assert not list(path.glob("*.pkl")) and not list(path.glob("*.pt"))
 
 

@@ -89,6 +89,17 @@ def test_item_table_join_and_display_names(tmp_path, series_csv, items_csv):
     info = data.items["s3e2"]
     assert info.display_name == "Series 3 episode 3"
     assert info.meta == {"genre": "drama"}
+    assert data.stats["metadata_schema"] == {"genre": "string"}
+
+
+def test_metadata_types_are_inferred_per_column(tmp_path):
+    frame = pd.DataFrame({"user_id": ["u"] * 3, "item_id": ["a", "b", "c"], "timestamp": [1, 2, 3],
+                          "price": [1, 2.5, 3], "stock": [True, False, True], "year": [1999, 2000, 2001],
+                          "brand": ["x", "y", None]})
+    data = load_interactions(DataConfig(data=_write(tmp_path, frame), meta_cols=("price", "stock", "year", "brand")))
+    assert data.stats["metadata_schema"] == {"price": "double", "stock": "bool", "year": "int64", "brand": "string"}
+    assert data.items["a"].meta == {"price": 1.0, "stock": True, "year": 1999, "brand": "x"}
+    assert data.items["c"].meta == {"price": 3.0, "stock": True, "year": 2001}
 
 
 def test_item_table_missing_column(tmp_path, series_csv, items_csv):

@@ -5,6 +5,7 @@ If a drift test fails, regenerate with `python protos/generate.py` and check the
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import re
@@ -25,6 +26,7 @@ from seqrec.proto.v1 import (
     ranker_pb2,
     trainer_pb2,
 )
+from seqrec.shared.config import Hyperparameters
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOS = REPO / "protos"
@@ -64,28 +66,9 @@ EXPECTED_METHODS: dict[str, tuple[ModuleType, list[str]]] = {
     "RecommendService": (gateway_pb2, ["Recommend"]),
 }
 
-# Every core hyperparameter of SPEC.md section 3, plus the trainer's own knobs.
-EXPECTED_HYPERPARAMETERS = {
-    "max_len",
-    "sampling",
-    "sliding_window_stride",
-    "mask_ratio",
-    "last_item_mask_share",
-    "hidden_size",
-    "depth",
-    "heads",
-    "batch_size",
-    "epochs",
-    "learning_rate",
-    "dropout",
-    "weight_tying",
-    "grad_clip",
-    "use_attention_mask",
-    "negative_samples",
-    "top_k",
-    "patience",
-    "seed",
-}
+# Every hyperparameter of the training config (seqrec.shared.config), plus the run's seed: the proto
+# and the config use the same names, so the trainer service maps one onto the other field by field.
+EXPECTED_HYPERPARAMETERS = {f.name for f in dataclasses.fields(Hyperparameters)} | {"seed"}
 
 
 def _load_generator() -> ModuleType:
@@ -213,7 +196,7 @@ def _requests() -> list[Message]:
         hidden_size=128,
         heads=4,
         depth=3,
-        learning_rate=0.001,
+        lr=0.001,
         weight_tying=False,
         sampling=trainer_pb2.SEQUENCE_SAMPLING_LAST,
     )

@@ -44,8 +44,8 @@ class Interactions:
         return int(sum(len(s) for s in self.sequences))
 
 
-def read_table(path: str | Path, what: str = "data") -> pd.DataFrame:
-    """Read a CSV or Parquet file; ids are read as strings so `007` stays `007`."""
+def read_table(path: str | Path, what: str = "data", id_cols: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a CSV or Parquet file; `id_cols` are read as strings so `007` stays `007`."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what}: file not found: {path}")
@@ -55,7 +55,7 @@ def read_table(path: str | Path, what: str = "data") -> pd.DataFrame:
             frame = pd.read_parquet(path)
         elif suffix.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
             sep = "\t" if ".tsv" in suffix else ","
-            frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=True, na_values=[""])
+            frame = pd.read_csv(path, sep=sep, dtype=dict.fromkeys(id_cols, str), keep_default_na=True)
         else:
             raise DataError(f"{what}: {path.name}: unsupported format; use .csv, .tsv or .parquet")
     except pd.errors.EmptyDataError as exc:
@@ -131,9 +131,32 @@ def _item_table(frame: pd.DataFrame, cfg: DataConfig, stats: dict[str, Any]) -> 
     return out
 
 
+def metadata_schema(items: dict[str, ItemInfo], columns: tuple[str, ...]) -> dict[str, str]:
+    """Type of each metadata column over all items: bool, int64, double or string (mixed → string)."""
+    schema: dict[str, str] = {}
+    for col in columns:
+        kinds = {type(info.meta[col]) for info in items.values() if col in info.meta}
+        if kinds <= {bool}:
+            schema[col] = "bool"
+        elif kinds <= {int}:
+            schema[col] = "int64"
+        elif kinds <= {int, float}:
+            schema[col] = "double"
+        else:
+            schema[col] = "string"
+    return schema
+
+
+def _normalise_meta(items: dict[str, ItemInfo], schema: dict[str, str]) -> None:
+    """Store every value in its column's type (ints in a double column become floats, etc.)."""
+    cast = {"bool": bool, "int64": int, "double": float, "string": str}
+    for info in items.values():
+        info.meta = {k: cast[schema[k]](v) for k, v in info.meta.items()}
+
+
 def load_interactions(cfg: DataConfig) -> Interactions:
     """Load, validate, order, filter and index interactions as the config describes."""
-    frame = read_table(cfg.data, "data")
+    frame = read_table(cfg.data, "data", (cfg.user_col, cfg.item_col))
     stats: dict[str, Any] = {"rows_read": len(frame)}
     if frame.empty:
         raise DataError(f"data: {cfg.data} has a header but no rows")
@@ -141,7 +164,7 @@ def load_interactions(cfg: DataConfig) -> Interactions:
     item_cols = list(cfg.meta_cols) + ([cfg.name_col] if cfg.name_col else [])
     items_frame = None
     if cfg.items:
-        items_frame = read_table(cfg.items, "items")
+        items_frame = read_table(cfg.items, "items", (cfg.item_col,))
         _require_columns(items_frame, [cfg.item_col, *item_cols], "items")
         items_frame = items_frame.assign(**{cfg.item_col: items_frame[cfg.item_col].astype(str).str.strip()})
         stats["item_table_duplicate_ids"] = int(items_frame[cfg.item_col].duplicated().sum())
@@ -198,5 +221,7 @@ def load_interactions(cfg: DataConfig) -> Interactions:
     source = items_frame if items_frame is not None else frame.assign(**{cfg.item_col: frame[cfg.item_col]
                                                                          .astype(str).str.strip()})
     item_info = _item_table(source, cfg, stats)
+    stats["metadata_schema"] = metadata_schema(item_info, cfg.meta_cols)
+    _normalise_meta(item_info, stats["metadata_schema"])
     return Interactions(vocab=vocab, user_ids=user_ids, sequences=sequences, timestamps=timestamps,
                         items=item_info, stats=stats)

@@ -36,10 +36,10 @@ JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
 
 class Hyperparameters(_message.Message):
-    __slots__ = ("max_len", "sampling", "sliding_window_stride", "mask_ratio", "last_item_mask_share", "hidden_size", "depth", "heads", "batch_size", "epochs", "learning_rate", "dropout", "weight_tying", "grad_clip", "use_attention_mask", "negative_samples", "top_k", "patience", "seed")
+    __slots__ = ("max_len", "sampling", "window_stride", "mask_ratio", "last_item_mask_share", "hidden_size", "depth", "heads", "batch_size", "epochs", "lr", "dropout", "weight_tying", "grad_clip", "use_attention_mask", "negative_samples", "top_k", "patience", "seed", "weight_decay", "eval_every")
     MAX_LEN_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
-    SLIDING_WINDOW_STRIDE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_STRIDE_FIELD_NUMBER: _ClassVar[int]
     MASK_RATIO_FIELD_NUMBER: _ClassVar[int]
     LAST_ITEM_MASK_SHARE_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -47,7 +47,7 @@ class Hyperparameters(_message.Message):
     HEADS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
-    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    LR_FIELD_NUMBER: _ClassVar[int]
     DROPOUT_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_TYING_FIELD_NUMBER: _ClassVar[int]
     GRAD_CLIP_FIELD_NUMBER: _ClassVar[int]
@@ -56,9 +56,11 @@ class Hyperparameters(_message.Message):
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     PATIENCE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    EVAL_EVERY_FIELD_NUMBER: _ClassVar[int]
     max_len: int
     sampling: SequenceSampling
-    sliding_window_stride: int
+    window_stride: int
     mask_ratio: float
     last_item_mask_share: float
     hidden_size: int
@@ -66,7 +68,7 @@ class Hyperparameters(_message.Message):
     heads: int
     batch_size: int
     epochs: int
-    learning_rate: float
+    lr: float
     dropout: float
     weight_tying: bool
     grad_clip: float
@@ -75,7 +77,9 @@ class Hyperparameters(_message.Message):
     top_k: int
     patience: int
     seed: int
-    def __init__(self, max_len: _Optional[int] = ..., sampling: _Optional[_Union[SequenceSampling, str]] = ..., sliding_window_stride: _Optional[int] = ..., mask_ratio: _Optional[float] = ..., last_item_mask_share: _Optional[float] = ..., hidden_size: _Optional[int] = ..., depth: _Optional[int] = ..., heads: _Optional[int] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., dropout: _Optional[float] = ..., weight_tying: _Optional[bool] = ..., grad_clip: _Optional[float] = ..., use_attention_mask: _Optional[bool] = ..., negative_samples: _Optional[int] = ..., top_k: _Optional[int] = ..., patience: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    weight_decay: float
+    eval_every: int
+    def __init__(self, max_len: _Optional[int] = ..., sampling: _Optional[_Union[SequenceSampling, str]] = ..., window_stride: _Optional[int] = ..., mask_ratio: _Optional[float] = ..., last_item_mask_share: _Optional[float] = ..., hidden_size: _Optional[int] = ..., depth: _Optional[int] = ..., heads: _Optional[int] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., lr: _Optional[float] = ..., dropout: _Optional[float] = ..., weight_tying: _Optional[bool] = ..., grad_clip: _Optional[float] = ..., use_attention_mask: _Optional[bool] = ..., negative_samples: _Optional[int] = ..., top_k: _Optional[int] = ..., patience: _Optional[int] = ..., seed: _Optional[int] = ..., weight_decay: _Optional[float] = ..., eval_every: _Optional[int] = ...) -> None: ...
 
 class TrainingRequest(_message.Message):
     __slots__ = ("data_uri", "items_uri", "user_column", "item_column", "timestamp_column", "metadata_columns", "display_name_column", "min_user_interactions", "min_item_interactions", "preset", "hyperparameters", "publish_on_success", "description")
