@@ -18,6 +18,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(train)
     train.set_defaults(func=run_train)
 
+    from seqrec.services.ranker.cli import (
+        add_publish_arguments,
+        add_query_arguments,
+        run_publish,
+        run_query,
+        run_serve_ranker,
+    )
+
+    publish = sub.add_parser("publish", help="load a bundle into Redis and Milvus and make it live (or roll back)")
+    add_publish_arguments(publish)
+    publish.set_defaults(func=run_publish)
+
+    query = sub.add_parser("query", help="send one JSON request to a ranker and print the JSON answer")
+    add_query_arguments(query)
+    query.set_defaults(func=run_query)
+
+    serve = sub.add_parser("serve", help="run a service (settings from environment variables)")
+    serve.add_argument("service", choices=["ranker"])
+    serve.set_defaults(func=run_serve_ranker)
+
     verify = sub.add_parser("verify", help="check a bundle's manifest and checksums")
     verify.add_argument("bundle")
     verify.set_defaults(func=run_verify)

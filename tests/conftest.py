@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.milvus_fixtures import milvus_server  # noqa: F401 (a session fixture for every test)
+
 SERIES, EPISODES = 30, 8
 
 
@@ -65,3 +67,23 @@ def trained_bundle(tmp_path_factory: pytest.TempPathFactory, series_csv: Path, i
     )
     path, metrics = run_training(cfg, tmp_path_factory.mktemp("bundles"), progress=False)
     return path, metrics
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real redis-server (the binary the project's set-up installs) on a free loopback port."""
+    from seqrec.shared.local_services import start_redis
+
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """A clean database for each test."""
+    import redis
+
+    url = f"redis://{redis_server.address}/0"
+    redis.Redis.from_url(url).flushdb()
+    return url

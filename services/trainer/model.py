@@ -96,6 +96,16 @@ class BERT4Rec(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    @torch.no_grad()
+    def init_output_bias(self, item_counts: torch.Tensor) -> None:
+        """Start the output bias at the log item frequency, so step 0 already ranks by popularity.
+
+        With AdamW at lr 1e-3 a bias moves about 1e-3 per step; learning log-popularity gaps of
+        several nats from zero would take thousands of steps.
+        """
+        log_prior = torch.log(item_counts.double() + 1.0)
+        self.out_bias.copy_((log_prior - log_prior.mean()).to(self.out_bias.dtype))
+
     def output_weight(self) -> torch.Tensor:
         return self.item_emb.weight if self.out_emb is None else self.out_emb.weight
 

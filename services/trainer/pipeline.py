@@ -92,8 +92,9 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
     model = BERT4Rec(ModelConfig(n_indices=data.vocab.n_indices, max_len=hp.max_len, hidden_size=hp.hidden_size,
                                  depth=hp.depth, heads=hp.heads, dropout=hp.dropout, weight_tying=hp.weight_tying,
                                  use_attention_mask=hp.use_attention_mask))
+    model.init_output_bias(torch.from_numpy(train_counts))
     try:
-        result = train_model(model, windows, split, hp, n_items, train_counts, cfg.seed, on_epoch, progress)
+        result = train_model(model, split, hp, n_items, train_counts, cfg.seed, on_epoch, progress)
     except torch.OutOfMemoryError as exc:
         raise TrainingError(f"out of memory: lower batch_size ({hp.batch_size}), negative_samples "
                             f"({hp.negative_samples}) or max_len ({hp.max_len}) ({exc})") from exc
@@ -127,6 +128,7 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
             "pad_index": PAD_INDEX,
             "mask_index": mask_index,
             "n_items": n_items,
+            "n_users": len(data.user_ids),
             "dim": hp.hidden_size + 1,
             "metadata_schema": data.stats["metadata_schema"],
             "encoder": {"input": INPUT_NAME, "input_dtype": "int64", "input_shape": ["batch", "length<=max_len"],

@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from seqrec.services.trainer.batching import batch_plan, window_lengths
 from seqrec.services.trainer.evaluate import evaluate
 from seqrec.services.trainer.losses import NegativeSampler, full_softmax_loss, sampled_softmax_loss
 from seqrec.services.trainer.masking import cloze_mask
 from seqrec.services.trainer.model import BERT4Rec
-from seqrec.services.trainer.split import LeaveOneOut
+from seqrec.services.trainer.split import LeaveOneOut, training_windows
 from seqrec.shared.config import Hyperparameters
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,6 @@ def pick_device() -> torch.device:
 
 def train_model(
     model: BERT4Rec,
-    windows: np.ndarray,
     split: LeaveOneOut,
     hp: Hyperparameters,
     n_items: int,
@@ -66,7 +66,7 @@ def train_model(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train `model` on left-padded `windows` and keep the weights with the best validation NDCG@10."""
+    """Train `model` on windows of the training sequences; keep the weights with the best validation NDCG@10."""
     device = pick_device()
     model.to(device)
     mask_index = n_items + 1
@@ -74,10 +74,11 @@ def train_model(
     shuffle_rng = np.random.default_rng(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     sampler = NegativeSampler(torch.as_tensor(item_counts), n_items).to(device) if hp.negative_samples else None
+    windows = training_windows(split.train, hp.max_len, hp.window_stride, hp.sampling)
     data = torch.from_numpy(windows)
     if device.type == "cuda":
         data = data.pin_memory()
-    real_positions = int((windows != 0).sum())
+    lengths = window_lengths(windows)
     probe = type(split.train_probe)(split.train_probe.inputs[:PROBE_USERS], split.train_probe.targets[:PROBE_USERS])
 
     history: list[EpochRecord] = []
@@ -85,14 +86,14 @@ def train_model(
     train_seconds, stale, stopped_early = 0.0, 0, False
     for epoch in range(1, hp.epochs + 1):
         model.train()
-        order = torch.from_numpy(shuffle_rng.permutation(len(data)))
-        n_batches = math.ceil(len(data) / hp.batch_size)
-        bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{hp.epochs}", unit="batch", leave=False,
+        plan = batch_plan(lengths, hp.batch_size, shuffle_rng)
+        n_batches = len(plan)
+        bar = tqdm(plan, desc=f"epoch {epoch}/{hp.epochs}", unit="batch", leave=False,
                    disable=not progress, dynamic_ncols=True)
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
-        for b in bar:
-            batch = data[order[b * hp.batch_size:(b + 1) * hp.batch_size]].to(device, non_blocking=True)
+        for b, (rows, width) in enumerate(bar):
+            batch = data[torch.from_numpy(rows), -width:].to(device, non_blocking=True)
             inputs, labels = cloze_mask(batch, hp.mask_ratio, mask_index, n_items, hp.last_item_mask_share,
                                         generator)
             where = labels != 0
@@ -121,7 +122,7 @@ def train_model(
                                 f"(grad_clip={hp.grad_clip}) and lower the learning rate "
                                 f"(lr={hp.lr}, try {hp.lr / 10:g})")
         record = EpochRecord(epoch=epoch, loss=mean_loss, seconds=seconds,
-                             sequences_per_s=len(data) / seconds, positions_per_s=real_positions / seconds)
+                             sequences_per_s=len(data) / seconds, positions_per_s=float(lengths.sum()) / seconds)
         if epoch % hp.eval_every == 0 or epoch == hp.epochs:
             record.valid = evaluate(model, split.valid, mask_index)
             record.train_probe = evaluate(model, probe, mask_index)
@@ -134,7 +135,9 @@ def train_model(
         history.append(record)
         bar.close()
         line = (f"epoch {epoch:>3}  loss {mean_loss:.4f}  valid HR@10 {record.valid.get('hr@10', float('nan')):.4f}"
-                f"  NDCG@10 {record.valid.get('ndcg@10', float('nan')):.4f}  {record.sequences_per_s:,.0f} seq/s"
+                f"  NDCG@10 {record.valid.get('ndcg@10', float('nan')):.4f}"
+                f"  (train probe {record.train_probe.get('ndcg@10', float('nan')):.4f})"
+                f"  {record.sequences_per_s:,.0f} seq/s"
                 f"  ({seconds:.1f}s)")
         if progress:
             tqdm.write(line)

@@ -1,0 +1,140 @@
+"""The ranker process: settings from the environment, bundle verification, stores, gRPC server, health."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from seqrec.proto.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
+from seqrec.services.ranker.encoder import OnnxEncoder
+from seqrec.services.ranker.filters import FilterError
+from seqrec.services.ranker.history_store import HistoryStoreUnavailable, RedisHistoryStore
+from seqrec.services.ranker.publish import I2I_SUFFIX, resolve_bundle
+from seqrec.services.ranker.recommender import InvalidQuery, NotSupported, Recommender, UnknownItem
+from seqrec.services.ranker.service import RankerServicer
+from seqrec.services.ranker.vector_store import MilvusItemStore, VectorStoreError, VectorStoreUnavailable
+from seqrec.shared.bundle import Bundle, BundleError
+from seqrec.shared.grpc_server import (
+    ErrorInterceptor,
+    ErrorMapping,
+    HealthReporter,
+    enable_reflection,
+    make_server,
+    serve_until_signal,
+)
+from seqrec.shared.json_api import RequestError
+from seqrec.shared.settings import Env
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = ranker_pb2.DESCRIPTOR.services_by_name["RankerService"].full_name
+
+ERRORS = ErrorMapping([
+    (InvalidQuery, grpc.StatusCode.INVALID_ARGUMENT),
+    (FilterError, grpc.StatusCode.INVALID_ARGUMENT),
+    (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnknownItem, grpc.StatusCode.NOT_FOUND),
+    (NotSupported, grpc.StatusCode.FAILED_PRECONDITION),
+    (HistoryStoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (VectorStoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (VectorStoreError, grpc.StatusCode.UNAVAILABLE),
+])
+
+
+@dataclass(frozen=True)
+class RankerSettings:
+    bundle: Path  # a bundle directory, or a bundle root whose LIVE file names the published version
+    address: str  # host:port to listen on
+    redis_url: str
+    milvus_uri: str
+    milvus_token: str
+    workers: int  # RPC worker threads
+    max_concurrent_rpcs: int  # beyond this, calls are refused with RESOURCE_EXHAUSTED
+    reflection: bool  # expose gRPC server reflection
+    health_interval_s: float
+    ort_threads: int  # ONNX Runtime intra-op threads (0 = its default)
+    ort_provider: str  # auto (CUDA when a GPU is present), cuda or cpu
+    history_cap: int  # events kept per user in Redis
+    grace_s: float  # shutdown grace for in-flight calls
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> RankerSettings:
+        env = env or Env()
+        return cls(
+            bundle=Path(env.str("SEQREC_BUNDLE")),
+            address=env.address("SEQREC_RANKER_ADDRESS", "0.0.0.0:50051"),
+            redis_url=env.str("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            milvus_uri=env.str("MILVUS_URI", "http://127.0.0.1:19530"),
+            milvus_token=env.str("MILVUS_TOKEN", ""),
+            workers=env.int("SEQREC_GRPC_WORKERS", 16, minimum=1, maximum=1024),
+            max_concurrent_rpcs=env.int("SEQREC_MAX_CONCURRENT_RPCS", 512, minimum=1),
+            reflection=env.bool("SEQREC_GRPC_REFLECTION", False),
+            health_interval_s=env.float("SEQREC_HEALTH_INTERVAL_S", 2.0, minimum=0.1),
+            ort_threads=env.int("SEQREC_ORT_THREADS", 0, minimum=0, maximum=256),
+            ort_provider=env.choice("SEQREC_ORT_PROVIDER", "auto", ("auto", "cuda", "cpu")),
+            history_cap=env.int("SEQREC_HISTORY_CAP", 1000, minimum=1),
+            grace_s=env.float("SEQREC_SHUTDOWN_GRACE_S", 10.0, minimum=0.0),
+        )
+
+
+class RankerApp:
+    """A running ranker: one verified bundle, its stores, the gRPC server and its health."""
+
+    def __init__(self, settings: RankerSettings):
+        self.settings = settings
+        self.bundle = Bundle.open(resolve_bundle(settings.bundle))  # verifies every checksum
+        self.items = MilvusItemStore(settings.milvus_uri, settings.milvus_token)
+        self.histories = RedisHistoryStore(settings.redis_url, cap=settings.history_cap)
+        encoder = OnnxEncoder(self.bundle, settings.ort_threads, settings.ort_provider)
+        self.recommender = Recommender(self.bundle, encoder, self.items, self.histories)
+        self.server = make_server(settings.workers, settings.max_concurrent_rpcs, [ErrorInterceptor(ERRORS)])
+        ranker_pb2_grpc.add_RankerServiceServicer_to_server(
+            RankerServicer(lambda: self.recommender, self.model_info), self.server)
+        self.health = HealthReporter(self.server, [SERVICE_NAME], self.probe, settings.health_interval_s)
+        if settings.reflection:
+            enable_reflection(self.server, [SERVICE_NAME])
+        self.port = self.server.add_insecure_port(settings.address)
+
+    def probe(self) -> tuple[bool, str]:
+        """SERVING only when Redis answers and the bundle's collections are in Milvus."""
+        if not self.histories.ping():
+            return False, "redis unreachable"
+        version = self.bundle.version
+        for name in (version, version + I2I_SUFFIX):
+            if not self.items.has_version(name):
+                return False, f"milvus collection for {name} missing or unreachable (run seqrec publish)"
+        return True, "ok"
+
+    def model_info(self) -> common_pb2.ModelInfo:
+        m = self.bundle.manifest
+        metrics = {f"test_{k}": float(v) for k, v in (self.bundle.metrics().get("test") or {}).items()}
+        return common_pb2.ModelInfo(
+            bundle_version=self.bundle.version, hybrid=False, num_items=m["n_items"],
+            num_users=int(m.get("n_users", 0)), max_len=m["max_len"], hidden_size=m["model"]["hidden_size"],
+            metadata_columns=list(m.get("metadata_schema") or {}), metrics=common_pb2.Metrics(values=metrics),
+            runtime=f"onnxruntime:{self.recommender.encoder.provider}", default_top_k=self.bundle.top_k)
+
+    def start(self) -> None:
+        self.server.start()
+        self.health.start()
+        log.info("ranker listening", extra={"port": self.port, "bundle": self.bundle.version,
+                                            "serving": self.health.serving, "reason": self.health.reason})
+
+    def stop(self, grace: float | None = None) -> None:
+        self.health.shutdown()
+        self.server.stop(self.settings.grace_s if grace is None else grace).wait()
+
+
+def main() -> int:
+    from seqrec.shared.settings import SettingsError
+
+    try:
+        app = RankerApp(RankerSettings.from_env())
+    except (SettingsError, BundleError, FileNotFoundError) as exc:
+        log.error("ranker cannot start: %s", exc)
+        return 2
+    app.start()
+    serve_until_signal(app.server, app.health.shutdown, app.settings.grace_s)
+    return 0

@@ -1,0 +1,70 @@
+"""gRPC servicer of the ranker: protobuf messages in and out, everything else in `Recommender`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+
+from seqrec.proto.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
+from seqrec.services.ranker.history_store import Event
+from seqrec.services.ranker.recommender import NotSupported, Recommendation, Recommender
+from seqrec.shared.json_api import to_metadata_value
+
+
+def to_response(rec: Recommendation) -> ranker_pb2.RecommendResponse:
+    items = []
+    for item_id, score, name, meta in rec.items:
+        items.append(common_pb2.ScoredItem(
+            item_id=item_id, score=score, display_name=name or "",
+            meta={k: to_metadata_value(f"meta.{k}", v) for k, v in meta.items() if v is not None}))
+    return ranker_pb2.RecommendResponse(items=items, model_version=rec.model_version, fallback=rec.fallback,
+                                        unknown_items=rec.unknown_items, sequence_length=rec.sequence_length)
+
+
+def _flag(request, name: str, default: bool) -> bool:
+    return getattr(request, name) if request.HasField(name) else default
+
+
+class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
+    """Each call reads the current `Recommender` through `current`, so a bundle swap is one assignment."""
+
+    def __init__(self, current: Callable[[], Recommender], model_info: Callable[[], common_pb2.ModelInfo]):
+        self.current = current
+        self.model_info = model_info
+
+    def UserToItem(self, request: ranker_pb2.UserToItemRequest, context: grpc.ServicerContext):
+        rec = self.current().user_to_item(request.user_id, request.filters, request.top_k,
+                                          _flag(request, "exclude_seen", True), request.exclude_item_ids)
+        return to_response(rec)
+
+    def Contextual(self, request: ranker_pb2.ContextualRequest, context: grpc.ServicerContext):
+        rec = self.current().contextual(request.user_id, request.item_id, request.filters, request.top_k,
+                                        _flag(request, "exclude_seen", True), request.exclude_item_ids)
+        return to_response(rec)
+
+    def Sequential(self, request: ranker_pb2.SequentialRequest, context: grpc.ServicerContext):
+        rec = self.current().sequential(request.session_items, request.filters, request.top_k,
+                                        _flag(request, "exclude_seen", False), request.exclude_item_ids)
+        return to_response(rec)
+
+    def ItemToItem(self, request: ranker_pb2.ItemToItemRequest, context: grpc.ServicerContext):
+        text = request.item_text if request.HasField("item_text") else None
+        rec = self.current().item_to_item(request.item_id, text, request.filters, request.top_k,
+                                          request.exclude_item_ids)
+        return to_response(rec)
+
+    def IngestEvents(self, request: ranker_pb2.IngestEventsRequest, context: grpc.ServicerContext):
+        events = [Event(e.user_id, e.item_id, e.timestamp_ms) for e in request.events]
+        return ranker_pb2.IngestEventsResponse(accepted=self.current().ingest(events))
+
+    def GetHistory(self, request: ranker_pb2.GetHistoryRequest, context: grpc.ServicerContext):
+        entries = self.current().history(request.user_id, request.limit)
+        return ranker_pb2.GetHistoryResponse(user_id=request.user_id, item_ids=[i for i, _ in entries],
+                                             timestamps_ms=[t for _, t in entries])
+
+    def GetModelInfo(self, request: common_pb2.GetModelInfoRequest, context: grpc.ServicerContext):
+        return self.model_info()
+
+    def UpsertItems(self, request: ranker_pb2.UpsertItemsRequest, context: grpc.ServicerContext):
+        raise NotSupported("UpsertItems needs the hybrid text engine (an embedder), which this ranker does not have")

@@ -1,0 +1,148 @@
+"""What every seqrec gRPC server shares: the server factory, error mapping, health, graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # largest request or response accepted (bulk events, big top-k)
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),  # ping idle clients every 30 s so dead peers are noticed
+    ("grpc.keepalive_timeout_ms", 10_000),  # and drop them when a ping goes unanswered for 10 s
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),  # accept client pings this often
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+class ErrorMapping:
+    """Ordered (exception type → status code) pairs; the first match wins."""
+
+    def __init__(self, pairs: Iterable[tuple[type[BaseException], grpc.StatusCode]]):
+        self.pairs = list(pairs)
+
+    def code_for(self, exc: BaseException) -> grpc.StatusCode | None:
+        for kind, code in self.pairs:
+            if isinstance(exc, kind):
+                return code
+        return None
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Maps domain exceptions to status codes in one place; anything unexpected is INTERNAL and logged.
+
+    Also refuses work whose deadline has already passed.
+    """
+
+    def __init__(self, mapping: ErrorMapping):
+        self.mapping = mapping
+
+    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        inner = handler.unary_unary
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired before the call started")
+            try:
+                return inner(request, context)
+            except Exception as exc:  # noqa: BLE001 - this is the one place errors become statuses
+                code = self.mapping.code_for(exc)
+                if code is None:
+                    incident = uuid.uuid4().hex[:12]
+                    log.exception("unhandled error", extra={"method": method, "incident": incident})
+                    context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident})")
+                log.info("request refused", extra={"method": method, "code": code.name, "error": str(exc)})
+                context.abort(code, str(exc))
+
+        return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+
+def make_server(max_workers: int, max_concurrent_rpcs: int, interceptors: Iterable[grpc.ServerInterceptor] = ()
+                ) -> grpc.Server:
+    """A thread-pool server; beyond `max_concurrent_rpcs` in flight, new calls get RESOURCE_EXHAUSTED."""
+    return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+                       interceptors=list(interceptors), options=SERVER_OPTIONS,
+                       maximum_concurrent_rpcs=max_concurrent_rpcs)
+
+
+class HealthReporter:
+    """Standard grpc.health.v1 service whose status comes from a probe run every `interval` seconds."""
+
+    def __init__(self, server: grpc.Server, services: list[str], probe: Callable[[], tuple[bool, str]],
+                 interval: float):
+        self.servicer = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
+        self.services = ["", *services]
+        self.probe = probe
+        self.interval = interval
+        self.serving = False
+        self.reason = "starting"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="health", daemon=True)
+        self._set(False, "starting")
+
+    def _set(self, ok: bool, reason: str) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        if ok != self.serving or reason != self.reason:
+            log.info("health changed", extra={"serving": ok, "reason": reason})
+        self.serving, self.reason = ok, reason
+        for name in self.services:
+            self.servicer.set(name, status)
+
+    def check_now(self) -> None:
+        try:
+            ok, reason = self.probe()
+        except Exception as exc:  # noqa: BLE001 - a failing probe means not serving, never a crash
+            ok, reason = False, f"health probe failed: {exc}"
+        self._set(ok, reason)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.check_now()
+
+    def start(self) -> None:
+        self.check_now()
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self.servicer.enter_graceful_shutdown()
+
+
+def enable_reflection(server: grpc.Server, service_names: Iterable[str]) -> None:
+    reflection.enable_server_reflection([*service_names, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
+
+
+def serve_until_signal(server: grpc.Server, on_stop: Callable[[], None], grace: float) -> None:
+    """Block until SIGTERM or SIGINT, then stop accepting calls and let in-flight ones finish (`grace` s)."""
+    stopping = threading.Event()
+
+    def handle(signum: int, _frame: Any) -> None:
+        log.info("shutting down", extra={"signal": signal.Signals(signum).name, "grace_s": grace})
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    stopping.wait()
+    on_stop()
+    server.stop(grace).wait()
+    log.info("stopped")

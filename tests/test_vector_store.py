@@ -1,0 +1,302 @@
+"""MilvusItemStore: one contract run against a `milvus-lite server` and, unchanged, against a Milvus
+server when MILVUS_URI is set (MILVUS_TOKEN optional). Expected results come from numpy brute force."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pymilvus", reason="pymilvus is not installed (pip install seqrec[ranker])")
+
+from pymilvus import MilvusClient  # noqa: E402
+
+from seqrec.services.ranker.filters import build_expression  # noqa: E402
+from seqrec.services.ranker.vector_store import (  # noqa: E402
+    MilvusItemStore,
+    VectorStoreError,
+    VectorStoreUnavailable,
+    collection_name,
+)
+from tests.milvus_fixtures import free_port, milvus_lite_server, milvus_server  # noqa: E402, F401 (fixture)
+
+N, DIM, QUERIES, K = 2000, 17, 20, 10
+SCHEMA = {"brand": "string", "price": "double", "year": "int64", "in_stock": "bool"}
+HOSTILE = ['x" or m_brand != "', '\\" || 1==1 #', "'); drop", "line\nbreak\ttab", "Ünïcødé ☃ 名前"]
+BRANDS = ["acme", "globex", *HOSTILE]
+ABSENT = ['zzz" or m_brand != "', '" or 1==1 or "', "acme\\", 'acme" ', "acme' or '1'='1", "*"]
+
+
+def make_catalog(n: int = N, seed: int = 0, first_index: int = 1) -> dict[str, Any]:
+    """Random unit-variance vectors with typed metadata, some values missing."""
+    rng = np.random.default_rng(seed)
+    meta = []
+    for i in range(n):
+        row = {"brand": BRANDS[i % len(BRANDS)], "price": float(i % 40) / 2, "year": 2000 + i % 13,
+               "in_stock": bool(i % 3)}
+        for col, every in (("brand", 11), ("price", 7), ("year", 17), ("in_stock", 19)):
+            if i % every == 0:
+                del row[col]
+        meta.append(row)
+    indices = np.arange(first_index, first_index + n, dtype=np.int64)
+    return {"vectors": rng.standard_normal((n, DIM)).astype(np.float32), "item_indices": indices,
+            "item_ids": [f"item_{i}" for i in indices], "metadata": meta, "metadata_schema": SCHEMA,
+            "display_names": [f"Item {i}" if i % 2 else None for i in indices]}
+
+
+def matches(meta: dict[str, Any], filters: dict[str, Any]) -> bool:
+    """The filter semantics, independently: a missing value never matches."""
+    for key, cond in filters.items():
+        v = meta.get(key.removeprefix("meta."))
+        if v is None:
+            return False
+        if isinstance(cond, list):
+            ok = v in cond
+        elif isinstance(cond, dict):
+            ok = all({"gte": v >= b, "gt": v > b, "lte": v <= b, "lt": v < b}[op] for op, b in cond.items())
+        else:
+            ok = v == cond
+        if not ok:
+            return False
+    return True
+
+
+def brute_force(catalog: dict[str, Any], queries: np.ndarray, k: int, filters: dict[str, Any] | None = None,
+                exclude: list[set[int]] | None = None) -> list[list[tuple[int, float]]]:
+    """Exact top-k (index, inner product) per query among the items passing filters and exclusions."""
+    allowed = np.array([matches(m, filters or {}) for m in catalog["metadata"]])
+    scores = queries @ catalog["vectors"].T
+    out = []
+    for qi, row in enumerate(scores):
+        ok = allowed.copy()
+        if exclude:
+            ok &= ~np.isin(catalog["item_indices"], list(exclude[qi]))
+        order = [j for j in np.argsort(-row, kind="stable") if ok[j]][:k]
+        out.append([(int(catalog["item_indices"][j]), float(row[j])) for j in order])
+    return out
+
+
+def assert_same(got: list[list[tuple]], expected: list[list[tuple[int, float]]]) -> None:
+    assert [[h[0] for h in q] for q in got] == [[i for i, _ in q] for q in expected]
+    for q_got, q_exp in zip(got, expected, strict=True):
+        np.testing.assert_allclose([h[1] for h in q_got], [s for _, s in q_exp], rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def catalog() -> dict[str, Any]:
+    return make_catalog()
+
+
+@pytest.fixture(scope="module")
+def queries() -> np.ndarray:
+    return np.random.default_rng(1).standard_normal((QUERIES, DIM)).astype(np.float32)
+
+
+class VectorStoreContract:
+    """What the ranker relies on; a subclass provides the `uri` fixture. Each class run uses its own
+    versions and live alias, and drops them at the end, so a shared Milvus server is left as found."""
+
+    @pytest.fixture(scope="class")
+    def uri(self) -> str:
+        raise NotImplementedError
+
+    @pytest.fixture(scope="class")
+    def run(self) -> str:
+        return "t" + uuid.uuid4().hex[:8]
+
+    @pytest.fixture(scope="class")
+    def store(self, uri: str, run: str) -> Iterator[MilvusItemStore]:
+        token = os.environ.get("MILVUS_TOKEN", "")
+        store = MilvusItemStore(uri, token, timeout=30.0, live_alias=f"seqrec_live_{run}")
+        yield store
+        store.close()
+        client = MilvusClient(uri=uri, token=token, timeout=30.0)
+        if store.live_alias in client.list_aliases()["aliases"]:
+            client.drop_alias(store.live_alias)
+        for name in client.list_collections():
+            if f"_{run}_" in name:
+                client.drop_collection(name)
+        client.close()
+
+    @pytest.fixture(scope="class")
+    def main(self, store: MilvusItemStore, catalog: dict[str, Any], run: str) -> str:
+        version = f"{run}-main"
+        assert store.load_items(version, progress=False, **catalog)
+        return version
+
+    def row_count(self, uri: str, version: str) -> int:
+        client = MilvusClient(uri=uri, token=os.environ.get("MILVUS_TOKEN", ""), timeout=30.0)
+        try:
+            rows = client.query(collection_name(version), filter="", output_fields=["count(*)"],
+                                consistency_level="Strong")
+            return rows[0]["count(*)"]
+        finally:
+            client.close()
+
+    def test_exact_search_equals_brute_force(self, store: MilvusItemStore, main: str, catalog: dict[str, Any],
+                                             queries: np.ndarray) -> None:
+        got = store.search(main, queries, K)
+        assert_same(got, brute_force(catalog, queries, K))
+        index, _, item_id, display = got[0][0]
+        position = index - 1
+        assert item_id == catalog["item_ids"][position]
+        assert display == {"display_name": catalog["display_names"][position], "meta": catalog["metadata"][position]}
+
+    @pytest.mark.parametrize("filters", [
+        {"meta.in_stock": True},
+        {"meta.in_stock": False},
+        {"meta.year": 2005},
+        {"meta.price": 12.5},
+        {"meta.brand": "globex"},
+        {"meta.brand": ["acme", "globex"]},
+        {"meta.year": [2001, 2003, 2011]},
+        {"meta.price": {"gte": 5, "lt": 12.5}},
+        {"meta.year": {"gt": 2003.5, "lte": 2010}},
+        {"meta.in_stock": False, "meta.brand": ["acme", HOSTILE[0]], "meta.price": {"lte": 15}},
+    ], ids=lambda f: "+".join(f))
+    def test_filters_equal_filtered_brute_force(self, store: MilvusItemStore, main: str, catalog: dict[str, Any],
+                                                queries: np.ndarray, filters: dict[str, Any]) -> None:
+        got = store.search(main, queries, K, build_expression(filters, SCHEMA))
+        assert_same(got, brute_force(catalog, queries, K, filters))
+        assert all(matches(hit[3]["meta"], filters) for q in got for hit in q)
+
+    @pytest.mark.parametrize("text", HOSTILE + ABSENT)
+    def test_hostile_strings_match_only_the_literal(self, store: MilvusItemStore, main: str,
+                                                    catalog: dict[str, Any], queries: np.ndarray, text: str) -> None:
+        for filters in ({"meta.brand": text}, {"meta.brand": [text, "nobody"]}):
+            (got,) = store.search(main, queries[:1], N, build_expression(filters, SCHEMA))
+            expected = sum(m.get("brand") == text for m in catalog["metadata"])
+            assert len(got) == expected < N // 4
+            assert all(hit[3]["meta"]["brand"] == text for hit in got)
+
+    def test_exclusion(self, store: MilvusItemStore, main: str, catalog: dict[str, Any], queries: np.ndarray) -> None:
+        top = brute_force(catalog, queries[:5], 3)
+        exclude = [{i for i, _ in q} | {int(j) for j in range(1, 40, 3 + n)} for n, q in enumerate(top)]
+        exclude[4] = set()
+        got = store.search(main, queries[:5], K, "", [sorted(e) for e in exclude])
+        assert_same(got, brute_force(catalog, queries[:5], K, exclude=exclude))
+        filters = {"meta.in_stock": True}
+        got = store.search(main, queries[:5], K, build_expression(filters, SCHEMA), [sorted(e) for e in exclude])
+        assert_same(got, brute_force(catalog, queries[:5], K, filters, exclude))
+
+    def test_load_is_idempotent_and_keeps_upserted_items(self, store: MilvusItemStore, uri: str, run: str,
+                                                         queries: np.ndarray) -> None:
+        small = make_catalog(200, seed=2)
+        version = f"{run}-cold"
+        assert store.load_items(version, **small)
+        cold = {"vectors": queries[:1] * 10, "item_indices": np.array([5000]), "item_ids": ["cold_1"],
+                "metadata": [{"brand": "newco", "year": 2030}], "metadata_schema": SCHEMA,
+                "display_names": ["Cold one"]}
+        store.upsert_items(version, **cold)
+        assert not store.load_items(version, **small)  # already complete: kept, not rebuilt
+        assert self.row_count(uri, version) == 201
+        (top,) = store.search(version, queries[:1], 1, build_expression({"meta.year": {"gte": 2030}}, SCHEMA))
+        assert top == [(5000, pytest.approx(float(queries[0] @ queries[0] * 10), rel=1e-4), "cold_1",
+                        {"display_name": "Cold one", "meta": {"brand": "newco", "year": 2030}})]
+        items = store.get_items(version, [5000, 1, 1, 999_999])
+        assert set(items) == {1, 5000}
+        assert items[1] == (small["item_ids"][0], {"display_name": small["display_names"][0],
+                                                   "meta": small["metadata"][0]})
+        assert store.get_items(version, []) == {}
+
+    def test_half_written_collection_is_rebuilt(self, store: MilvusItemStore, uri: str, run: str) -> None:
+        small = make_catalog(300, seed=3)
+        version = f"{run}-half"
+        broken = dict(small, item_ids=[*small["item_ids"][:150], "", *small["item_ids"][151:]])
+        with pytest.raises(ValueError, match="item_id"):
+            store.load_items(version, batch_size=100, **broken)  # fails after one batch is written
+        assert self.row_count(uri, version) == 100
+        assert version not in store.list_versions()
+        with pytest.raises(VectorStoreError, match="not loaded"):
+            store.set_live(version)
+        assert store.load_items(version, batch_size=100, **small)
+        assert self.row_count(uri, version) == 300
+        assert version in store.list_versions()
+        other_dim = dict(small, vectors=np.ones((300, DIM + 1), dtype=np.float32))
+        assert store.load_items(version, **other_dim)  # same count, other dim: rebuilt
+
+    def test_live_alias_and_rollback(self, store: MilvusItemStore, run: str, queries: np.ndarray) -> None:
+        versions = [f"0000-{run}-v1", f"0000-{run}-v2", f"0000-{run}-v3"]  # older than every other version
+        for seed, version in enumerate(versions):
+            store.load_items(version, **make_catalog(30, seed=10 + seed))
+        assert store.live_version() is None
+        with pytest.raises(VectorStoreError, match="no live version"):
+            store.rollback()
+        assert set(versions) <= set(store.list_versions())
+        store.set_live(versions[2])
+        assert store.live_version() == versions[2]
+        store.set_live(versions[2])  # repointing at the same version is fine
+        assert store.rollback() == versions[1]
+        assert store.live_version() == versions[1]
+        with pytest.raises(VectorStoreError, match="is live"):
+            store.drop(versions[1])
+        store.drop(versions[0])
+        store.drop(versions[0])  # absent: no-op
+        assert versions[0] not in store.list_versions()
+        with pytest.raises(VectorStoreError, match="no loaded version older"):
+            store.rollback()
+        store.set_live(versions[2])
+        assert store.rollback() == versions[1]
+        with pytest.raises(VectorStoreError, match="not loaded"):
+            store.set_live(f"{run}-never")
+
+    def test_missing_version_is_an_error_not_an_empty_result(self, store: MilvusItemStore, run: str,
+                                                              queries: np.ndarray) -> None:
+        with pytest.raises(VectorStoreError, match="does not exist"):
+            store.search(f"{run}-missing", queries[:1], K)
+        assert store.ping()
+
+    def test_hnsw_recall(self, store: MilvusItemStore, run: str, catalog: dict[str, Any],
+                         queries: np.ndarray) -> None:
+        version = f"{run}-hnsw"
+        store.load_items(version, index_type="HNSW", **catalog)
+        got = store.search(version, queries, K)
+        exact = brute_force(catalog, queries, K)
+        recall = np.mean([len({h[0] for h in g} & {i for i, _ in e}) / K for g, e in zip(got, exact, strict=True)])
+        assert recall >= 0.95
+
+
+class TestMilvusLiteServer(VectorStoreContract):
+    @pytest.fixture(scope="class")
+    def uri(self, milvus_server: str) -> str:  # noqa: F811 (the imported fixture)
+        return milvus_server
+
+
+@pytest.mark.skipif(not os.environ.get("MILVUS_URI"),
+                    reason="MILVUS_URI is not set: no Milvus server to run the same contract against")
+class TestMilvusServer(VectorStoreContract):
+    @pytest.fixture(scope="class")
+    def uri(self) -> str:
+        return os.environ["MILVUS_URI"]
+
+
+def test_stopped_server_raises_unavailable_promptly(tmp_path: Path) -> None:
+    small = make_catalog(50, seed=4)
+    with milvus_lite_server(tmp_path / "data") as (proc, uri):
+        store = MilvusItemStore(uri, timeout=3.0)
+        store.load_items("v1", **small)
+        assert store.search("v1", small["vectors"][:1], 1)[0][0][0] == 1
+        proc.kill()
+        proc.wait()
+        started = time.monotonic()
+        with pytest.raises(VectorStoreUnavailable, match="unavailable"):
+            store.search("v1", small["vectors"][:1], 1)
+        with pytest.raises(VectorStoreUnavailable):
+            store.get_items("v1", [1])
+        assert not store.ping()
+        assert time.monotonic() - started < 10
+
+
+def test_unreachable_server_raises_unavailable() -> None:
+    store = MilvusItemStore(f"http://127.0.0.1:{free_port()}", timeout=2.0)
+    with pytest.raises(VectorStoreUnavailable, match="unavailable"):
+        store.search("v1", np.ones((1, DIM), dtype=np.float32), 1)
+    with pytest.raises(VectorStoreUnavailable):
+        store.load_items("v1", **make_catalog(5))
+    assert not store.ping()
