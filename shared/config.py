@@ -40,7 +40,7 @@ class Hyperparameters:
     negative_samples: int = 100  # sampled-softmax negatives per positive; 0 = full softmax
     top_k: int = 10  # items returned at inference by default
     patience: int = 5  # epochs without validation NDCG@10 gain before stopping
-    eval_every: int = 1  # validate every N epochs
+    eval_every: int = 0  # validate every N epochs; 0 = auto (about every 200 optimizer steps, at least each epoch)
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def _require(ok: bool, message: str) -> None:
 
 def validate_hparams(hp: Hyperparameters) -> None:
     """Raise ConfigError naming the first invalid field, with the fix."""
-    for name in ("max_len", "hidden_size", "depth", "heads", "batch_size", "epochs", "top_k", "eval_every"):
+    for name in ("max_len", "hidden_size", "depth", "heads", "batch_size", "epochs", "top_k"):
         value = getattr(hp, name)
         _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                  f"{name}: must be a positive integer, got {value!r}")
@@ -138,6 +138,8 @@ def validate_hparams(hp: Hyperparameters) -> None:
     _require(isinstance(hp.negative_samples, int) and hp.negative_samples >= 0,
              f"negative_samples: must be an integer >= 0 (0 = full softmax), got {hp.negative_samples!r}")
     _require(hp.patience >= 1, f"patience: must be at least 1, got {hp.patience}")
+    _require(isinstance(hp.eval_every, int) and hp.eval_every >= 0,
+             f"eval_every: must be an integer >= 0 (0 = auto), got {hp.eval_every!r}")
     for name in ("weight_tying", "use_attention_mask"):
         _require(isinstance(getattr(hp, name), bool), f"{name}: must be true or false")
 

@@ -61,8 +61,8 @@ def trained_bundle(tmp_path_factory: pytest.TempPathFactory, series_csv: Path, i
     cfg = TrainConfig(
         data=DataConfig(data=str(series_csv), items=str(items_csv), meta_cols=("genre", "in_stock"),
                         name_col="title"),
-        hparams=build_hparams(max_len=12, hidden_size=32, heads=2, epochs=40, batch_size=64, patience=40, lr=0.003,
-                              negative_samples=50),
+        hparams=build_hparams(max_len=12, hidden_size=32, heads=2, epochs=40, batch_size=64, patience=40,
+                              lr=0.003, eval_every=2, negative_samples=50),
         seed=7,
     )
     path, metrics = run_training(cfg, tmp_path_factory.mktemp("bundles"), progress=False)

@@ -35,23 +35,25 @@ class NegativeSampler:
         return torch.searchsorted(self._cdf, u, right=True).clamp_(max=len(self._cdf) - 1) + 1
 
 
-def full_softmax_loss(out: torch.Tensor, item_vectors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over every item index; `out` (P, C+1) intents, labels (P,)."""
-    logits = out @ item_vectors.T
-    return F.cross_entropy(logits, labels)
+def full_softmax_loss(out: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over every item index; `out` (P, C) projected hidden states, labels (P,)."""
+    return F.cross_entropy(F.linear(out, weight, bias), labels)
 
 
-def sampled_softmax_loss(out: torch.Tensor, item_vectors: torch.Tensor, labels: torch.Tensor,
+def sampled_softmax_loss(out: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor,
                          sampler: NegativeSampler, n_negatives: int,
                          generator: torch.Generator | None = None) -> torch.Tensor:
     """Softmax over the positive and `n_negatives` sampled negatives per position, log-Q corrected.
 
     A negative that happens to equal its positive ("accidental hit") is removed from the softmax.
+    Candidate rows are gathered with `F.embedding`, whose backward is a fast scatter-add.
     """
     negatives = sampler.sample((labels.shape[0], n_negatives), generator)  # (P, N)
     candidates = torch.cat([labels[:, None], negatives], dim=1)  # (P, 1+N)
-    vectors = item_vectors[candidates]  # (P, 1+N, C+1)
-    logits = torch.einsum("pc,pnc->pn", out, vectors) - sampler.log_q[candidates]
+    vectors = F.embedding(candidates, weight)  # (P, 1+N, C)
+    logits = torch.einsum("pc,pnc->pn", out, vectors) + F.embedding(candidates, bias[:, None]).squeeze(2)
+    logits = logits - sampler.log_q[candidates]
     hit = torch.zeros_like(candidates, dtype=torch.bool)
     hit[:, 1:] = negatives == labels[:, None]
     logits = logits.masked_fill(hit, float("-inf"))

@@ -24,6 +24,7 @@ from seqrec.shared.config import Hyperparameters
 
 log = logging.getLogger(__name__)
 PROBE_USERS = 1000  # users in the train-side probe used to spot overfitting
+AUTO_EVAL_STEPS = 200  # eval_every=0: validate about every this many optimizer steps (at least every epoch)
 
 
 class TrainingError(RuntimeError):
@@ -81,6 +82,9 @@ def train_model(
     lengths = window_lengths(windows)
     probe = type(split.train_probe)(split.train_probe.inputs[:PROBE_USERS], split.train_probe.targets[:PROBE_USERS])
 
+    steps_per_epoch = math.ceil(len(windows) / hp.batch_size)
+    eval_every = hp.eval_every or max(1, round(AUTO_EVAL_STEPS / steps_per_epoch))
+    log.info("validating every %d epoch(s)", eval_every, extra={"steps_per_epoch": steps_per_epoch})
     history: list[EpochRecord] = []
     best_ndcg, best_epoch, best_state, best_valid = -1.0, 0, None, {}
     train_seconds, stale, stopped_early = 0.0, 0, False
@@ -96,16 +100,15 @@ def train_model(
             batch = data[torch.from_numpy(rows), -width:].to(device, non_blocking=True)
             inputs, labels = cloze_mask(batch, hp.mask_ratio, mask_index, n_items, hp.last_item_mask_share,
                                         generator)
-            where = labels != 0
-            hidden = model.encode(inputs)[where]  # (P, C): masked positions only
-            out = model.project(hidden)
-            out = torch.cat([out, torch.ones_like(out[:, :1])], dim=1)
-            targets = labels[where]
-            vectors = model.item_vectors()
+            flat = (labels != 0).view(-1).nonzero().squeeze(1)  # masked positions only
+            hidden = model.encode(inputs)
+            out = model.project(hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat))  # (P, C)
+            targets = labels.view(-1).index_select(0, flat)
+            weight, bias = model.output_weight(), model.out_bias
             if sampler is None:
-                loss = full_softmax_loss(out, vectors, targets)
+                loss = full_softmax_loss(out, weight, bias, targets)
             else:
-                loss = sampled_softmax_loss(out, vectors, targets, sampler, hp.negative_samples, generator)
+                loss = sampled_softmax_loss(out, weight, bias, targets, sampler, hp.negative_samples, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if hp.grad_clip > 0:
@@ -123,7 +126,7 @@ def train_model(
                                 f"(lr={hp.lr}, try {hp.lr / 10:g})")
         record = EpochRecord(epoch=epoch, loss=mean_loss, seconds=seconds,
                              sequences_per_s=len(data) / seconds, positions_per_s=float(lengths.sum()) / seconds)
-        if epoch % hp.eval_every == 0 or epoch == hp.epochs:
+        if epoch % eval_every == 0 or epoch == hp.epochs:
             record.valid = evaluate(model, split.valid, mask_index)
             record.train_probe = evaluate(model, probe, mask_index)
             ndcg = record.valid.get("ndcg@10", 0.0)
