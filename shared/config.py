@@ -25,7 +25,7 @@ class Hyperparameters:
     sampling: str = "sliding_window"  # how training sequences are cut from long histories
     window_stride: int = 0  # sliding-window step; 0 means max_len // 2
     mask_ratio: float = 0.15  # share of items hidden during training
-    last_item_mask_share: float = 0.1  # share of sequences that mask only their last item
+    last_item_mask_share: float = 0.5  # share of sequences trained as next-item examples (random cut, [MASK] last)
     hidden_size: int = 64  # embedding width; divisible by heads
     depth: int = 2  # Transformer encoder layers
     heads: int = 4  # attention heads

@@ -81,6 +81,20 @@ def test_last_item_only_share():
     assert 0.3 <= last_only < 0.45  # the share, plus rows whose random mask happened to pick only the last item
 
 
+def test_next_item_rows_are_random_prefixes_ending_in_mask():
+    seqs = _batch(rows=2000)
+    inputs, labels = _mask(seqs, ratio=0.15, last=1.0)
+    assert (inputs[:, -1] == MASK).all()
+    cut_points = set()
+    for row in range(seqs.shape[0]):
+        original = seqs[row][seqs[row] != 0].tolist()
+        prefix = inputs[row, :-1][inputs[row, :-1] != 0].tolist() + [int(labels[row, -1])]
+        assert original[: len(prefix)] == prefix  # nothing after the target is visible
+        assert len(prefix) >= min(2, len(original))
+        cut_points.add(len(original) - len(prefix))
+    assert len(cut_points) > 10  # the cut moves: not always the window's newest item
+
+
 def test_masking_is_reproducible_with_a_seeded_generator():
     seqs = _batch()
     a = _mask(seqs, seed=5)

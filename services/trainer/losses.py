@@ -38,7 +38,7 @@ class NegativeSampler:
 def full_softmax_loss(out: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                       labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over every item index; `out` (P, C) projected hidden states, labels (P,)."""
-    return F.cross_entropy(F.linear(out, weight, bias), labels)
+    return F.cross_entropy(F.linear(out, weight, bias), labels, reduction="none")
 
 
 def sampled_softmax_loss(out: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor,
@@ -57,4 +57,14 @@ def sampled_softmax_loss(out: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     hit = torch.zeros_like(candidates, dtype=torch.bool)
     hit[:, 1:] = negatives == labels[:, None]
     logits = logits.masked_fill(hit, float("-inf"))
-    return F.cross_entropy(logits, torch.zeros_like(labels))
+    return F.cross_entropy(logits, torch.zeros_like(labels), reduction="none")
+
+
+def per_sequence_mean(position_loss: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Average within each sequence, then over sequences: every sequence weighs the same.
+
+    A last-item-only sequence (one target) then counts as much as a Cloze sequence with dozens of
+    masked items, so the next-item objective that serving uses is not drowned out.
+    """
+    counts = torch.bincount(rows, minlength=n_rows).to(position_loss.dtype)  # every row has a masked item
+    return (position_loss / counts[rows]).sum() / n_rows

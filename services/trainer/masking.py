@@ -2,7 +2,9 @@
 
 Invariants (unit-tested): padding is never masked; every sequence has at least one masked item;
 a sequence with two or more items keeps at least one unmasked; a `last_item_share` of sequences
-masks only their newest item, the position serving predicts.
+becomes next-item examples: cut after a random item, that item moved to the last slot and masked,
+nothing after it visible — exactly what serving sees. Cutting at random (not always at the window's
+end) matters: fixed cuts give one next-item target per window, which the model memorises.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ def _pick_one(candidates: torch.Tensor, generator: torch.Generator | None) -> to
     return torch.zeros_like(candidates).scatter_(1, choice, True) & candidates
 
 
+def _random_prefix(seqs: torch.Tensor, n_real: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Each row cut after a random item (keeping at least two), re-aligned so that item is in the last slot."""
+    u = torch.rand((seqs.shape[0], 1), generator=generator, device=seqs.device)
+    shift = (u * (n_real - 1).clamp(min=0)).long()  # items dropped from the end: 0 .. n_real - 2
+    source = torch.arange(seqs.shape[1], device=seqs.device)[None, :] - shift
+    return torch.where(source >= 0, seqs.gather(1, source.clamp(min=0)), torch.full_like(seqs, PAD_INDEX))
+
+
 def cloze_mask(
     seqs: torch.Tensor,
     mask_ratio: float,
@@ -31,7 +41,9 @@ def cloze_mask(
     """Return (inputs, labels) for a left-padded batch `seqs` [B, L] of item indices.
 
     labels hold the original item at masked positions and PAD_INDEX (ignored) elsewhere. Masked
-    positions become [MASK] 80% of the time, a random item 10%, and stay unchanged 10%.
+    positions become [MASK] 80% of the time, a random item 10%, and stay unchanged 10%; a next-item
+    row always shows [MASK], exactly as serving does. Next-item rows are re-aligned prefixes of
+    their sequence, so their labels line up with `inputs`, not with `seqs`.
     """
     device = seqs.device
     real = seqs != PAD_INDEX
@@ -44,14 +56,15 @@ def cloze_mask(
     none_masked = masked.sum(dim=1, keepdim=True) == 0
     masked = masked | (none_masked & _pick_one(real, generator))
 
+    last_only = torch.rand((seqs.shape[0], 1), generator=generator, device=device) < last_item_share
     if last_item_share > 0:
-        last_only = torch.rand((seqs.shape[0], 1), generator=generator, device=device) < last_item_share
+        seqs = torch.where(last_only, _random_prefix(seqs, n_real, generator), seqs)
         last_slot = torch.zeros_like(masked)
         last_slot[:, -1] = True
-        masked = torch.where(last_only, last_slot & real, masked)
+        masked = torch.where(last_only, last_slot & (seqs != PAD_INDEX), masked)
 
     labels = torch.where(masked, seqs, torch.full_like(seqs, PAD_INDEX))
-    action = rand()
+    action = torch.where(last_only, torch.zeros_like(seqs, dtype=torch.float), rand())  # last-only: always [MASK]
     random_items = torch.randint(1, n_items + 1, seqs.shape, generator=generator, device=device)
     inputs = torch.where(masked & (action < 0.8), torch.full_like(seqs, mask_index), seqs)
     inputs = torch.where(masked & (action >= 0.8) & (action < 0.9), random_items, inputs)

@@ -16,7 +16,12 @@ from tqdm.auto import tqdm
 
 from seqrec.services.trainer.batching import batch_plan, window_lengths
 from seqrec.services.trainer.evaluate import evaluate
-from seqrec.services.trainer.losses import NegativeSampler, full_softmax_loss, sampled_softmax_loss
+from seqrec.services.trainer.losses import (
+    NegativeSampler,
+    full_softmax_loss,
+    per_sequence_mean,
+    sampled_softmax_loss,
+)
 from seqrec.services.trainer.masking import cloze_mask
 from seqrec.services.trainer.model import BERT4Rec
 from seqrec.services.trainer.split import LeaveOneOut, training_windows
@@ -106,9 +111,11 @@ def train_model(
             targets = labels.view(-1).index_select(0, flat)
             weight, bias = model.output_weight(), model.out_bias
             if sampler is None:
-                loss = full_softmax_loss(out, weight, bias, targets)
+                position_loss = full_softmax_loss(out, weight, bias, targets)
             else:
-                loss = sampled_softmax_loss(out, weight, bias, targets, sampler, hp.negative_samples, generator)
+                position_loss = sampled_softmax_loss(out, weight, bias, targets, sampler, hp.negative_samples,
+                                                     generator)
+            loss = per_sequence_mean(position_loss, flat // inputs.shape[1], inputs.shape[0])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if hp.grad_clip > 0:
