@@ -147,16 +147,19 @@ def start_ranker(bundle: Path, redis_url: str, milvus_uri: str, run_dir: Path, e
 
 
 @contextlib.contextmanager
-def terminate_on_sigterm() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so every `finally` (child cleanup) runs."""
+def interruptible() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP unwind as KeyboardInterrupt, so every `finally` (child cleanup) runs,
+    also when the shell started this process with SIGINT ignored (a background job)."""
     def handler(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, handler) for sig in wanted}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def cached_bundle(scratch: Path, n_items: int, n_users: int, seed: int) -> tuple[Path, float]:
@@ -260,23 +263,24 @@ def measure_floor(bundle: Bundle, requests: dict[str, list[Any]], histories: lis
                   redis_url: str, milvus_uri: str, seconds: float, top_k: int) -> dict[str, Stats]:
     """Each part of a request alone, one call at a time, plus the ranker's servicer in this process."""
     vocab = bundle.vocab()
-    long = [vocab.encode(h)[0][-HISTORY_LEN:] for h in histories if len(h) >= HISTORY_LEN][:500]
+    encoded = sorted((vocab.encode(h)[0] for h in histories), key=len, reverse=True)
+    long = [h[-HISTORY_LEN:] for h in encoded[:200]]  # the longest histories: 49 items when the bundle has them
     encoder = OnnxEncoder(bundle, intra_op_threads=1, provider="cpu")
     store = connected_store(milvus_uri)
     redis_store = RedisHistoryStore(redis_url)
-    intents = encoder.intents(long[:200])
+    intents = encoder.intents(long)
     i2i = item_to_item_vectors(bundle.item_vectors())
-    seen = [sorted(set(h)) for h in long[:200]]
+    seen = [sorted(set(h)) for h in long]
     users = [r.user_id for r in requests["user_to_item"]]
-    version, k = bundle.version, top_k
+    version, k, q, n_items = bundle.version, top_k, len(long), vocab.n_items
     floor: dict[str, Stats] = {
-        "encoder": time_calls(lambda i: encoder.intents([long[i % len(long)]]), seconds),
-        "search": time_calls(lambda i: store.search(version, intents[i % 200: i % 200 + 1], k), seconds),
+        "encoder": time_calls(lambda i: encoder.intents([long[i % q]]), seconds),
+        "search": time_calls(lambda i: store.search(version, intents[i % q: i % q + 1], k), seconds),
         "search_excluding_history": time_calls(
-            lambda i: store.search(version, intents[i % 200: i % 200 + 1], k, "", [seen[i % 200]]), seconds),
+            lambda i: store.search(version, intents[i % q: i % q + 1], k, "", [seen[i % q]]), seconds),
         "search_i2i": time_calls(
-            lambda i: store.search(version + I2I_SUFFIX, i2i[1 + i % 1000: 2 + i % 1000], k, "", [[1 + i % 1000]]),
-            seconds),
+            lambda i: store.search(version + I2I_SUFFIX, i2i[1 + i % n_items: 2 + i % n_items], k, "",
+                                   [[1 + i % n_items]]), seconds),
         "redis_read": time_calls(lambda i: redis_store.read(users[i % len(users)], HISTORY_LEN), seconds),
     }
     with grpc.insecure_channel(address) as channel:
@@ -457,8 +461,19 @@ def machine() -> dict[str, Any]:
             "platform": platform.platform(), "load_average_start": list(os.getloadavg()), "versions": versions}
 
 
-def _fmt(x: float, digits: int = 2) -> str:
-    return "n/a" if x != x else f"{x:.{digits}f}"
+def _json_safe(value: Any) -> Any:
+    """NaN (no successful request) as null, so the JSON file is strict JSON."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None or x != x else f"{x:.{digits}f}"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -495,16 +510,43 @@ def markdown(report: dict[str, Any]) -> str:
         "- *where the time goes*: transport (GetModelInfo round trip) + the parts each query type calls, "
         "against the measured p50; `unexplained` is what the sum misses (servicer, vocab, protobuf, "
         "thread hand-offs). `in-process` is the ranker's own work measured without gRPC.",
+        "- *Load*: p50/p99/max are over successful requests only; `errors` counts failed ones by status code.",
         "- *CPU cores*: CPU seconds per wall second of each process during the level, from /proc; "
         "`client` is this benchmark process.", "",
     ]
     return "\n".join(lines)
 
 
+def _findings(result: dict[str, Any]) -> list[str]:
+    """A few computed sentences: what dominates, where throughput saturates, what a flush would change."""
+    floor, load = result["floor"], result["load"]
+    p50 = {k: v["p50_ms"] for k, v in floor.items()}
+    lines = []
+    if "user_to_item" in load:
+        first = min(load["user_to_item"], key=lambda lv: lv["concurrency"])
+        lines.append(f"- user_to_item at {first['concurrency']} client(s): p50 {_fmt(first['p50_ms'])} ms; its parts "
+                     f"alone: Milvus search {_fmt(p50['search_excluding_history'])} ms, the encoder "
+                     f"{_fmt(p50['encoder'])} ms, Redis {_fmt(p50['redis_read'])} ms, a no-work gRPC round trip "
+                     f"{_fmt(p50['grpc_model_info'])} ms.")
+    best_kind, best = max(((k, lv) for k, levels in load.items() for lv in levels), key=lambda x: x[1]["rps"])
+    cores = best["cpu_cores"]
+    lines.append(f"- Highest throughput {best['rps']:.1f} req/s ({best_kind}, {best['concurrency']} client(s)), with "
+                 f"milvus-lite at {cores['milvus']:.2f} CPU cores and the ranker at {cores['ranker']:.2f}.")
+    failed = sum(lv["errors"] for levels in load.values() for lv in levels)
+    if failed:
+        codes = sum((Counter(lv["error_codes"]) for levels in load.values() for lv in levels), Counter())
+        lines.append(f"- {failed} requests failed over all levels ({dict(codes)}).")
+    before, flushed = p50["search"], result["search_after_flush"]["p50_ms"]
+    lines.append(f"- Milvus search p50: {_fmt(before)} ms as served, {_fmt(flushed)} ms after `flush` "
+                 f"({before / flushed:.1f}x).")
+    return lines
+
+
 def _catalog_section(result: dict[str, Any]) -> list[str]:
     lines = [f"## {result['items']:,} items", "",
              f"Bundle build {result['bundle_build_s']:.0f} s (0 = cached), publish {result['publish_s']:.1f} s, "
              f"ranker start to SERVING {result['ranker_start_s']:.1f} s.", "",
+             *_findings(result), "",
              "### Floor (one call at a time)", "", "| part | n | p50 ms | p99 ms | mean ms |", "|---|--:|--:|--:|--:|"]
     for name, s in result["floor"].items():
         cells = " | ".join(_fmt(s[k], 3) for k in ("p50_ms", "p99_ms", "mean_ms"))
@@ -613,6 +655,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="flush the Milvus collections after publish (publish itself does not)")
     p.add_argument("--keep-stores", action="store_true", help="keep the redis/milvus data and ranker log")
     p.add_argument("--out", type=Path, default=Path("docs/serving_latency.md"))
+    p.add_argument("--render-only", action="store_true",
+                   help="measure nothing: rewrite the report and plot from the JSON beside --out")
     args = p.parse_args(argv)
     if min(args.concurrency) < 1 or min(args.items) < 2 or args.seconds <= 0:
         p.error("--concurrency must be >= 1, --items >= 2 and --seconds > 0")
@@ -620,8 +664,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def write_outputs(report: dict[str, Any], out: Path) -> None:
+    """The Markdown report at `out`, the raw JSON and the plot beside it."""
+    for result in report["results"]:
+        result["ratios"], result["breakdown"] = ratios(result), breakdown(result)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown(report))
+    out.with_suffix(".json").write_text(json.dumps(_json_safe(report), indent=1, allow_nan=False))
+    plot(report, out.with_suffix(".png"))
+    log(f"wrote {out}, {out.with_suffix('.png')} and {out.with_suffix('.json')}")
+
+
+def _nan_for_null(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: float("nan") if v is None and k.endswith("_ms") else v for k, v in entry.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render_only:
+        write_outputs(json.loads(args.out.with_suffix(".json").read_text(), object_hook=_nan_for_null), args.out)
+        return 0
     args.scratch.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "command": shlex.join(["python", "bench/serving_latency.py", *(sys.argv[1:] if argv is None else argv)]),
@@ -629,20 +691,14 @@ def main(argv: list[str] | None = None) -> int:
         "top_k": args.top_k, "users": args.users, "concurrency": args.concurrency, "types": args.types,
         "ranker_env": dict(args.ranker_env), "results": []}
     try:
-        with terminate_on_sigterm():
+        with interruptible():
             for n_items in args.items:
                 report["results"].append(run_catalog(n_items, args))
     except KeyboardInterrupt:
         log("interrupted: child processes stopped, nothing written")
         return 130
     report["load_average_end"] = list(os.getloadavg())
-    for result in report["results"]:
-        result["ratios"], result["breakdown"] = ratios(result), breakdown(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown(report))
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    plot(report, args.out.with_suffix(".png"))
-    log(f"wrote {args.out}, {args.out.with_suffix('.png')} and {args.out.with_suffix('.json')}")
+    write_outputs(report, args.out)
     return 0
 
 

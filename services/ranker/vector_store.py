@@ -210,6 +210,7 @@ class MilvusItemStore:
         described = self._describe(name)
         if described is not None:
             if described.get("properties", {}).get(ROWS_PROPERTY) == str(n) and self._dim(described) == dim:
+                self._call(f"flush {name}", "flush", name)  # a collection written before flushing existed
                 return False
             self.drop(version)
         rows = _rows(vectors, np.asarray(item_indices, dtype=np.int64), item_ids, metadata, metadata_schema,
@@ -217,6 +218,9 @@ class MilvusItemStore:
         self._call(f"create_collection {name}", "create_collection", name,
                    schema=self._schema(dim, metadata_schema), properties={VERSION_PROPERTY: version})
         self._write("insert", "insert", name, rows, n, batch_size, progress)
+        # Seal the segments: Milvus Lite searches unsealed ("growing") rows 14-16x slower (measured:
+        # 112 ms vs 8 ms per search at 10k items, about 1 s vs 68 ms at 100k).
+        self._call(f"flush {name}", "flush", name)
         self._call(f"create_index {name}", "create_index", name, self._index_params(index_type, metadata_schema))
         self._call(f"load_collection {name}", "load_collection", name)
         count = self._call(f"count {name}", "query", name, filter="", output_fields=["count(*)"],
