@@ -45,9 +45,11 @@ def run(name: str, epochs: int, patience: int, scratch: Path, extra: list[str]) 
             "--out", str(scratch / "bundles"), "--no-progress", *extra]
     print("$", " ".join(argv), flush=True)
     started = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    log_path = scratch / f"train_{name}.log"
+    with open(log_path, "w") as log:  # progress (JSON log lines) can be followed there while it runs
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=log, text=True)
     if proc.returncode != 0:
-        sys.exit(f"{name}: training failed:\n{proc.stderr[-3000:]}")
+        sys.exit(f"{name}: training failed, see {log_path}:\n{log_path.read_text()[-3000:]}")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     bundle = Path(summary["bundle"])
     metrics = json.loads((bundle / "metrics.json").read_text())

@@ -24,6 +24,13 @@ class EvalSet:
     def __len__(self) -> int:
         return len(self.inputs)
 
+    def sample(self, n: int, seed: int) -> EvalSet:
+        """At most `n` users, drawn at random once (for cheap validation during training)."""
+        if len(self) <= n:
+            return self
+        rows = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
+        return EvalSet([self.inputs[i] for i in rows], self.targets[rows])
+
 
 @dataclass(frozen=True)
 class LeaveOneOut:

@@ -29,6 +29,7 @@ from seqrec.shared.config import Hyperparameters
 
 log = logging.getLogger(__name__)
 PROBE_USERS = 1000  # users in the train-side probe used to spot overfitting
+VALID_USERS = 10_000  # validation users scored after each epoch (all of them for the final metrics)
 AUTO_EVAL_STEPS = 200  # eval_every=0: validate about every this many optimizer steps (at least every epoch)
 
 
@@ -85,7 +86,8 @@ def train_model(
     if device.type == "cuda":
         data = data.pin_memory()
     lengths = window_lengths(windows)
-    probe = type(split.train_probe)(split.train_probe.inputs[:PROBE_USERS], split.train_probe.targets[:PROBE_USERS])
+    probe = split.train_probe.sample(PROBE_USERS, seed)
+    valid = split.valid.sample(VALID_USERS, seed)
 
     steps_per_epoch = math.ceil(len(windows) / hp.batch_size)
     eval_every = hp.eval_every or max(1, round(AUTO_EVAL_STEPS / steps_per_epoch))
@@ -134,7 +136,7 @@ def train_model(
         record = EpochRecord(epoch=epoch, loss=mean_loss, seconds=seconds,
                              sequences_per_s=len(data) / seconds, positions_per_s=float(lengths.sum()) / seconds)
         if epoch % eval_every == 0 or epoch == hp.epochs:
-            record.valid = evaluate(model, split.valid, mask_index)
+            record.valid = evaluate(model, valid, mask_index)
             record.train_probe = evaluate(model, probe, mask_index)
             ndcg = record.valid.get("ndcg@10", 0.0)
             if ndcg > best_ndcg:
