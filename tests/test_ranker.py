@@ -331,3 +331,20 @@ def test_serve_ranker_refuses_bad_settings():
     proc = subprocess.run([sys.executable, "-m", "seqrec.services.cli", "serve", "ranker"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "SEQREC_BUNDLE: required" in proc.stderr
+
+
+def test_reflection_lists_the_services_when_enabled(published):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    path, redis_url, milvus_uri = published
+    app = RankerApp(_settings(path, redis_url, milvus_uri, SEQREC_GRPC_REFLECTION="true"))
+    app.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            answer = next(stub.ServerReflectionInfo(iter([request]), timeout=5))
+            names = {s.name for s in answer.list_services_response.service}
+        assert {SERVICE, "grpc.health.v1.Health"} <= names
+    finally:
+        app.stop(0)
