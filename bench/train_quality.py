@@ -91,8 +91,14 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=15)
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/seqrec-bench"))
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "training_benchmark.md")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="write one report from the JSON results of earlier runs instead of training")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="more `seqrec train` flags after --")
     args = parser.parse_args()
+    if args.merge:
+        report([r for path in args.merge for r in json.loads(path.read_text())], args.out)
+        print(args.out.read_text())
+        return
     args.scratch.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     extra = [a for a in args.extra if a != "--"]

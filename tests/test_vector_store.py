@@ -103,15 +103,18 @@ class VectorStoreContract:
     versions and live alias, and drops them at the end, so a shared Milvus server is left as found."""
 
     @pytest.fixture(scope="class")
-    def uri(self) -> str:
+    @classmethod
+    def uri(cls) -> str:
         raise NotImplementedError
 
     @pytest.fixture(scope="class")
-    def run(self) -> str:
+    @classmethod
+    def run(cls) -> str:
         return "t" + uuid.uuid4().hex[:8]
 
     @pytest.fixture(scope="class")
-    def store(self, uri: str, run: str) -> Iterator[MilvusItemStore]:
+    @classmethod
+    def store(cls, uri: str, run: str) -> Iterator[MilvusItemStore]:
         token = os.environ.get("MILVUS_TOKEN", "")
         store = MilvusItemStore(uri, token, timeout=30.0, live_alias=f"seqrec_live_{run}")
         yield store
@@ -125,7 +128,8 @@ class VectorStoreContract:
         client.close()
 
     @pytest.fixture(scope="class")
-    def main(self, store: MilvusItemStore, catalog: dict[str, Any], run: str) -> str:
+    @classmethod
+    def main(cls, store: MilvusItemStore, catalog: dict[str, Any], run: str) -> str:
         version = f"{run}-main"
         assert store.load_items(version, progress=False, **catalog)
         return version
@@ -264,7 +268,8 @@ class VectorStoreContract:
 
 class TestMilvusLiteServer(VectorStoreContract):
     @pytest.fixture(scope="class")
-    def uri(self, milvus_server: str) -> str:  # noqa: F811 (the imported fixture)
+    @classmethod
+    def uri(cls, milvus_server: str) -> str:  # noqa: F811 (the imported fixture)
         return milvus_server
 
 
@@ -272,7 +277,8 @@ class TestMilvusLiteServer(VectorStoreContract):
                     reason="MILVUS_URI is not set: no Milvus server to run the same contract against")
 class TestMilvusServer(VectorStoreContract):
     @pytest.fixture(scope="class")
-    def uri(self) -> str:
+    @classmethod
+    def uri(cls) -> str:
         return os.environ["MILVUS_URI"]
 
 
