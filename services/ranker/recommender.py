@@ -13,12 +13,17 @@ from typing import Any
 from seqrec.proto.v1 import common_pb2
 from seqrec.services.ranker.catalog import Catalog
 from seqrec.services.ranker.encoder import OnnxEncoder
-from seqrec.services.ranker.filters import build_expression, validate_clauses
+from seqrec.services.ranker.filters import build_expression
 from seqrec.services.ranker.history_store import Event, RedisHistoryStore
 from seqrec.services.ranker.publish import I2I_SUFFIX, item_to_item_vectors
 from seqrec.services.ranker.vector_store import MilvusItemStore
 from seqrec.shared.bundle import Bundle
 from seqrec.shared.json_api import MAX_TOP_K
+
+
+def _display(display: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """(display name, metadata) from a search hit's display record."""
+    return display.get("display_name"), display.get("meta") or {}
 
 
 class InvalidQuery(ValueError):
@@ -62,17 +67,17 @@ class Recommender:
         return requested or self.default_top_k
 
     def _filters(self, clauses: Sequence[common_pb2.FilterClause]) -> tuple[list[common_pb2.FilterClause], str]:
-        validate_clauses(clauses, self.catalog.schema)
+        """Validated clauses (FilterError names a bad one) and their Milvus expression."""
         return list(clauses), build_expression(clauses, self.catalog.schema)
 
     def _excluded(self, ids: Sequence[str]) -> set[int]:
         return {i for i in (self.vocab.get(x) for x in ids) if i is not None}
 
     def _popularity(self, top_k: int, clauses: Sequence[common_pb2.FilterClause], exclude: set[int],
-                    unknown: list[str], length: int = 0) -> Recommendation:
+                    unknown: list[str]) -> Recommendation:
         items = [(self.vocab.item_id(i), score, *self.catalog.display(i))
                  for i, score in self.catalog.popular(top_k, clauses, exclude)]
-        return Recommendation(items, self.version, common_pb2.FALLBACK_POPULARITY, unknown, length)
+        return Recommendation(items, self.version, common_pb2.FALLBACK_POPULARITY, unknown, 0)
 
     def _from_history(self, history: list[int], top_k: int, clauses: Sequence[common_pb2.FilterClause],
                       expr: str, exclude: set[int], unknown: list[str]) -> Recommendation:
@@ -82,11 +87,8 @@ class Recommender:
             return self._popularity(top_k, clauses, exclude, unknown)
         intent = self.encoder.intents([history])
         hits = self.items.search(self.version, intent, top_k, expr, [sorted(exclude)])[0]
-        items = [(item_id, score, *self._display(index, display)) for index, score, item_id, display in hits]
+        items = [(item_id, score, *_display(display)) for _, score, item_id, display in hits]
         return Recommendation(items, self.version, common_pb2.FALLBACK_NONE, unknown, len(history))
-
-    def _display(self, index: int, display: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-        return display.get("display_name"), display.get("meta") or {}
 
     def _stored_history(self, user_id: str) -> tuple[list[int], list[str]]:
         entries = self.histories.read(user_id, self.encoder.max_len - 1)
@@ -138,7 +140,7 @@ class Recommender:
         exclude = self._excluded(exclude_ids) | {index}
         vector = self.i2i_vectors[index: index + 1]
         hits = self.items.search(self.version + I2I_SUFFIX, vector, top_k, expr, [sorted(exclude)])[0]
-        items = [(hit_id, score, *self._display(i, display)) for i, score, hit_id, display in hits]
+        items = [(hit_id, score, *_display(display)) for _, score, hit_id, display in hits]
         return Recommendation(items, self.version, common_pb2.FALLBACK_NONE, [], 1)
 
     # ---- events -------------------------------------------------------------------------------
