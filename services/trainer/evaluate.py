@@ -12,7 +12,7 @@ import torch
 from seqrec.services.trainer.model import BERT4Rec
 from seqrec.services.trainer.split import EvalSet
 from seqrec.shared.history import encode_histories
-from seqrec.shared.metrics import ranking_metrics
+from seqrec.shared.metrics import ranking_metrics, target_ranks
 
 SAMPLED_NEGATIVES = 100
 
@@ -64,15 +64,14 @@ def evaluate(model: BERT4Rec, eval_set: EvalSet, mask_index: int, exclude_seen: 
     if len(eval_set) == 0:
         return {}
     scores = score_histories(model, eval_set.inputs, mask_index, batch_size)
-    rows = np.arange(len(eval_set))
     target_cols = eval_set.targets - 1
-    target_scores = scores[rows, target_cols].copy()
     if exclude_seen:
+        rows = np.arange(len(eval_set))
+        target_scores = scores[rows, target_cols].copy()
         for row, history in enumerate(eval_set.inputs):
             scores[row, history - 1] = -np.inf
         scores[rows, target_cols] = target_scores  # the target itself is never excluded
-    ranks = (scores > target_scores[:, None]).sum(axis=1)
-    metrics = ranking_metrics(ranks)
+    metrics = ranking_metrics(target_ranks(scores, target_cols))
     metrics["users"] = float(len(eval_set))
     if popularity is not None:
         sampled = ranking_metrics(_sampled_ranks(scores, eval_set, popularity, np.random.default_rng(seed)),

@@ -42,8 +42,8 @@ def _versions() -> dict[str, str]:
 def popularity_metrics(counts: np.ndarray, eval_set: EvalSet) -> dict[str, float]:
     """Full-ranking metrics of the global-popularity baseline (same ranking rule as the model)."""
     item_scores = counts[1:].astype(np.float64)
-    target_scores = item_scores[eval_set.targets - 1]
-    ranks = (item_scores[None, :] > target_scores[:, None]).sum(axis=1)
+    ordered = np.sort(item_scores)  # one score row for every user: count higher scores by binary search
+    ranks = len(ordered) - np.searchsorted(ordered, item_scores[eval_set.targets - 1], side="right")
     return ranking_metrics(ranks)
 
 
