@@ -23,7 +23,6 @@ def build_parser() -> argparse.ArgumentParser:
         add_query_arguments,
         run_publish,
         run_query,
-        run_serve_ranker,
     )
 
     publish = sub.add_parser("publish", help="load a bundle into Redis and Milvus and make it live (or roll back)")
@@ -35,13 +34,28 @@ def build_parser() -> argparse.ArgumentParser:
     query.set_defaults(func=run_query)
 
     serve = sub.add_parser("serve", help="run a service (settings from environment variables)")
-    serve.add_argument("service", choices=["ranker"])
-    serve.set_defaults(func=run_serve_ranker)
+    serve.add_argument("service", choices=sorted(SERVICES))
+    serve.set_defaults(func=run_serve)
 
     verify = sub.add_parser("verify", help="check a bundle's manifest and checksums")
     verify.add_argument("bundle")
     verify.set_defaults(func=run_verify)
     return parser
+
+
+# `seqrec serve NAME` → the module whose `main() -> int` runs that service until SIGTERM.
+SERVICES = {
+    "ranker": "seqrec.services.ranker.server",
+    "embedder": "seqrec.services.embedder.server",
+    "gateway": "seqrec.services.gateway.server",
+    "trainer": "seqrec.services.trainer.server",
+}
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import importlib
+
+    return int(importlib.import_module(SERVICES[args.service]).main())
 
 
 def run_verify(args: argparse.Namespace) -> int:

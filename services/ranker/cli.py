@@ -68,9 +68,3 @@ def run_query(args: argparse.Namespace) -> int:
             return 1
     print(json.dumps({"query_type": query_type, **response_to_json(response)}, indent=2, ensure_ascii=False))
     return 0
-
-
-def run_serve_ranker(_args: argparse.Namespace) -> int:
-    from seqrec.services.ranker.server import main
-
-    return main()
