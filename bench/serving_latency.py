@@ -46,12 +46,13 @@ from pymilvus.exceptions import MilvusException
 from seqrec.proto.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from seqrec.services.ranker.encoder import OnnxEncoder
 from seqrec.services.ranker.history_store import RedisHistoryStore
-from seqrec.services.ranker.publish import I2I_SUFFIX, item_to_item_vectors, publish
+from seqrec.services.ranker.publish import I2I_SUFFIX, publish
 from seqrec.services.ranker.recommender import Recommender
 from seqrec.services.ranker.service import RankerServicer
 from seqrec.services.ranker.vector_store import MilvusItemStore, collection_name
 from seqrec.shared.bundle import HISTORIES, MANIFEST, Bundle, BundleError
 from seqrec.shared.local_services import ManagedProcess, free_port, start_milvus_lite, start_redis
+from seqrec.shared.similarity import item_to_item_vectors
 
 SERVICE = "seqrec.proto.v1.RankerService"
 QUERY_TYPES = ("user_to_item", "contextual", "sequential", "item_to_item")

@@ -32,6 +32,10 @@ POPULARITY = "popularity.npy"
 ITEMS = "items.jsonl"
 HISTORIES = "histories.jsonl"
 METRICS = "metrics.json"
+# Hybrid bundles only:
+TEXT_EMBEDDINGS = "text_embeddings.npy"  # [n_indices, 384] MiniLM embeddings of item text (zero rows: no text)
+TEXT_PROJECTION = "text_projection.npy"  # [385, dim]: `[text, 1] @ P` is a text-only item's output vector
+ITEM_TO_ITEM = "item_to_item.npy"  # [n_indices, d] unit rows: inner product = item_to_item similarity
 
 
 class BundleError(RuntimeError):
@@ -186,6 +190,14 @@ class Bundle:
 
     def item_vectors(self) -> np.ndarray:
         return np.load(self.file(ITEM_VECTORS), allow_pickle=False)
+
+    def array(self, name: str) -> np.ndarray:
+        return np.load(self.file(name), allow_pickle=False)
+
+    @property
+    def hybrid(self) -> bool:
+        """Whether item text is part of the model (the bundle can then embed brand-new items)."""
+        return self.has(TEXT_PROJECTION)
 
     def popularity(self) -> np.ndarray:
         return np.load(self.file(POPULARITY), allow_pickle=False)

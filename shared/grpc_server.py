@@ -41,10 +41,32 @@ class ErrorMapping:
         return None
 
 
+class MalformedRequest:
+    """Stands in for a request whose bytes are not a valid message (e.g. invalid UTF-8 in a string)."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A deserializer that never raises: grpc would answer a parse failure with INTERNAL."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - DecodeError and friends; reported as INVALID_ARGUMENT
+            return MalformedRequest(exc)
+
+    return parse
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Maps domain exceptions to status codes in one place; anything unexpected is INTERNAL and logged.
 
-    Also refuses work whose deadline has already passed.
+    Also refuses work whose deadline has already passed, and answers requests that are not valid
+    protobuf (string fields must be UTF-8) with INVALID_ARGUMENT instead of grpc's INTERNAL.
     """
 
     def __init__(self, mapping: ErrorMapping):
@@ -61,6 +83,9 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired before the call started")
+            if isinstance(request, MalformedRequest):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"request: not a valid message ({request.error}); string fields must be UTF-8")
             try:
                 return inner(request, context)
             except Exception as exc:  # noqa: BLE001 - this is the one place errors become statuses
@@ -72,7 +97,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 log.info("request refused", extra={"method": method, "code": code.name, "error": str(exc)})
                 context.abort(code, str(exc))
 
-        return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=handler.request_deserializer,
+        return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=tolerant(handler.request_deserializer),
                                                    response_serializer=handler.response_serializer)
 
 

@@ -17,6 +17,7 @@ MAX_TOP_K = 1000
 MAX_ID_CHARS = 512
 MAX_TEXT_CHARS = 10_000
 MAX_LIST_ITEMS = 1000
+MAX_FILTERS = 64
 RANGE_OPS = ("gte", "gt", "lte", "lt")
 
 # query_type → (request message, RPC method name, {field: kind})
@@ -52,6 +53,17 @@ class RequestError(ValueError):
 
 def rpc_name(query_type: str) -> str:
     return _FIELDS[query_type][1]
+
+
+def request_fields(query_type: str) -> dict[str, str]:
+    """The JSON fields a query type accepts (besides query_type) and their kinds:
+    "id", "text", "ids", "top_k", "bool" or "filters" (front ends generate their schemas from this)."""
+    return dict(_FIELDS[query_type][2])
+
+
+def required_fields(query_type: str) -> tuple[str, ...]:
+    """The fields a query type cannot do without (item_to_item needs item_id or item_text instead)."""
+    return _REQUIRED[query_type]
 
 
 def _string(field: str, value: Any, limit: int) -> str:
@@ -110,8 +122,8 @@ def parse_filters(field: str, value: Any) -> list[common_pb2.FilterClause]:
     """`{"meta.col": scalar | [any of] | {"gte": .., "lt": ..}}` → FilterClause messages."""
     if not isinstance(value, dict):
         raise RequestError(field, f"expected an object of meta.<column> filters, got {type(value).__name__}")
-    if len(value) > 64:
-        raise RequestError(field, "more than 64 filters")
+    if len(value) > MAX_FILTERS:
+        raise RequestError(field, f"more than {MAX_FILTERS} filters")
     clauses = []
     for key, cond in value.items():
         path = f"{field}.{key}"

@@ -66,6 +66,10 @@ class Env:
             raise SettingsError(f"{name}: expected host:port, got {value!r}")
         return value
 
+    def optional_address(self, name: str) -> str:
+        """host:port, or "" when the variable is unset (the feature it enables is off)."""
+        return self.address(name, "") if self.environ.get(name, "").strip() else ""
+
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.str(name, default).lower()
         if value not in choices:

@@ -18,7 +18,8 @@ import numpy as np
 from seqrec.services.ranker.catalog import Catalog
 from seqrec.services.ranker.history_store import RedisHistoryStore
 from seqrec.services.ranker.vector_store import MilvusItemStore
-from seqrec.shared.bundle import HISTORIES, MANIFEST, Bundle, BundleError
+from seqrec.shared.bundle import HISTORIES, ITEM_TO_ITEM, MANIFEST, Bundle, BundleError
+from seqrec.shared.similarity import item_to_item_vectors
 
 log = logging.getLogger(__name__)
 I2I_SUFFIX = "_i2i"  # the item-to-item collection sits beside the version's item vectors
@@ -38,10 +39,9 @@ def resolve_bundle(path: Path) -> Path:
     raise BundleError(f"{path}: neither a bundle nor a bundle root with a {LIVE_FILE} file (run seqrec publish)")
 
 
-def item_to_item_vectors(item_vectors: np.ndarray) -> np.ndarray:
-    """Unit-length output embeddings (bias dimension dropped): cosine similarity by inner product."""
-    vectors = item_vectors[:, :-1].astype(np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+def bundle_item_to_item_vectors(bundle: Bundle, item_vectors: np.ndarray) -> np.ndarray:
+    """The hybrid bundle's precomputed item-to-item vectors, or unit output embeddings for an id-only one."""
+    return bundle.array(ITEM_TO_ITEM) if bundle.has(ITEM_TO_ITEM) else item_to_item_vectors(item_vectors)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -73,7 +73,7 @@ def publish(bundle_path: Path, redis_url: str, milvus_uri: str, milvus_token: st
                 progress=progress, index_type=index_type)
     vectors = bundle.item_vectors()
     store.load_items(bundle.version, vectors[indices], **rows)
-    store.load_items(bundle.version + I2I_SUFFIX, item_to_item_vectors(vectors)[indices], **rows)
+    store.load_items(bundle.version + I2I_SUFFIX, bundle_item_to_item_vectors(bundle, vectors)[indices], **rows)
 
     histories = RedisHistoryStore(redis_url)
     n_users = histories.merge_bulk(

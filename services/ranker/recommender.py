@@ -11,14 +11,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seqrec.proto.v1 import common_pb2
+from seqrec.services.embedder.client import EmbedderClient
 from seqrec.services.ranker.catalog import Catalog
 from seqrec.services.ranker.encoder import OnnxEncoder
 from seqrec.services.ranker.filters import build_expression
 from seqrec.services.ranker.history_store import Event, RedisHistoryStore
-from seqrec.services.ranker.publish import I2I_SUFFIX, item_to_item_vectors
+from seqrec.services.ranker.online_items import (
+    MAX_UPSERT,
+    CatalogEntry,
+    InvalidItem,
+    TextVectorizer,
+    check_entry,
+    online_pk,
+)
+from seqrec.services.ranker.publish import I2I_SUFFIX, bundle_item_to_item_vectors
 from seqrec.services.ranker.vector_store import MilvusItemStore
 from seqrec.shared.bundle import Bundle
 from seqrec.shared.json_api import MAX_TOP_K
+from seqrec.shared.text import item_text
 
 
 def _display(display: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
@@ -48,7 +58,8 @@ class Recommendation:
 
 
 class Recommender:
-    def __init__(self, bundle: Bundle, encoder: OnnxEncoder, items: MilvusItemStore, histories: RedisHistoryStore):
+    def __init__(self, bundle: Bundle, encoder: OnnxEncoder, items: MilvusItemStore, histories: RedisHistoryStore,
+                 embedder: EmbedderClient | None = None):
         self.bundle = bundle
         self.version = bundle.version
         self.vocab = bundle.vocab()
@@ -56,8 +67,12 @@ class Recommender:
         self.encoder = encoder
         self.items = items
         self.histories = histories
+        self.embedder = embedder
         self.default_top_k = bundle.top_k
-        self.i2i_vectors = item_to_item_vectors(bundle.item_vectors())
+        item_vectors = bundle.item_vectors()
+        self.i2i_vectors = bundle_item_to_item_vectors(bundle, item_vectors)
+        self.text_vectors = TextVectorizer(bundle, self.vocab, item_vectors) if bundle.hybrid else None
+        self.text_columns: list[str] = list((bundle.manifest.get("text") or {}).get("columns") or [])
 
     # ---- helpers -------------------------------------------------------------------------------
     def _top_k(self, requested: int) -> int:
@@ -71,7 +86,17 @@ class Recommender:
         return list(clauses), build_expression(clauses, self.catalog.schema)
 
     def _excluded(self, ids: Sequence[str]) -> set[int]:
-        return {i for i in (self.vocab.get(x) for x in ids) if i is not None}
+        """Primary keys of the given items: bundle indices, or the keys of items added online."""
+        return {self.vocab.get(x) or online_pk(x) for x in ids if x}
+
+    def _embed(self, texts: list[str], what: str) -> Any:
+        """MiniLM embeddings through the embedder; NotSupported when this deployment cannot embed."""
+        if self.text_vectors is None:
+            raise NotSupported(f"{what}: bundle {self.version} was trained without item text (no metadata "
+                               "columns), so it cannot place items by their text; retrain with --meta-cols")
+        if self.embedder is None:
+            raise NotSupported(f"{what}: this ranker has no embedder configured (set SEQREC_EMBEDDER)")
+        return self.embedder.embed(texts)
 
     def _popularity(self, top_k: int, clauses: Sequence[common_pb2.FilterClause], exclude: set[int],
                     unknown: list[str]) -> Recommendation:
@@ -131,17 +156,50 @@ class Recommender:
                      top_k: int, exclude_ids: Sequence[str] = ()) -> Recommendation:
         top_k = self._top_k(top_k)
         clauses, expr = self._filters(clauses)
+        exclude = self._excluded([*exclude_ids, item_id])
+        fallback, unknown = common_pb2.FALLBACK_NONE, []
         index = self.vocab.get(item_id) if item_id else None
-        if index is None:
-            if item_text:
-                raise NotSupported("item_text: answering unknown items from their text needs the embedder, "
-                                   "which this ranker is not configured with")
-            raise UnknownItem(f"item_id: unknown item {item_id!r}; pass item_text to find items by content")
-        exclude = self._excluded(exclude_ids) | {index}
-        vector = self.i2i_vectors[index: index + 1]
+        if index is not None:
+            vector = self.i2i_vectors[index: index + 1]
+        else:
+            stored = self.items.get_vectors(self.version + I2I_SUFFIX, [online_pk(item_id)]) if item_id else {}
+            if stored:  # an item added online
+                vector = next(iter(stored.values()))[None, :]
+            elif item_text is not None and item_text.strip():
+                text = self._embed([item_text], "item_text")
+                vector = self.text_vectors.query_vector(text)
+                fallback, unknown = common_pb2.FALLBACK_CONTENT, [item_id] if item_id else []
+            else:
+                raise UnknownItem(f"item_id: unknown item {item_id!r}; pass item_text to find items by content")
         hits = self.items.search(self.version + I2I_SUFFIX, vector, top_k, expr, [sorted(exclude)])[0]
         items = [(hit_id, score, *_display(display)) for _, score, hit_id, display in hits]
-        return Recommendation(items, self.version, common_pb2.FALLBACK_NONE, [], 1)
+        return Recommendation(items, self.version, fallback, unknown, 1)
+
+    # ---- catalog ------------------------------------------------------------------------------
+    def upsert_items(self, entries: Sequence[CatalogEntry]) -> int:
+        """Add or update items from their text and metadata; every query type sees them at once.
+
+        Empty text is built from the metadata with the training template. Nothing is written
+        unless every entry is valid and embedded.
+        """
+        if not entries:
+            raise InvalidItem("items: at least one item is required")
+        if len(entries) > MAX_UPSERT:
+            raise InvalidItem(f"items: {len(entries)} items in one call; at most {MAX_UPSERT}")
+        entries = [e if e.text.strip() else CatalogEntry(e.item_id, item_text(e.meta, self.text_columns,
+                                                                              e.display_name), e.display_name, e.meta)
+                   for e in entries]
+        for n, entry in enumerate(entries):
+            check_entry(n, entry, self.catalog.schema)
+        latest = {e.item_id: e for e in entries}  # the last entry for an id wins
+        entries = list(latest.values())
+        text = self._embed([e.text for e in entries], "items")
+        keys, vectors, i2i = self.text_vectors.vectors([e.item_id for e in entries], text)
+        rows = dict(item_indices=keys, item_ids=[e.item_id for e in entries], metadata=[e.meta for e in entries],
+                    metadata_schema=self.catalog.schema, display_names=[e.display_name for e in entries])
+        self.items.upsert_items(self.version, vectors, **rows)
+        self.items.upsert_items(self.version + I2I_SUFFIX, i2i, **rows)
+        return len(entries)
 
     # ---- events -------------------------------------------------------------------------------
     def ingest(self, events: Sequence[Event]) -> int:

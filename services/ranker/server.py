@@ -9,9 +9,11 @@ from pathlib import Path
 import grpc
 
 from seqrec.proto.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
+from seqrec.services.embedder.client import EmbedderClient, EmbedderRejected, EmbedderUnavailable
 from seqrec.services.ranker.encoder import OnnxEncoder
 from seqrec.services.ranker.filters import FilterError
 from seqrec.services.ranker.history_store import HistoryStoreUnavailable, RedisHistoryStore
+from seqrec.services.ranker.online_items import InvalidItem
 from seqrec.services.ranker.publish import I2I_SUFFIX, resolve_bundle
 from seqrec.services.ranker.recommender import InvalidQuery, NotSupported, Recommender, UnknownItem
 from seqrec.services.ranker.service import RankerServicer
@@ -35,6 +37,9 @@ ERRORS = ErrorMapping([
     (InvalidQuery, grpc.StatusCode.INVALID_ARGUMENT),
     (FilterError, grpc.StatusCode.INVALID_ARGUMENT),
     (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidItem, grpc.StatusCode.INVALID_ARGUMENT),
+    (EmbedderRejected, grpc.StatusCode.INVALID_ARGUMENT),
+    (EmbedderUnavailable, grpc.StatusCode.UNAVAILABLE),
     (UnknownItem, grpc.StatusCode.NOT_FOUND),
     (NotSupported, grpc.StatusCode.FAILED_PRECONDITION),
     (HistoryStoreUnavailable, grpc.StatusCode.UNAVAILABLE),
@@ -50,6 +55,7 @@ class RankerSettings:
     redis_url: str
     milvus_uri: str
     milvus_token: str
+    embedder: str  # host:port of the embedder service ("" = none: no text queries, no UpsertItems)
     workers: int  # RPC worker threads
     max_concurrent_rpcs: int  # beyond this, calls are refused with RESOURCE_EXHAUSTED
     reflection: bool  # expose gRPC server reflection
@@ -68,6 +74,7 @@ class RankerSettings:
             redis_url=env.str("REDIS_URL", "redis://127.0.0.1:6379/0"),
             milvus_uri=env.str("MILVUS_URI", "http://127.0.0.1:19530"),
             milvus_token=env.str("MILVUS_TOKEN", ""),
+            embedder=env.optional_address("SEQREC_EMBEDDER"),
             workers=env.int("SEQREC_GRPC_WORKERS", 16, minimum=1, maximum=1024),
             max_concurrent_rpcs=env.int("SEQREC_MAX_CONCURRENT_RPCS", 512, minimum=1),
             reflection=env.bool("SEQREC_GRPC_REFLECTION", False),
@@ -88,7 +95,8 @@ class RankerApp:
         self.items = MilvusItemStore(settings.milvus_uri, settings.milvus_token)
         self.histories = RedisHistoryStore(settings.redis_url, cap=settings.history_cap)
         encoder = OnnxEncoder(self.bundle, settings.ort_threads, settings.ort_provider)
-        self.recommender = Recommender(self.bundle, encoder, self.items, self.histories)
+        self.embedder = EmbedderClient(settings.embedder, timeout=5.0) if settings.embedder else None
+        self.recommender = Recommender(self.bundle, encoder, self.items, self.histories, self.embedder)
         self.server = make_server(settings.workers, settings.max_concurrent_rpcs, [ErrorInterceptor(ERRORS)])
         ranker_pb2_grpc.add_RankerServiceServicer_to_server(
             RankerServicer(lambda: self.recommender, self.model_info), self.server)
@@ -111,7 +119,7 @@ class RankerApp:
         m = self.bundle.manifest
         metrics = {f"test_{k}": float(v) for k, v in (self.bundle.metrics().get("test") or {}).items()}
         return common_pb2.ModelInfo(
-            bundle_version=self.bundle.version, hybrid=False, num_items=m["n_items"],
+            bundle_version=self.bundle.version, hybrid=self.bundle.hybrid, num_items=m["n_items"],
             num_users=int(m.get("n_users", 0)), max_len=m["max_len"], hidden_size=m["model"]["hidden_size"],
             metadata_columns=list(m.get("metadata_schema") or {}), metrics=common_pb2.Metrics(values=metrics),
             runtime=f"onnxruntime:{self.recommender.encoder.provider}", default_top_k=self.bundle.top_k)

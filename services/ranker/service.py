@@ -8,8 +8,9 @@ import grpc
 
 from seqrec.proto.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from seqrec.services.ranker.history_store import Event
-from seqrec.services.ranker.recommender import NotSupported, Recommendation, Recommender
-from seqrec.shared.json_api import to_metadata_value
+from seqrec.services.ranker.online_items import CatalogEntry
+from seqrec.services.ranker.recommender import Recommendation, Recommender
+from seqrec.shared.json_api import from_metadata_value, to_metadata_value
 
 
 def to_response(rec: Recommendation) -> ranker_pb2.RecommendResponse:
@@ -67,4 +68,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         return self.model_info()
 
     def UpsertItems(self, request: ranker_pb2.UpsertItemsRequest, context: grpc.ServicerContext):
-        raise NotSupported("UpsertItems needs the hybrid text engine (an embedder), which this ranker does not have")
+        entries = [CatalogEntry(item.item_id, item.text, item.display_name or None,
+                                {k: from_metadata_value(v) for k, v in item.meta.items()})
+                   for item in request.items]
+        return ranker_pb2.UpsertItemsResponse(upserted=self.current().upsert_items(entries))

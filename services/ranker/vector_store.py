@@ -342,6 +342,16 @@ class MilvusItemStore:
             out.update({int(r[PRIMARY_KEY]): (r["item_id"], json.loads(r["display"])) for r in rows})
         return out
 
+    def get_vectors(self, version: str, indices: Sequence[int]) -> dict[int, np.ndarray]:
+        """Stored vectors of the given primary keys that exist (e.g. an item added online)."""
+        name = collection_name(version)
+        keys = sorted({int(i) for i in indices})
+        out: dict[int, np.ndarray] = {}
+        for start in range(0, len(keys), GET_BATCH):
+            rows = self._call(f"get {name}", "get", name, ids=keys[start:start + GET_BATCH], output_fields=["vector"])
+            out.update({int(r[PRIMARY_KEY]): np.asarray(r["vector"], dtype=np.float32) for r in rows})
+        return out
+
     def ping(self) -> bool:
         """True when Milvus answers a cheap call within the timeout."""
         try:

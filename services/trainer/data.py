@@ -38,6 +38,7 @@ class Interactions:
     timestamps: list[np.ndarray]  # float64 seconds (or the file's own numeric unit), aligned
     items: dict[str, ItemInfo]
     stats: dict[str, Any] = field(default_factory=dict)
+    n_warm: int = 0  # indices 1..n_warm have interactions; the rest are catalog-only items (text, no history)
 
     @property
     def n_interactions(self) -> int:
@@ -185,6 +186,7 @@ def load_interactions(cfg: DataConfig) -> Interactions:
 
     users = frame[cfg.user_col].astype(str).str.strip().to_numpy()
     items = frame[cfg.item_col].astype(str).str.strip().to_numpy()
+    seen_items = set(items.tolist())
     times = parse_timestamps(frame[cfg.time_col], cfg.time_col)
     rows = frame["_row"].to_numpy()
 
@@ -199,7 +201,14 @@ def load_interactions(cfg: DataConfig) -> Interactions:
     order = np.lexsort((rows, times, users))
     users, items, times = users[order], items[order], times[order]
 
-    vocab = ItemVocab(sorted(set(items.tolist())))
+    source = items_frame if items_frame is not None else frame.assign(**{cfg.item_col: frame[cfg.item_col]
+                                                                         .astype(str).str.strip()})
+    item_info = _item_table(source, cfg, stats)
+    warm = sorted(set(items.tolist()))
+    # Items of the item table never seen in the interactions join the catalog after the warm items: with
+    # metadata they get text-only vectors (recommendable on day one). Items removed by k-core stay out.
+    cold = sorted(set(item_info) - seen_items) if cfg.meta_cols else []
+    vocab = ItemVocab(warm + cold)
     index_of = {item: vocab.index(item) for item in vocab.ids()}
     item_idx = np.fromiter((index_of[i] for i in items), dtype=np.int64, count=len(items))
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
@@ -214,14 +223,12 @@ def load_interactions(cfg: DataConfig) -> Interactions:
         "rows_used": int(len(users)),
         "users": len(user_ids),
         "items": vocab.n_items,
+        "catalog_only_items": len(cold),
         "timestamp_tie_share": float(ties.sum() / max(same_user.sum(), 1)),
         "duplicate_rows": int(pd.DataFrame({"u": users, "i": items, "t": times}).duplicated().sum()),
     })
 
-    source = items_frame if items_frame is not None else frame.assign(**{cfg.item_col: frame[cfg.item_col]
-                                                                         .astype(str).str.strip()})
-    item_info = _item_table(source, cfg, stats)
     stats["metadata_schema"] = metadata_schema(item_info, cfg.meta_cols)
     _normalise_meta(item_info, stats["metadata_schema"])
     return Interactions(vocab=vocab, user_ids=user_ids, sequences=sequences, timestamps=timestamps,
-                        items=item_info, stats=stats)
+                        items=item_info, stats=stats, n_warm=len(warm))

@@ -1,5 +1,11 @@
 """BERT4Rec: a bidirectional Transformer encoder over item sequences, trained with the Cloze task.
 
+Hybrid mode (`text_dim > 0`): every item's representation, in the input and in the output item
+vectors, is its learned id embedding plus a learned projection of its frozen MiniLM text
+embedding. Items without interactions have no id part, and in training a random share of items
+(`id_dropout`) loses its id part at each step, so text alone learns to stand for an item.
+`fused()` folds the text into plain embedding tables for export, so serving sees one architecture.
+
 Scoring contract shared with serving: `intent(ids)` [B, D+1] · `item_vectors()` [n_indices, D+1]
 is exactly the model's logit for every item, because the output bias is folded into the last
 dimension (the intent carries a constant 1 there).
@@ -7,6 +13,7 @@ dimension (the intent carries a constant 1 there).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +33,8 @@ class ModelConfig:
     dropout: float = 0.1  # dropout everywhere
     weight_tying: bool = False  # output item vectors share the input embedding table
     use_attention_mask: bool = True  # keys at padding positions are not attended
+    text_dim: int = 0  # > 0: hybrid model over frozen text embeddings of this width
+    id_dropout: float = 0.0  # hybrid training: share of items (with text) whose id part is hidden per step
 
 
 class SelfAttention(nn.Module):
@@ -73,7 +82,8 @@ class Block(nn.Module):
 
 
 class BERT4Rec(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, text: torch.Tensor | None = None, n_warm: int | None = None):
+        """`text` [n_indices, text_dim] (zero rows: no text) for a hybrid model; items 1..n_warm have interactions."""
         super().__init__()
         self.cfg = cfg
         d = cfg.hidden_size
@@ -87,6 +97,19 @@ class BERT4Rec(nn.Module):
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
         self.out_emb = None if cfg.weight_tying else nn.Embedding(cfg.n_indices, d)
         self.out_bias = nn.Parameter(torch.zeros(cfg.n_indices))
+        if cfg.text_dim:
+            if text is None or text.shape != (cfg.n_indices, cfg.text_dim):
+                raise ValueError(f"a hybrid model needs text embeddings of shape ({cfg.n_indices}, {cfg.text_dim})")
+            n_warm = cfg.n_indices - 2 if n_warm is None else n_warm
+            id_known = torch.zeros(cfg.n_indices)
+            id_known[1: n_warm + 1] = 1.0  # items seen in training
+            id_known[cfg.n_indices - 1] = 1.0  # [MASK] is an id-only token
+            self.register_buffer("text", text.float(), persistent=False)
+            self.register_buffer("has_text", (text.abs().sum(1) > 0).float(), persistent=False)
+            self.register_buffer("id_known", id_known, persistent=False)
+            self.text_in = nn.Linear(cfg.text_dim, d)
+            self.text_out = None if cfg.weight_tying else nn.Linear(cfg.text_dim, d)
+            self.text_bias = nn.Linear(cfg.text_dim, 1)
         self.apply(self._init)
 
     @staticmethod
@@ -106,17 +129,56 @@ class BERT4Rec(nn.Module):
         log_prior = torch.log(item_counts.double() + 1.0)
         self.out_bias.copy_((log_prior - log_prior.mean()).to(self.out_bias.dtype))
 
-    def output_weight(self) -> torch.Tensor:
-        return self.item_emb.weight if self.out_emb is None else self.out_emb.weight
+    @property
+    def hybrid(self) -> bool:
+        return self.cfg.text_dim > 0
 
-    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+    def id_keep(self, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """Per-index weight of the id part (hybrid only): 0 without interactions, and for a random
+        `id_dropout` share of items with text while training; None for an id-only model."""
+        if not self.hybrid:
+            return None
+        keep = self.id_known
+        if self.training and self.cfg.id_dropout > 0:
+            draw = torch.rand(keep.shape, generator=generator, device=keep.device)
+            keep = keep * ~((draw < self.cfg.id_dropout) & (self.has_text > 0))
+        return keep
+
+    def _text_part(self, projection: nn.Linear, indices: torch.Tensor | None = None) -> torch.Tensor:
+        text, has_text = (self.text, self.has_text) if indices is None else (self.text[indices], self.has_text[indices])
+        return has_text.unsqueeze(-1) * projection(text)
+
+    def output_weight(self, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(n_indices, C) output item vectors (without the bias)."""
+        base = self.item_emb.weight if self.out_emb is None else self.out_emb.weight
+        if not self.hybrid:
+            return base
+        keep = self.id_known if keep is None else keep
+        return base * keep[:, None] + self._text_part(self.text_out or self.text_in)
+
+    def output_bias(self, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(n_indices,) output bias; a hybrid item without its id part gets a bias predicted from its text."""
+        if not self.hybrid:
+            return self.out_bias
+        keep = self.id_known if keep is None else keep
+        return self.out_bias * keep + self._text_part(self.text_bias).squeeze(-1)
+
+    def embed_items(self, ids: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Input item representations (B, T, C)."""
+        x = self.item_emb(ids)
+        if not self.hybrid:
+            return x
+        keep = self.id_known if keep is None else keep
+        return x * keep[ids].unsqueeze(-1) + self._text_part(self.text_in, ids)
+
+    def encode(self, ids: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (B, T, C) for left-padded ids (B, T), T <= max_len.
 
         Positions count back from the last slot, so the newest slot is always position max_len - 1.
         """
         t = ids.shape[1]
         pos = torch.arange(self.cfg.max_len - t, self.cfg.max_len, device=ids.device)
-        x = self.emb_drop(self.emb_norm(self.item_emb(ids) + self.pos_emb(pos)))
+        x = self.emb_drop(self.emb_norm(self.embed_items(ids, keep) + self.pos_emb(pos)))
         key_mask = (ids != PAD_INDEX)[:, None, None, :] if self.cfg.use_attention_mask else None  # (B,1,1,T)
         for block in self.blocks:
             x = block(x, key_mask)
@@ -133,4 +195,26 @@ class BERT4Rec(nn.Module):
 
     def item_vectors(self) -> torch.Tensor:
         """(n_indices, C+1): output item vectors with the bias folded in as the last column."""
-        return torch.cat([self.output_weight(), self.out_bias[:, None]], dim=1)
+        return torch.cat([self.output_weight(), self.output_bias()[:, None]], dim=1)
+
+    @torch.no_grad()
+    def fused(self) -> BERT4Rec:
+        """An id-only model with identical outputs: text folded into the embedding tables (for export)."""
+        if not self.hybrid:
+            return self
+        plain = BERT4Rec(dataclasses.replace(self.cfg, text_dim=0, id_dropout=0.0))
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("text_")}
+        state["item_emb.weight"] = self.item_emb.weight * self.id_known[:, None] + self._text_part(self.text_in)
+        if self.out_emb is not None:
+            state["out_emb.weight"] = self.output_weight()
+        state["out_bias"] = self.output_bias()
+        plain.load_state_dict(state)
+        return plain.to(self.item_emb.weight.device).eval()
+
+    @torch.no_grad()
+    def text_projection(self) -> torch.Tensor:
+        """(text_dim + 1, C + 1): `[text, 1] @ P` is the output vector (bias folded) of an item known only by text."""
+        weight = self.text_out or self.text_in
+        top = torch.cat([weight.weight.T, self.text_bias.weight.T], dim=1)
+        bottom = torch.cat([weight.bias, self.text_bias.bias])[None, :]
+        return torch.cat([top, bottom], dim=0)

@@ -23,6 +23,8 @@ from seqrec.services.trainer.train import EpochRecord, TrainingError, history_as
 from seqrec.shared import bundle as b
 from seqrec.shared.config import TrainConfig, validate_data_config, validate_hparams
 from seqrec.shared.metrics import ranking_metrics
+from seqrec.shared.similarity import item_to_item_vectors
+from seqrec.shared.text import TEXT_DIM, TEXT_MODEL, TextEmbedder
 from seqrec.shared.vocab import PAD_INDEX
 
 log = logging.getLogger(__name__)
@@ -49,10 +51,16 @@ def popularity_metrics(counts: np.ndarray, eval_set: EvalSet) -> dict[str, float
 
 def _write_bundle(writer: b.BundleWriter, cfg: TrainConfig, model: BERT4Rec, data: Interactions,
                   counts: np.ndarray, metrics: dict[str, Any], history: list[EpochRecord],
-                  warnings: list[str]) -> None:
-    export_encoder(model, writer.path(b.ENCODER))
+                  warnings: list[str], text: np.ndarray | None) -> None:
+    model = model.to("cpu").eval()
+    export_encoder(model.fused(), writer.path(b.ENCODER))
     with torch.no_grad():
-        writer.write_array(b.ITEM_VECTORS, model.item_vectors().float().cpu().numpy())
+        item_vectors = model.item_vectors().float().numpy()
+    writer.write_array(b.ITEM_VECTORS, item_vectors)
+    if text is not None:
+        writer.write_array(b.TEXT_EMBEDDINGS, text)
+        writer.write_array(b.TEXT_PROJECTION, model.text_projection().float().numpy())
+        writer.write_array(b.ITEM_TO_ITEM, item_to_item_vectors(item_vectors, text))
     data.vocab.save(writer.path(b.VOCAB))
     writer.write_array(b.POPULARITY, counts.astype(np.int64))
     if data.items:
@@ -67,9 +75,26 @@ def _write_bundle(writer: b.BundleWriter, cfg: TrainConfig, model: BERT4Rec, dat
     writer.path("report.md").write_text(markdown_report(writer.version, cfg, data.stats, metrics, warnings))
 
 
+def _text_features(cfg: TrainConfig, data: Interactions, embedder: TextEmbedder | None,
+                   progress: bool) -> np.ndarray | None:
+    """MiniLM embeddings of every item's text when metadata columns are given (the hybrid engine)."""
+    if not cfg.data.meta_cols:
+        return None
+    from seqrec.services.trainer.text_features import catalog_texts, default_embedder, text_table
+
+    texts = catalog_texts(data, cfg.data)
+    data.stats["items_with_text"] = sum(1 for t in texts if t.strip())
+    return text_table(texts, embedder or default_embedder(), progress)
+
+
 def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
-                 on_epoch: Callable[[EpochRecord], None] | None = None) -> tuple[Path, dict[str, Any]]:
-    """Train, evaluate, export and write a bundle; returns its path and the summary (metrics.json)."""
+                 on_epoch: Callable[[EpochRecord], None] | None = None,
+                 embedder: TextEmbedder | None = None) -> tuple[Path, dict[str, Any]]:
+    """Train, evaluate, export and write a bundle; returns its path and the summary (metrics.json).
+
+    With metadata columns the model is hybrid; item text is embedded by `embedder`, else by the
+    embedder service named in SEQREC_EMBEDDER, else by MiniLM in this process.
+    """
     validate_data_config(cfg.data)
     validate_hparams(cfg.hparams)
     hp = cfg.hparams
@@ -86,15 +111,19 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
         raise TrainingError("no training sequence has two or more items; every user needs at least 2 "
                             "interactions before validation and test (4 in all)")
     n_items = data.vocab.n_items
+    text = _text_features(cfg, data, embedder, progress)
     train_counts = np.bincount(np.concatenate(split.train), minlength=data.vocab.n_indices)
     log.info("training on %d windows from %d users, %d items", len(windows), len(data.user_ids), n_items)
 
     model = BERT4Rec(ModelConfig(n_indices=data.vocab.n_indices, max_len=hp.max_len, hidden_size=hp.hidden_size,
                                  depth=hp.depth, heads=hp.heads, dropout=hp.dropout, weight_tying=hp.weight_tying,
-                                 use_attention_mask=hp.use_attention_mask))
+                                 use_attention_mask=hp.use_attention_mask,
+                                 text_dim=0 if text is None else TEXT_DIM, id_dropout=hp.id_dropout),
+                    text=None if text is None else torch.from_numpy(text), n_warm=data.n_warm)
     model.init_output_bias(torch.from_numpy(train_counts))
     try:
-        result = train_model(model, split, hp, n_items, train_counts, cfg.seed, on_epoch, progress)
+        result = train_model(model, split, hp, n_items, train_counts, cfg.seed, on_epoch, progress,
+                             n_warm=data.n_warm)
     except torch.OutOfMemoryError as exc:
         raise TrainingError(f"out of memory: lower batch_size ({hp.batch_size}), negative_samples "
                             f"({hp.negative_samples}) or max_len ({hp.max_len}) ({exc})") from exc
@@ -120,7 +149,7 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
     writer = b.BundleWriter(Path(out_dir))
     try:
         all_counts = np.bincount(np.concatenate(data.sequences), minlength=data.vocab.n_indices)
-        _write_bundle(writer, cfg, result.model, data, all_counts, metrics, result.history, warnings)
+        _write_bundle(writer, cfg, result.model, data, all_counts, metrics, result.history, warnings, text)
         path = writer.commit({
             "config": cfg.to_dict(),
             "model": dataclasses.asdict(result.model.cfg),
@@ -130,6 +159,12 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
             "n_items": n_items,
             "n_users": len(data.user_ids),
             "dim": hp.hidden_size + 1,
+            "hybrid": text is not None,
+            "n_catalog_only_items": n_items - data.n_warm,
+            "text": None if text is None else {
+                "model": TEXT_MODEL, "dim": TEXT_DIM, "columns": list(cfg.data.meta_cols),
+                "name_column": cfg.data.name_col, "template": "name: <display name>; <column>: <value>; ...",
+                "item_vector": "[text_embedding, 1] @ text_projection for an item known only by its text"},
             "metadata_schema": data.stats["metadata_schema"],
             "encoder": {"input": INPUT_NAME, "input_dtype": "int64", "input_shape": ["batch", "length<=max_len"],
                         "output": OUTPUT_NAME, "output_dtype": "float32", "output_shape": ["batch", "dim"],

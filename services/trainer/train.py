@@ -72,15 +72,21 @@ def train_model(
     seed: int,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     progress: bool = True,
+    n_warm: int | None = None,
 ) -> TrainResult:
-    """Train `model` on windows of the training sequences; keep the weights with the best validation NDCG@10."""
+    """Train `model` on windows of the training sequences; keep the weights with the best validation NDCG@10.
+
+    Only items 1..n_warm (those with interactions) are targets, negatives and random replacements;
+    catalog-only items after them are never pushed down for lack of history.
+    """
+    n_warm = n_items if n_warm is None else n_warm
     device = pick_device()
     model.to(device)
     mask_index = n_items + 1
     generator = torch.Generator(device=device).manual_seed(seed)
     shuffle_rng = np.random.default_rng(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-    sampler = NegativeSampler(torch.as_tensor(item_counts), n_items).to(device) if hp.negative_samples else None
+    sampler = NegativeSampler(torch.as_tensor(item_counts), n_warm).to(device) if hp.negative_samples else None
     windows = training_windows(split.train, hp.max_len, hp.window_stride, hp.sampling)
     data = torch.from_numpy(windows)
     if device.type == "cuda":
@@ -105,15 +111,16 @@ def train_model(
         loss_sum = torch.zeros((), device=device)
         for b, (rows, width) in enumerate(bar):
             batch = data[torch.from_numpy(rows), -width:].to(device, non_blocking=True)
-            inputs, labels = cloze_mask(batch, hp.mask_ratio, mask_index, n_items, hp.last_item_mask_share,
+            inputs, labels = cloze_mask(batch, hp.mask_ratio, mask_index, n_warm, hp.last_item_mask_share,
                                         generator)
             flat = (labels != 0).view(-1).nonzero().squeeze(1)  # masked positions only
-            hidden = model.encode(inputs)
+            keep = model.id_keep(generator)  # hybrid: which items keep their id part this step
+            hidden = model.encode(inputs, keep)
             out = model.project(hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat))  # (P, C)
             targets = labels.view(-1).index_select(0, flat)
-            weight, bias = model.output_weight(), model.out_bias
+            weight, bias = model.output_weight(keep), model.output_bias(keep)
             if sampler is None:
-                position_loss = full_softmax_loss(out, weight, bias, targets)
+                position_loss = full_softmax_loss(out, weight[: n_warm + 1], bias[: n_warm + 1], targets)
             else:
                 position_loss = sampled_softmax_loss(out, weight, bias, targets, sampler, hp.negative_samples,
                                                      generator)
