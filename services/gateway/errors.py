@@ -1,0 +1,92 @@
+"""How failures become answers: gRPC status codes ↔ HTTP statuses, and the JSON error body.
+
+| ranker status        | HTTP | error.code          |
+|----------------------|------|---------------------|
+| INVALID_ARGUMENT     | 400  | invalid_argument    |
+| UNAUTHENTICATED      | 401  | unauthenticated     |
+| NOT_FOUND            | 404  | not_found           |
+| FAILED_PRECONDITION  | 409  | failed_precondition |
+| RESOURCE_EXHAUSTED   | 429  | resource_exhausted  |
+| UNAVAILABLE          | 503  | unavailable         |
+| DEADLINE_EXCEEDED    | 504  | deadline_exceeded   |
+| anything else        | 502  | upstream_error (with an incident id in the body and the logs) |
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+import grpc
+from fastapi.responses import JSONResponse
+
+log = logging.getLogger(__name__)
+
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+FORWARDED_CODES = frozenset(HTTP_STATUS)  # the gRPC front door passes these on unchanged
+RETRYABLE_HTTP = {429, 503}  # answered with Retry-After
+
+# "top_k: must be ...", "filters.meta.genre: ...", "events[1].timestamp_ms: ..." → the field
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.\[\]-]*)(?: and [A-Za-z_]\w*)?: ")
+
+
+def new_incident() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def field_of(details: str) -> str | None:
+    """The field a ranker error message names at its start, if any."""
+    match = _FIELD_PREFIX.match(details or "")
+    return match.group(1) if match else None
+
+
+def error_body(code: str, message: str, *, field: str | None = None, incident: str | None = None,
+               request_id: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        error["field"] = field
+    if incident:
+        error["incident"] = incident
+    if request_id:
+        error["request_id"] = request_id
+    return {"error": error}
+
+
+def error_response(status: int, code: str, message: str, *, field: str | None = None, incident: str | None = None,
+                   request_id: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
+    if status in RETRYABLE_HTTP:
+        headers.setdefault("Retry-After", "1")
+    if status == 401:
+        headers.setdefault("WWW-Authenticate", 'Bearer realm="seqrec"')
+    body = error_body(code, message, field=field, incident=incident, request_id=request_id)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def upstream_error_response(rpc: str, code: grpc.StatusCode, details: str, deadline_s: float,
+                            request_id: str | None) -> JSONResponse:
+    """The HTTP answer to a ranker call that failed with `code`."""
+    status = HTTP_STATUS.get(code)
+    if status is None:
+        incident = new_incident()
+        log.error("ranker call failed", extra={"rpc": rpc, "code": code.name, "details": details,
+                                               "incident": incident, "request_id": request_id})
+        return error_response(502, "upstream_error", f"the ranker failed (incident {incident})",
+                              incident=incident, request_id=request_id)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        details = f"the ranker did not answer within the {deadline_s:g} s deadline"
+    elif code == grpc.StatusCode.UNAVAILABLE:
+        details = f"the ranker is unavailable: {details}"
+    field = field_of(details) if status < 500 else None
+    log.info("ranker refused", extra={"rpc": rpc, "code": code.name, "details": details, "request_id": request_id})
+    return error_response(status, code.name.lower(), details, field=field, request_id=request_id)

@@ -1,0 +1,185 @@
+"""Pydantic models of the JSON API, for validation with strict types and for the OpenAPI document.
+
+The recommendation queries are generated from `seqrec.shared.json_api` (the field table that
+`parse_request` enforces), so the HTTP schema and the JSON → protobuf mapping cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, FiniteFloat, Tag, create_model
+
+from seqrec.shared.json_api import (
+    MAX_FILTERS,
+    MAX_ID_CHARS,
+    MAX_LIST_ITEMS,
+    MAX_TEXT_CHARS,
+    MAX_TOP_K,
+    QUERY_TYPES,
+    request_fields,
+    required_fields,
+)
+
+MAX_EVENTS = 1000  # events per POST /v1/events
+
+
+class StrictModel(BaseModel):
+    """Unknown fields and loosely typed values (e.g. "5" for 5, 1 for true) are refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+Identifier = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+Scalar = Union[str, bool, int, FiniteFloat]  # noqa: UP007 - a runtime type expression
+
+
+class NumericRange(StrictModel):
+    """A numeric range; unset bounds are open."""
+
+    gte: FiniteFloat | None = Field(None, description="inclusive lower bound")
+    gt: FiniteFloat | None = Field(None, description="exclusive lower bound")
+    lte: FiniteFloat | None = Field(None, description="inclusive upper bound")
+    lt: FiniteFloat | None = Field(None, description="exclusive upper bound")
+
+
+def _filter_kind(value: Any) -> str:
+    if isinstance(value, dict | NumericRange):
+        return "range"
+    return "any_of" if isinstance(value, list) else "equals"
+
+
+FilterCondition = Annotated[
+    Union[  # noqa: UP007
+        Annotated[Scalar, Tag("equals")],
+        Annotated[list[Scalar], Tag("any_of"), Field(min_length=1, max_length=MAX_LIST_ITEMS)],
+        Annotated[NumericRange, Tag("range")],
+    ],
+    Discriminator(_filter_kind),
+]
+Filters = Annotated[
+    dict[Annotated[str, Field(pattern=r"^meta\..+", max_length=MAX_ID_CHARS)], FilterCondition],
+    Field(max_length=MAX_FILTERS, description=(
+        'Item metadata filters, combined with AND: "meta.<column>": a value (equality), a list (any of) '
+        'or {"gte", "gt", "lte", "lt"} (numeric range).'),
+        examples=[{"meta.genre": "drama", "meta.in_stock": True}]),
+]
+
+# the type of each field kind of json_api's field table
+KIND_TYPES: dict[str, Any] = {
+    "id": Identifier,
+    "text": Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)],
+    "ids": Annotated[list[Identifier], Field(max_length=MAX_LIST_ITEMS)],
+    "top_k": Annotated[int, Field(ge=1, le=MAX_TOP_K)],
+    "bool": bool,
+    "filters": Filters,
+}
+
+FIELD_DOCS = {
+    "item_id": "The seed item (item_to_item) or the item being viewed now (contextual).",
+    "item_text": "Text describing item_id, used when the model does not know the item (zero-day cold start).",
+    "user_id": "The user, as in the user column of the training data.",
+    "session_items": "The session's items, oldest first; the last one is the current item.",
+    "top_k": "Number of results (default: the model's, 10).",
+    "exclude_seen": "Exclude items the user (or session) already interacted with; default true for user_to_item "
+                    "and contextual, false for sequential.",
+    "exclude_item_ids": "Items never to return.",
+}
+
+QUERY_DOCS = {
+    "item_to_item": 'Items similar to a seed item ("more like this"); needs item_id or item_text.',
+    "user_to_item": "Personalised homepage from the user's stored history; unknown user → global popularity.",
+    "contextual": "The user's history followed by the current item: what this user wants next after it.",
+    "sequential": "Strictly from the given session (guests, real-time intent), oldest first.",
+}
+
+SPEC_EXAMPLES = {
+    "item_to_item": {"query_type": "item_to_item", "item_id": "item_1024",
+                     "item_text": "Optional description for day-zero cold start items",
+                     "filters": {"meta.brand": "Samsung"}, "top_k": 10},
+    "user_to_item": {"query_type": "user_to_item", "user_id": "user_777", "top_k": 5},
+    "contextual": {"query_type": "contextual", "user_id": "user_777", "item_id": "item_1024", "top_k": 10},
+    "sequential": {"query_type": "sequential", "session_items": ["item_1024", "item_89", "item_300"], "top_k": 10,
+                   "filters": {"meta.category": "Electronics", "meta.in_stock": True}},
+}
+
+
+def _class_name(query_type: str) -> str:
+    return "".join(part.title() for part in query_type.split("_")) + "Query"
+
+
+def query_model(query_type: str) -> type[BaseModel]:
+    """The request model of one query type, built from json_api's field table."""
+    required = set(required_fields(query_type))
+    fields: dict[str, Any] = {"query_type": (Literal[query_type], Field(description="The query type."))}
+    for name, kind in request_fields(query_type).items():
+        annotation = KIND_TYPES[kind]
+        description = FIELD_DOCS.get(name)
+        if name in required:
+            fields[name] = (annotation, Field(description=description))
+        else:
+            fields[name] = (annotation | None, Field(None, description=description))
+    config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [SPEC_EXAMPLES[query_type]]},
+                        title=_class_name(query_type))
+    return create_model(_class_name(query_type), __config__=config, __doc__=QUERY_DOCS[query_type], **fields)
+
+
+QUERY_MODELS: dict[str, type[BaseModel]] = {qt: query_model(qt) for qt in QUERY_TYPES}
+ItemToItemQuery = QUERY_MODELS["item_to_item"]
+UserToItemQuery = QUERY_MODELS["user_to_item"]
+ContextualQuery = QUERY_MODELS["contextual"]
+SequentialQuery = QUERY_MODELS["sequential"]
+
+AnyQuery = Union[ItemToItemQuery, UserToItemQuery, ContextualQuery, SequentialQuery]  # noqa: UP007
+RecommendRequest = Annotated[AnyQuery, Field(discriminator="query_type")]  # the body of POST /v1/recommend
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float = Field(description="Relevance; higher is better, comparable within one response only.")
+    display_name: str | None = Field(None, description="Human-readable label, where known.")
+    meta: dict[str, Any] | None = Field(None, description="Item metadata by column, where known.")
+
+
+class RecommendResponse(BaseModel):
+    query_type: Literal["item_to_item", "user_to_item", "contextual", "sequential"]
+    items: list[ScoredItem] = Field(description="Best first, at most top_k.")
+    model_version: str = Field(description="The bundle version that answered.")
+    fallback: Literal["popularity", "content"] | None = Field(
+        description="Set when the personalised model did not serve the request (e.g. unknown user → popularity).")
+    unknown_items: list[str] | None = Field(None, description="Requested item ids the model does not know (skipped).")
+
+
+class Event(StrictModel):
+    """One interaction."""
+
+    user_id: Identifier
+    item_id: Identifier
+    timestamp_ms: int = Field(0, ge=0, le=2**63 - 1,
+                              description="Milliseconds since the Unix epoch (UTC); 0 or absent means now.")
+
+
+class EventsRequest(StrictModel):
+    """Interactions to append to the users' histories (at most 1000 per request)."""
+
+    events: list[Event] = Field(min_length=1, max_length=MAX_EVENTS)
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"events": [{"user_id": "user_777", "item_id": "item_1024", "timestamp_ms": 1767225600000}]}]})
+
+
+class EventsResponse(BaseModel):
+    accepted: int = Field(description="Events stored.")
+    rejected: int = Field(description="Events rejected as invalid.")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable, e.g. invalid_argument, not_found, unavailable.")
+    message: str
+    field: str | None = Field(None, description="The offending request field, e.g. top_k or filters.meta.genre.")
+    incident: str | None = Field(None, description="Quote it to the operators: it is in the gateway's logs.")
+    request_id: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
