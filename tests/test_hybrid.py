@@ -1,0 +1,226 @@
+"""The hybrid engine: text fused into the model, catalog-only items, and items added online, served for real
+(redis-server, `milvus-lite server`, the MiniLM embedder over gRPC, the ranker over gRPC)."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from grpc_health.v1 import health_pb2
+
+from seqrec.proto.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
+from seqrec.services.embedder.server import EmbedderApp, EmbedderSettings
+from seqrec.services.ranker.publish import publish
+from seqrec.services.ranker.server import RankerApp
+from seqrec.services.trainer.model import BERT4Rec, ModelConfig
+from seqrec.shared.bundle import ITEM_TO_ITEM, TEXT_EMBEDDINGS, TEXT_PROJECTION, Bundle
+from seqrec.shared.local_services import free_port
+from seqrec.shared.settings import Env
+from seqrec.shared.similarity import text_only_vector
+from seqrec.shared.text import item_text
+from tests.conftest import COLD_SERIES, EPISODES, make_item_table
+from tests.test_ranker import _settings, _wait_health
+
+
+def _hybrid_model(n_warm: int = 6, n_items: int = 9, tying: bool = False) -> BERT4Rec:
+    torch.manual_seed(0)
+    text = torch.randn(n_items + 2, 16)
+    text[0] = text[-1] = 0.0  # padding and [MASK] have no text
+    text[3] = 0.0  # an item without text
+    cfg = ModelConfig(n_indices=n_items + 2, max_len=8, hidden_size=16, heads=2, weight_tying=tying,
+                      text_dim=16, id_dropout=0.5)
+    return BERT4Rec(cfg, text=text, n_warm=n_warm)
+
+
+@pytest.mark.parametrize("tying", [False, True])
+def test_fused_model_is_the_same_function(tying):
+    model = _hybrid_model(tying=tying).eval()
+    ids = torch.tensor([[0, 0, 1, 7, 10], [2, 3, 4, 5, 10]])  # 7 is catalog-only, 10 is [MASK]
+    fused = model.fused()
+    assert not fused.hybrid
+    torch.testing.assert_close(fused(ids), model(ids), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(fused.item_vectors(), model.item_vectors(), atol=1e-6, rtol=1e-5)
+
+
+def test_text_projection_gives_the_vector_of_an_item_known_only_by_text():
+    model = _hybrid_model().eval()
+    projection = model.text_projection().numpy()
+    vectors = model.item_vectors().detach().numpy()
+    for index in (7, 8, 9):  # catalog-only items: no id part
+        got = text_only_vector(model.text[index: index + 1].numpy(), projection)[0]
+        np.testing.assert_allclose(got, vectors[index], atol=1e-5)
+
+
+def test_id_dropout_hides_ids_only_while_training_and_only_for_items_with_text():
+    model = _hybrid_model()
+    assert torch.equal(model.eval().id_keep(), model.id_known)
+    assert model.id_known[7:10].eq(0).all() and model.id_known[10] == 1  # catalog-only 0, [MASK] 1
+    model.train()
+    draws = torch.stack([model.id_keep(torch.Generator().manual_seed(s)) for s in range(200)])
+    dropped = 1.0 - draws[:, 1:7].mean(0)
+    assert draws[:, 3].eq(1).all()  # item 3 has no text: it always keeps its id
+    assert draws[:, 10].eq(1).all()
+    assert ((dropped[[0, 1, 3, 4, 5]] > 0.35) & (dropped[[0, 1, 3, 4, 5]] < 0.65)).all()
+
+
+# ---- the bundle ---------------------------------------------------------------------------------
+def test_catalog_only_items_get_text_only_vectors(cold_bundle):
+    path, metrics = cold_bundle
+    bundle = Bundle.open(path)
+    vocab = bundle.vocab()
+    assert bundle.hybrid and bundle.manifest["n_catalog_only_items"] == len(COLD_SERIES) * EPISODES
+    assert metrics["data"]["catalog_only_items"] == len(COLD_SERIES) * EPISODES
+    cold = [vocab.index(f"s{s}e{e}") for s in COLD_SERIES for e in range(EPISODES)]
+    assert min(cold) > vocab.n_items - len(cold)  # catalog-only items come after the warm ones
+    text, vectors = bundle.array(TEXT_EMBEDDINGS), bundle.item_vectors()
+    np.testing.assert_allclose(text_only_vector(text[cold], bundle.array(TEXT_PROJECTION)), vectors[cold], atol=1e-5)
+    i2i = bundle.array(ITEM_TO_ITEM)
+    assert np.allclose(np.linalg.norm(i2i[1:bundle.mask_index], axis=1), 1.0, atol=1e-5)
+    assert bundle.popularity()[cold].sum() == 0
+
+
+# ---- serving ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def embedder_app(minilm):
+    app = EmbedderApp(EmbedderSettings.from_env(Env({"SEQREC_EMBEDDER_ADDRESS": f"127.0.0.1:{free_port()}"})),
+                      model=minilm)
+    app.start()
+    yield app
+    app.stop(0)
+
+
+@pytest.fixture(scope="module")
+def hybrid_ranker(cold_bundle, redis_server, milvus_server, embedder_app):
+    path, _ = cold_bundle
+    redis_url = f"redis://{redis_server.address}/0"
+    publish(path, redis_url, milvus_server, progress=False)
+    app = RankerApp(_settings(path, redis_url, milvus_server, SEQREC_EMBEDDER=f"127.0.0.1:{embedder_app.port}"))
+    app.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
+    _wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+    yield app, ranker_pb2_grpc.RankerServiceStub(channel), channel
+    channel.close()
+    app.stop(0)
+
+
+def _ids(response: ranker_pb2.RecommendResponse) -> list[str]:
+    return [item.item_id for item in response.items]
+
+
+def test_model_info_says_hybrid(hybrid_ranker):
+    _, stub, _ = hybrid_ranker
+    assert stub.GetModelInfo(common_pb2.GetModelInfoRequest(), timeout=5).hybrid
+
+
+def test_catalog_only_items_are_recommendable_on_day_one(hybrid_ranker):
+    _, stub, _ = hybrid_ranker
+    similar = _ids(stub.ItemToItem(ranker_pb2.ItemToItemRequest(item_id="s0e3", top_k=10), timeout=10))
+    assert len(similar) == 10 and any(i.startswith("s0e") for i in similar)  # its own series, found by text
+    # catalog-only items are model inputs too (by their text), and candidates in every answer
+    session = stub.Sequential(ranker_pb2.SequentialRequest(session_items=["s0e1", "s0e2"], top_k=300), timeout=10)
+    assert session.fallback == common_pb2.FALLBACK_NONE and session.sequence_length == 2
+    assert not session.unknown_items and {f"s0e{e}" for e in (0, 3, 4)} <= set(_ids(session))
+
+
+def test_unknown_item_with_text_searches_by_content(hybrid_ranker):
+    _, stub, _ = hybrid_ranker
+    row = make_item_table().set_index("item_id").loc["s5e2"]
+    text = item_text({"genre": row["genre"], "in_stock": bool(row["in_stock"])}, ["genre", "in_stock"], row["title"])
+    got = stub.ItemToItem(ranker_pb2.ItemToItemRequest(item_id="pilot-x", item_text=text, top_k=5), timeout=10)
+    assert got.fallback == common_pb2.FALLBACK_CONTENT and list(got.unknown_items) == ["pilot-x"]
+    assert "s5e2" in _ids(got)  # the item whose text this is
+
+
+def _upsert(stub, *items: ranker_pb2.CatalogItem) -> int:
+    return stub.UpsertItems(ranker_pb2.UpsertItemsRequest(items=list(items)), timeout=30).upserted
+
+
+def test_items_added_online_show_up_in_every_query_type(hybrid_ranker):
+    _, stub, _ = hybrid_ranker
+    premiere = {"genre": common_pb2.MetadataValue(string_value="premiere"),
+                "in_stock": common_pb2.MetadataValue(bool_value=True)}
+    assert _upsert(stub, ranker_pb2.CatalogItem(item_id="new-s7e4", display_name="Series 7 episode 5 (remastered)",
+                                                text="name: Series 7 episode 5; genre: comedy; in_stock: yes",
+                                                meta=premiere)) == 1
+    only_new = [common_pb2.FilterClause(field="meta.genre", equals=common_pb2.MetadataValue(string_value="premiere"))]
+    got = stub.ItemToItem(ranker_pb2.ItemToItemRequest(item_id="s7e4", top_k=3), timeout=10)
+    assert "new-s7e4" in _ids(got)  # its text twin is the most similar bundle item
+    for call, request in [
+        (stub.Sequential, ranker_pb2.SequentialRequest(session_items=["s7e2", "s7e3"], filters=only_new, top_k=5)),
+        (stub.UserToItem, ranker_pb2.UserToItemRequest(user_id="u3", filters=only_new, top_k=5)),
+        (stub.Contextual, ranker_pb2.ContextualRequest(user_id="u3", item_id="s7e3", filters=only_new, top_k=5)),
+        (stub.ItemToItem, ranker_pb2.ItemToItemRequest(item_id="s7e3", filters=only_new, top_k=5)),
+    ]:
+        response = call(request, timeout=10)
+        assert _ids(response) == ["new-s7e4"], call
+        assert response.items[0].display_name == "Series 7 episode 5 (remastered)"
+    # seeded by the new item itself, and excluded when asked
+    seeded = _ids(stub.ItemToItem(ranker_pb2.ItemToItemRequest(item_id="new-s7e4", top_k=5), timeout=10))
+    assert "new-s7e4" not in seeded and "s7e4" in seeded
+    excluded = stub.Sequential(ranker_pb2.SequentialRequest(session_items=["s7e3"], filters=only_new, top_k=5,
+                                                            exclude_item_ids=["new-s7e4"]), timeout=10)
+    assert _ids(excluded) == []
+
+
+def test_new_item_ranks_where_its_text_says(hybrid_ranker):
+    """A new item described like the next episode ranks in the top tenth of a session about that series."""
+    _, stub, _ = hybrid_ranker
+    twin = ranker_pb2.CatalogItem(item_id="twin-s9e5", text="name: Series 9 episode 6; genre: drama; in_stock: no")
+    _upsert(stub, twin)
+    ranked = _ids(stub.Sequential(ranker_pb2.SequentialRequest(session_items=["s9e3", "s9e4"], top_k=300), timeout=10))
+    assert ranked.index("twin-s9e5") < len(ranked) // 10
+
+
+def test_upsert_updates_a_bundle_item(hybrid_ranker):
+    _, stub, _ = hybrid_ranker
+    flag = {"genre": common_pb2.MetadataValue(string_value="relabelled")}
+    _upsert(stub, ranker_pb2.CatalogItem(item_id="s4e1", text="name: Series 4 episode 2; genre: relabelled",
+                                         meta=flag))
+    only = [common_pb2.FilterClause(field="meta.genre", equals=flag["genre"])]
+    got = stub.Sequential(ranker_pb2.SequentialRequest(session_items=["s4e0"], filters=only, top_k=5), timeout=10)
+    assert _ids(got) == ["s4e1"]
+
+
+@pytest.mark.parametrize("item, field", [
+    (ranker_pb2.CatalogItem(item_id="", text="x"), "items[0].item_id"),
+    (ranker_pb2.CatalogItem(item_id="a"), "items[0].text"),
+    (ranker_pb2.CatalogItem(item_id="a", text="x", meta={"colour": common_pb2.MetadataValue(string_value="red")}),
+     "items[0].meta.colour"),
+    (ranker_pb2.CatalogItem(item_id="a", text="x", meta={"in_stock": common_pb2.MetadataValue(int_value=1)}),
+     "items[0].meta.in_stock"),
+    (ranker_pb2.CatalogItem(item_id="a", text="x" * 30_000), "texts[0]"),
+])
+def test_bad_upserts_are_invalid_argument(hybrid_ranker, item, field):
+    _, stub, _ = hybrid_ranker
+    with pytest.raises(grpc.RpcError) as err:
+        _upsert(stub, item)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in err.value.details()
+
+
+def test_invalid_utf8_text_from_the_wire_is_invalid_argument(hybrid_ranker):
+    _, _, channel = hybrid_ranker
+    raw = channel.unary_unary("/seqrec.proto.v1.RankerService/UpsertItems", request_serializer=None,
+                              response_deserializer=None)
+    item = b"\x0a\x01a" + b"\x12\x02\xc3\x28"  # item_id "a", text = an invalid two-byte sequence
+    with pytest.raises(grpc.RpcError) as err:
+        raw(b"\x0a" + bytes([len(item)]) + item, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "UTF-8" in err.value.details()
+
+
+def test_embedder_down_only_text_queries_fail(cold_bundle, redis_server, milvus_server):
+    path, _ = cold_bundle
+    app = RankerApp(_settings(path, f"redis://{redis_server.address}/0", milvus_server,
+                              SEQREC_EMBEDDER=f"127.0.0.1:{free_port()}"))  # nobody listens there
+    app.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
+    try:
+        _wait_health(channel, health_pb2.HealthCheckResponse.SERVING)  # the embedder is not needed to serve
+        stub = ranker_pb2_grpc.RankerServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ItemToItem(ranker_pb2.ItemToItemRequest(item_id="zz", item_text="a new show", top_k=3), timeout=20)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "embedder" in err.value.details()
+        assert len(stub.ItemToItem(ranker_pb2.ItemToItemRequest(item_id="s3e3", top_k=3), timeout=10).items) == 3
+    finally:
+        channel.close()
+        app.stop(0)
