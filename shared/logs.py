@@ -28,9 +28,9 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str | None = None) -> None:
-    """Send JSON logs to stderr at `level` (default: the LOG_LEVEL environment variable, else INFO)."""
+    """Send JSON logs to stderr at `level` (default: SEQREC_LOG_LEVEL, else LOG_LEVEL, else INFO)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel((level or os.environ.get("LOG_LEVEL", "INFO")).upper())
+    root.setLevel((level or os.environ.get("SEQREC_LOG_LEVEL") or os.environ.get("LOG_LEVEL") or "INFO").upper())

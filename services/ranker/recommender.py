@@ -6,6 +6,7 @@ Transport-free: the gRPC servicer maps messages onto these calls, and domain err
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -208,7 +209,8 @@ class Recommender:
                 raise InvalidQuery(f"events[{n}]: user_id and item_id are required")
             if event.timestamp_ms < 0:
                 raise InvalidQuery(f"events[{n}].timestamp_ms: must be >= 0")
-        return self.histories.append(events)
+        now_ms = int(time.time() * 1000)  # 0 means "now", as the API documents
+        return self.histories.append([e if e.timestamp_ms else Event(e.user_id, e.item_id, now_ms) for e in events])
 
     def history(self, user_id: str, limit: int) -> list[tuple[str, int]]:
         if not user_id:

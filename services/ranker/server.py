@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from seqrec.services.ranker.publish import I2I_SUFFIX, resolve_bundle
 from seqrec.services.ranker.recommender import InvalidQuery, NotSupported, Recommender, UnknownItem
 from seqrec.services.ranker.service import RankerServicer
 from seqrec.services.ranker.vector_store import MilvusItemStore, VectorStoreError, VectorStoreUnavailable
-from seqrec.shared.bundle import Bundle, BundleError
+from seqrec.shared.bundle import MANIFEST, Bundle, BundleError
 from seqrec.shared.grpc_server import (
     ErrorInterceptor,
     ErrorMapping,
@@ -64,6 +65,7 @@ class RankerSettings:
     ort_provider: str  # auto (CUDA when a GPU is present), cuda or cpu
     history_cap: int  # events kept per user in Redis
     grace_s: float  # shutdown grace for in-flight calls
+    reload_interval_s: float  # how often a bundle root's LIVE file is checked for a newly published version
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> RankerSettings:
@@ -83,20 +85,24 @@ class RankerSettings:
             ort_provider=env.choice("SEQREC_ORT_PROVIDER", "auto", ("auto", "cuda", "cpu")),
             history_cap=env.int("SEQREC_HISTORY_CAP", 1000, minimum=1),
             grace_s=env.float("SEQREC_SHUTDOWN_GRACE_S", 10.0, minimum=0.0),
+            reload_interval_s=env.float("SEQREC_RELOAD_INTERVAL_S", 2.0, minimum=0.1),
         )
 
 
 class RankerApp:
-    """A running ranker: one verified bundle, its stores, the gRPC server and its health."""
+    """A running ranker: one verified bundle, its stores, the gRPC server and its health.
+
+    Given a bundle root, it follows the root's LIVE file: a newly published (or rolled-back)
+    version is verified and loaded beside the current one, then swapped in with one assignment,
+    so calls in flight finish on the old version and no call is dropped.
+    """
 
     def __init__(self, settings: RankerSettings):
         self.settings = settings
-        self.bundle = Bundle.open(resolve_bundle(settings.bundle))  # verifies every checksum
         self.items = MilvusItemStore(settings.milvus_uri, settings.milvus_token)
         self.histories = RedisHistoryStore(settings.redis_url, cap=settings.history_cap)
-        encoder = OnnxEncoder(self.bundle, settings.ort_threads, settings.ort_provider)
         self.embedder = EmbedderClient(settings.embedder, timeout=5.0) if settings.embedder else None
-        self.recommender = Recommender(self.bundle, encoder, self.items, self.histories, self.embedder)
+        self.recommender = self._load(resolve_bundle(settings.bundle))
         self.server = make_server(settings.workers, settings.max_concurrent_rpcs, [ErrorInterceptor(ERRORS)])
         ranker_pb2_grpc.add_RankerServiceServicer_to_server(
             RankerServicer(lambda: self.recommender, self.model_info), self.server)
@@ -104,6 +110,45 @@ class RankerApp:
         if settings.reflection:
             enable_reflection(self.server, [SERVICE_NAME])
         self.port = self.server.add_insecure_port(settings.address)
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._follow_live, name="bundle-watch", daemon=True)
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.recommender.bundle
+
+    def _load(self, path: Path) -> Recommender:
+        bundle = Bundle.open(path)  # verifies every checksum
+        encoder = OnnxEncoder(bundle, self.settings.ort_threads, self.settings.ort_provider)
+        return Recommender(bundle, encoder, self.items, self.histories, self.embedder)
+
+    def reload_if_changed(self) -> bool:
+        """Swap to the version the LIVE file names, once it is verified and its collections exist."""
+        try:
+            path = resolve_bundle(self.settings.bundle)
+        except BundleError as exc:
+            log.warning("cannot resolve the live bundle: %s", exc)
+            return False
+        if path.name == self.bundle.version:
+            return False
+        version = path.name
+        if not all(self.items.has_version(name) for name in (version, version + I2I_SUFFIX)):
+            log.warning("live version not in milvus yet; keeping the current one",
+                        extra={"bundle": version, "serving": self.bundle.version})
+            return False
+        try:
+            fresh = self._load(path)
+        except (BundleError, OSError, ValueError) as exc:
+            log.error("refusing to switch to bundle %s: %s", version, exc)
+            return False
+        previous, self.recommender = self.bundle.version, fresh
+        log.info("bundle swapped", extra={"bundle": version, "previous": previous})
+        self.health.check_now()
+        return True
+
+    def _follow_live(self) -> None:
+        while not self._stop.wait(self.settings.reload_interval_s):
+            self.reload_if_changed()
 
     def probe(self) -> tuple[bool, str]:
         """SERVING only when Redis answers and the bundle's collections are in Milvus."""
@@ -127,11 +172,18 @@ class RankerApp:
     def start(self) -> None:
         self.server.start()
         self.health.start()
+        if not (Path(self.settings.bundle) / MANIFEST).is_file():  # a bundle root: follow its LIVE file
+            self._watcher.start()
         log.info("ranker listening", extra={"port": self.port, "bundle": self.bundle.version,
                                             "serving": self.health.serving, "reason": self.health.reason})
 
-    def stop(self, grace: float | None = None) -> None:
+    def begin_shutdown(self) -> None:
+        """Stop following LIVE and report NOT_SERVING, before the server drains."""
+        self._stop.set()
         self.health.shutdown()
+
+    def stop(self, grace: float | None = None) -> None:
+        self.begin_shutdown()
         self.server.stop(self.settings.grace_s if grace is None else grace).wait()
 
 
@@ -144,5 +196,5 @@ def main() -> int:
         log.error("ranker cannot start: %s", exc)
         return 2
     app.start()
-    serve_until_signal(app.server, app.health.shutdown, app.settings.grace_s)
+    serve_until_signal(app.server, app.begin_shutdown, app.settings.grace_s)
     return 0
