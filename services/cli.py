@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("service", choices=sorted(SERVICES))
     serve.set_defaults(func=run_serve)
 
+    from seqrec.services.stack import add_up_arguments, run_up
+
+    up = sub.add_parser("up", help="start the whole stack locally (trains and publishes a demo model if needed)")
+    add_up_arguments(up)
+    up.set_defaults(func=run_up)
+
     verify = sub.add_parser("verify", help="check a bundle's manifest and checksums")
     verify.add_argument("bundle")
     verify.set_defaults(func=run_verify)

@@ -11,7 +11,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,3 +126,17 @@ def start_milvus_lite(data_dir: Path, port: int | None = None, timeout: float = 
     binary = shutil.which("milvus-lite") or "milvus-lite"
     argv = [binary, "server", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
     return _spawn("milvus-lite", argv, port, Path(data_dir), timeout)
+
+
+def start_service(name: str, env: Mapping[str, str], port: int, log_dir: Path, timeout: float = 120.0
+                  ) -> ManagedProcess:
+    """`seqrec serve NAME` as a child process with `env` added, ready once it listens on `port`."""
+    argv = [sys.executable, "-m", "seqrec.services.cli", "serve", name]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
+                                   start_new_session=True)
+    managed = ManagedProcess(name, process, port, log_path)
+    managed.wait_ready(timeout)
+    return managed
