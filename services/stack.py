@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seqrec.shared.bundle import BundleError
 from seqrec.shared.local_services import (
     ManagedProcess,
     ServiceStartError,
@@ -57,7 +58,13 @@ class Stack:
     def add(self, child: ManagedProcess) -> ManagedProcess:
         self.children.append(child)
         self.addresses[child.name] = child.address
+        self._write_state()
         return child
+
+    def _write_state(self) -> None:
+        """workdir/stack.json: each child's pid, address and log, for operators (and tests)."""
+        state = {c.name: {"pid": c.process.pid, "address": c.address, "log": str(c.log_path)} for c in self.children}
+        (self.workdir / "stack.json").write_text(json.dumps(state, indent=1))
 
     def dead(self) -> ManagedProcess | None:
         return next((c for c in self.children if c.process.poll() is not None), None)
@@ -131,9 +138,10 @@ def _examples(bundle_path: Path) -> list[dict[str, Any]]:
 
 def start_stack(args: argparse.Namespace, say: Callable[[str], None] = _say) -> tuple[Stack, Path]:
     """Start every service (training and publishing first when needed); returns the stack and bundle root."""
-    from seqrec.services.ranker.publish import publish
+    from seqrec.services.ranker.publish import publish, resolve_bundle
 
     workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
     stack = Stack(workdir)
     logs = workdir / "logs"
     try:
@@ -145,15 +153,15 @@ def start_stack(args: argparse.Namespace, say: Callable[[str], None] = _say) -> 
         embedder = stack.add(start_service("embedder", {"SEQREC_EMBEDDER_ADDRESS": f"127.0.0.1:{embedder_port}"},
                                            embedder_port, logs, READY_TIMEOUT_S))
         say(f"embedder on {embedder.address}")
-        if args.bundle is not None:
+        if args.bundle is not None:  # a bundle, or a bundle root whose LIVE file names one
             root = args.bundle.resolve()
-            publish_path = root
+            bundle = resolve_bundle(root)
+            root = root if bundle != root else root.parent
         else:
             root = workdir / "bundles"
-            publish_path = _train(args, root, embedder.address)
-        if (publish_path / "manifest.json").is_file():
-            publish(publish_path, redis_url, milvus_uri, progress=not args.no_progress)
-            say(f"published {publish_path.name}")
+            bundle = _train(args, root, embedder.address)
+        publish(bundle, redis_url, milvus_uri, progress=not args.no_progress)  # idempotent
+        say(f"published {bundle.name}")
         common = {"REDIS_URL": redis_url, "MILVUS_URI": milvus_uri, "SEQREC_EMBEDDER": embedder.address}
         ranker_port, trainer_port, grpc_port = free_port(), free_port(), free_port()
         ranker = stack.add(start_service("ranker", {**common, "SEQREC_BUNDLE": str(root),
@@ -184,7 +192,7 @@ def run_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, handle)
     try:
         stack, root = start_stack(args)
-    except (ServiceStartError, ValueError, OSError) as exc:
+    except (ServiceStartError, BundleError, ValueError, OSError) as exc:
         _say(f"seqrec up: {exc}")
         return 1
     url = f"http://127.0.0.1:{args.port}"

@@ -2,7 +2,9 @@
 
 The parent never trains. A job's child process (multiprocessing "spawn": a fresh interpreter, no
 inherited threads or locks) runs the same `run_training` as `seqrec train`, writes its bundle into
-a staging folder under `<bundle root>/.jobs/` and reports every epoch through a queue. Only after
+a staging folder under `<bundle root>/.jobs/` and reports every epoch through a one-way pipe (a
+message queue with no lock or feeder thread, so a child terminated mid-training leaves nothing
+behind; the parent holds no write end, so the child's exit reads as end-of-file). Only after
 the child has finished and verified the bundle does the parent move it into the bundle root (one
 `os.replace`), so a cancelled, failed or killed job never leaves a bundle, half-written or whole.
 
@@ -18,14 +20,15 @@ import json
 import logging
 import multiprocessing
 import os
-import queue
 import shutil
+import signal
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,7 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "QUEUED", "RUNNING", "SUCCEEDED"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 PERSIST_INTERVAL_S = 1.0  # epoch events are written to disk at most this often (state changes always)
 MAX_MESSAGE_CHARS = 2000  # child → parent messages stay far below a pipe's atomic write size
+LOCK_FILE = ".lock"  # held (flock) by the one trainer that manages a bundle root
 RESTARTED = "trainer restarted while the job was running; start it again"
 
 
@@ -48,6 +52,10 @@ class JobNotFound(LookupError):
 
 class TrainerClosed(RuntimeError):
     """The trainer is shutting down and accepts no new job."""
+
+
+class RootInUse(RuntimeError):
+    """Another trainer process already manages this bundle root."""
 
 
 @dataclass
@@ -122,11 +130,28 @@ def _watch_parent(parent: int) -> None:
             os._exit(3)
 
 
-def train_child(config: dict[str, Any], out_dir: str, env: dict[str, str], events: Any, parent: int) -> None:
+class _Terminated(BaseException):
+    """Raised in the child by SIGTERM (CancelJob): unwinds run_training, whose bundle writer cleans up."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def _send(events: Connection, message: tuple[str, Any]) -> None:
+    try:
+        events.send(message)
+    except OSError:  # the parent stopped listening (cancelled): nothing left to tell
+        pass
+
+
+def train_child(config: dict[str, Any], out_dir: str, env: dict[str, str], events: Connection,
+                parent: int) -> None:
     """Body of the child process: `run_training` with progress bars off, each epoch sent to the parent.
 
     Messages (all small): ("epoch", {...}) per epoch, then ("done", {"path": ...}) or ("error", message).
     """
+    signal.signal(signal.SIGTERM, _on_sigterm)
     os.environ.update(env)
     from seqrec.shared.logs import configure_logging
 
@@ -140,25 +165,26 @@ def train_child(config: dict[str, Any], out_dir: str, env: dict[str, str], event
         from seqrec.shared.config import ConfigError
 
         def on_epoch(record: EpochRecord) -> None:
-            events.put(("epoch", {"epoch": int(record.epoch), "loss": float(record.loss),
-                                  "seconds": float(record.seconds), "valid": _jsonable(dict(record.valid))}))
+            _send(events, ("epoch", {"epoch": int(record.epoch), "loss": float(record.loss),
+                                     "seconds": float(record.seconds), "valid": _jsonable(dict(record.valid))}))
 
         path, _ = run_training(TrainConfig.from_dict(config), out_dir, progress=False, on_epoch=on_epoch)
-        events.put(("done", {"path": str(path)}))
+        _send(events, ("done", {"path": str(path)}))
+    except _Terminated:
+        logging.getLogger(__name__).info("training cancelled")
     except (ConfigError, DataError, TrainingError, BundleError) as exc:
-        events.put(("error", _clip(str(exc))))
+        _send(events, ("error", _clip(str(exc))))
     except BaseException as exc:  # noqa: BLE001 - whatever happens, the parent gets a message
         logging.getLogger(__name__).exception("training failed")
-        events.put(("error", _clip(f"{type(exc).__name__}: {exc}")))
+        _send(events, ("error", _clip(f"{type(exc).__name__}: {exc}")))
     finally:
         events.close()
-        events.join_thread()  # flush before the process ends
 
 
 @dataclass
 class _Running:
     job_id: str
-    process: Any  # multiprocessing Process
+    process: Any = None  # the multiprocessing Process, once started
     cancel_reason: str | None = None
     finalizing: bool = False  # the child has finished: too late to cancel
 
@@ -171,6 +197,7 @@ class JobManager:
         self.root = Path(bundle_root)
         self.jobs_dir = self.root / JOBS_DIR
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _lock_root(self.jobs_dir / LOCK_FILE)
         self.publisher = publisher
         self.child_env = dict(child_env or {})
         self.cancel_grace_s = cancel_grace_s
@@ -274,6 +301,7 @@ class JobManager:
             self.cancel(running.job_id, reason, wait_s)
         if self._worker.is_alive():
             self._worker.join(wait_s)
+        self._lock_file.close()  # releases the flock
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -350,8 +378,9 @@ class JobManager:
                 job.state, job.started_at = RUNNING, time.time()
                 self._event(job, JobEvent(RUNNING, "training started", job.started_at,
                                           total_epochs=job.total_epochs))
+                running = self._running = _Running(job.job_id)  # from here on, CancelJob finds it
             try:
-                self._run(job)
+                self._run(job, running)
             except Exception as exc:  # noqa: BLE001 - the worker must survive any one job
                 log.exception("job crashed the worker", extra={"job_id": job.job_id})
                 with self._cond:
@@ -359,37 +388,42 @@ class JobManager:
                     if not job.terminal:
                         self._finish(job, FAILED, f"internal error: {type(exc).__name__}: {exc}")
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job, running: _Running) -> None:
         ctx = multiprocessing.get_context("spawn")
-        messages = ctx.Queue()
+        reader, writer = ctx.Pipe(duplex=False)
         staging = self.jobs_dir / f"{job.job_id}{STAGING_SUFFIX}"
         shutil.rmtree(staging, ignore_errors=True)
         process = ctx.Process(target=train_child, name=f"train-{job.job_id}",
-                              args=(job.config, str(staging), self.child_env, messages, os.getpid()))
-        running = _Running(job.job_id, process)
+                              args=(job.config, str(staging), self.child_env, writer, os.getpid()))
         with self._cond:
-            if self._closed:  # shut down between dequeuing and starting: nothing ran
-                self._finish(job, CANCELLED, self._close_reason)
+            reason = running.cancel_reason or (self._close_reason if self._closed else None)
+            if reason is not None:  # cancelled between dequeuing and starting: nothing ran
+                reader.close()
+                writer.close()
+                self._running = None
+                self._finish(job, CANCELLED, reason)
                 return
-            self._running = running
             process.start()
+            running.process = process
         log.info("training process started", extra={"job_id": job.job_id, "pid": process.pid})
 
+        writer.close()  # the child holds the only write end now: its exit is end-of-file here
+
         outcome: tuple[str, Any] | None = None
-        while outcome is None and running.cancel_reason is None:
-            try:
-                kind, payload = messages.get(timeout=0.2)
-            except queue.Empty:
-                if process.is_alive():
+        try:
+            while outcome is None and running.cancel_reason is None:
+                if not reader.poll(0.2):
                     continue
-                try:  # the child is gone: its last message may still be in the pipe
-                    kind, payload = messages.get(timeout=0.5)
-                except queue.Empty:
+                try:
+                    kind, payload = reader.recv()
+                except EOFError:  # the child is gone without a last word (killed, crashed)
                     break
-            if kind == "epoch":
-                self._on_epoch(job, payload)
-            else:
-                outcome = (kind, payload)
+                if kind == "epoch":
+                    self._on_epoch(job, payload)
+                else:
+                    outcome = (kind, payload)
+        finally:
+            reader.close()
 
         with self._cond:
             running.finalizing = True
@@ -399,8 +433,6 @@ class JobManager:
             log.warning("training process did not stop; killing it", extra={"job_id": job.job_id})
             process.kill()
             process.join(10.0)
-        messages.close()
-        messages.cancel_join_thread()
         try:
             self._finalize(job, outcome, cancel_reason, process.exitcode, staging)
         finally:
@@ -422,6 +454,9 @@ class JobManager:
 
     def _finalize(self, job: Job, outcome: tuple[str, Any] | None, cancel_reason: str | None,
                   exitcode: int | None, staging: Path) -> None:
+        """Record the outcome; the staging folder is gone before the job turns terminal."""
+        if outcome is None or outcome[0] != "done" or cancel_reason is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         if cancel_reason is not None:
             with self._cond:
                 self._finish(job, CANCELLED, cancel_reason)
@@ -443,8 +478,10 @@ class JobManager:
         final = self.root / staged.name
         try:
             os.replace(staged, final)  # atomic: the bundle appears whole or not at all
+            shutil.rmtree(staging, ignore_errors=True)
             metrics = json.loads((final / "metrics.json").read_text())
         except (OSError, ValueError) as exc:
+            shutil.rmtree(staging, ignore_errors=True)
             with self._cond:
                 self._finish(job, FAILED, f"could not move the bundle into {self.root}: {exc}")
             return
@@ -469,6 +506,19 @@ class JobManager:
             self._finish(job, SUCCEEDED, message, bundle_path=str(final), bundle_version=final.name,
                          warnings=warnings, validation={k: float(v) for k, v in metrics.get("valid", {}).items()
                                                         if isinstance(v, (int, float))})
+
+
+def _lock_root(path: Path) -> Any:
+    """Hold an exclusive lock for this process's lifetime: two trainers on one root would corrupt the jobs."""
+    import fcntl
+
+    handle = open(path, "a+")  # kept open: the lock lives as long as the file object
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise RootInUse(f"{path.parent.parent}: another trainer already manages this bundle root") from exc
+    return handle
 
 
 def _terminate(process: Any) -> None:

@@ -169,7 +169,8 @@ class BERT4Rec(nn.Module):
         if not self.hybrid:
             return x
         keep = self.id_known if keep is None else keep
-        return x * keep[ids].unsqueeze(-1) + self._text_part(self.text_in, ids)
+        unique, inverse = ids.unique(return_inverse=True)  # project each distinct item's text once
+        return x * keep[ids].unsqueeze(-1) + self._text_part(self.text_in, unique)[inverse]
 
     def encode(self, ids: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (B, T, C) for left-padded ids (B, T), T <= max_len.

@@ -1,0 +1,139 @@
+"""The trainer process: settings from the environment, the job queue, gRPC server, health, graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from seqrec.proto.v1 import trainer_pb2, trainer_pb2_grpc
+from seqrec.services.trainer.jobs import JobManager, JobNotFound, RootInUse, TrainerClosed
+from seqrec.services.trainer.service import (
+    BundleNotFound,
+    BundleStore,
+    InvalidRequest,
+    NotPossible,
+    StoreUnavailable,
+    TrainerServicer,
+)
+from seqrec.shared.bundle import BundleError
+from seqrec.shared.grpc_server import (
+    ErrorInterceptor,
+    ErrorMapping,
+    HealthReporter,
+    enable_reflection,
+    make_server,
+    serve_until_signal,
+)
+from seqrec.shared.settings import Env
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
+EMBEDDER_ENV = "SEQREC_EMBEDDER"  # handed to each training process (hybrid text features)
+
+ERRORS = ErrorMapping([
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (JobNotFound, grpc.StatusCode.NOT_FOUND),
+    (BundleNotFound, grpc.StatusCode.NOT_FOUND),
+    (NotPossible, grpc.StatusCode.FAILED_PRECONDITION),
+    (BundleError, grpc.StatusCode.FAILED_PRECONDITION),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (TrainerClosed, grpc.StatusCode.UNAVAILABLE),
+])
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    bundle_root: Path  # bundles are written here; jobs are kept in its .jobs/ folder
+    data_root: Path | None  # when set, training data must lie inside it (relative paths are resolved from it)
+    address: str  # host:port to listen on
+    redis_url: str  # for publishing
+    milvus_uri: str
+    milvus_token: str
+    embedder: str  # SEQREC_EMBEDDER for training processes; empty: MiniLM in the training process
+    workers: int  # RPC worker threads; each open progress stream holds one
+    max_concurrent_rpcs: int  # beyond this, calls are refused with RESOURCE_EXHAUSTED
+    reflection: bool  # expose gRPC server reflection
+    health_interval_s: float
+    grace_s: float  # shutdown grace for in-flight calls
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> TrainerSettings:
+        env = env or Env()
+        data_root = env.str("SEQREC_DATA_ROOT", "")
+        return cls(
+            bundle_root=Path(env.str("SEQREC_BUNDLE_ROOT")),
+            data_root=Path(data_root) if data_root else None,
+            address=env.address("SEQREC_TRAINER_ADDRESS", "0.0.0.0:50053"),
+            redis_url=env.str("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            milvus_uri=env.str("MILVUS_URI", "http://127.0.0.1:19530"),
+            milvus_token=env.str("MILVUS_TOKEN", ""),
+            embedder=env.str(EMBEDDER_ENV, ""),
+            workers=env.int("SEQREC_GRPC_WORKERS", 32, minimum=2, maximum=1024),
+            max_concurrent_rpcs=env.int("SEQREC_MAX_CONCURRENT_RPCS", 64, minimum=1),
+            reflection=env.bool("SEQREC_GRPC_REFLECTION", False),
+            health_interval_s=env.float("SEQREC_HEALTH_INTERVAL_S", 5.0, minimum=0.1),
+            grace_s=env.float("SEQREC_SHUTDOWN_GRACE_S", 10.0, minimum=0.0),
+        )
+
+
+class TrainerApp:
+    """A running trainer: the job queue, the bundle root, the gRPC server and its health."""
+
+    def __init__(self, settings: TrainerSettings):
+        self.settings = settings
+        settings.bundle_root.mkdir(parents=True, exist_ok=True)
+        if settings.data_root is not None and not settings.data_root.is_dir():
+            raise FileNotFoundError(f"SEQREC_DATA_ROOT: {settings.data_root} is not a directory")
+        self.bundles = BundleStore(settings.bundle_root, settings.redis_url, settings.milvus_uri,
+                                   settings.milvus_token)
+        child_env = {EMBEDDER_ENV: settings.embedder} if settings.embedder else {}
+        self.jobs = JobManager(settings.bundle_root, publisher=self.bundles.publish, child_env=child_env,
+                               cancel_grace_s=min(5.0, max(settings.grace_s, 1.0)))
+        self.server = make_server(settings.workers, settings.max_concurrent_rpcs, [ErrorInterceptor(ERRORS)])
+        trainer_pb2_grpc.add_TrainerServiceServicer_to_server(
+            TrainerServicer(self.jobs, self.bundles, settings.data_root), self.server)
+        self.health = HealthReporter(self.server, [SERVICE_NAME], self.probe, settings.health_interval_s)
+        if settings.reflection:
+            enable_reflection(self.server, [SERVICE_NAME])
+        self.port = self.server.add_insecure_port(settings.address)
+
+    def probe(self) -> tuple[bool, str]:
+        """SERVING while the job worker runs and the bundle root is writable."""
+        if not self.jobs.alive:
+            return False, "job worker stopped"
+        if not os.access(self.settings.bundle_root, os.W_OK):
+            return False, f"bundle root {self.settings.bundle_root} is not writable"
+        return True, "ok"
+
+    def start(self) -> None:
+        self.jobs.start()
+        self.server.start()
+        self.health.start()
+        log.info("trainer listening", extra={"port": self.port, "bundle_root": str(self.settings.bundle_root),
+                                             "serving": self.health.serving, "reason": self.health.reason})
+
+    def drain(self) -> None:
+        """Stop taking jobs and cancel the running one (marked CANCELLED); queued jobs wait for the next start."""
+        self.health.shutdown()
+        self.jobs.shutdown()
+
+    def stop(self, grace: float | None = None) -> None:
+        self.drain()
+        self.server.stop(self.settings.grace_s if grace is None else grace).wait()
+
+
+def main() -> int:
+    from seqrec.shared.settings import SettingsError
+
+    try:
+        app = TrainerApp(TrainerSettings.from_env())
+    except (SettingsError, RootInUse, OSError) as exc:
+        log.error("trainer cannot start: %s", exc)
+        return 2
+    app.start()
+    serve_until_signal(app.server, app.drain, app.settings.grace_s)
+    return 0

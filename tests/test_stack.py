@@ -1,0 +1,156 @@
+"""`seqrec up` end to end: every service as its own process on free ports, queried through the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from seqrec.services.demo_data import demo_items
+from seqrec.services.ranker.publish import resolve_bundle
+from seqrec.services.stack import add_up_arguments, start_stack
+from seqrec.shared.local_services import free_port
+
+CATALOG = set(demo_items()["item_id"])
+
+
+def _post(url: str, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                     headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _args(workdir: Path, *extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_up_arguments(parser)
+    return parser.parse_args(["--workdir", str(workdir), "--port", str(free_port()), "--epochs", "15",
+                              "--no-progress", *extra])
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    args = _args(tmp_path_factory.mktemp("stack"))
+    running, root = start_stack(args, say=lambda _: None)
+    yield f"http://127.0.0.1:{args.port}", running, root
+    running.stop()
+
+
+def _ids(body: dict) -> list[str]:
+    return [item["item_id"] for item in body["items"]]
+
+
+def test_every_service_runs_as_its_own_process(stack):
+    _, running, _ = stack
+    names = [c.name for c in running.children]
+    assert names == ["redis", "milvus-lite", "embedder", "ranker", "trainer", "gateway"]
+    assert len({c.process.pid for c in running.children}) == 6 and running.dead() is None
+    state = json.loads((running.workdir / "stack.json").read_text())
+    assert set(state) == set(names)
+
+
+def test_the_four_query_types_through_the_gateway(stack):
+    url, _, _ = stack
+    payloads = [
+        {"query_type": "item_to_item", "item_id": "s12e03", "filters": {"meta.genre": "kids"}, "top_k": 10},
+        {"query_type": "user_to_item", "user_id": "user_0007", "top_k": 5},
+        {"query_type": "contextual", "user_id": "user_0007", "item_id": "s05e02", "top_k": 10},
+        {"query_type": "sequential", "session_items": ["s02e03", "s02e04", "s02e05"], "top_k": 10,
+         "filters": {"meta.genre": "drama", "meta.in_stock": True}},
+    ]
+    for payload in payloads:
+        status, body = _post(f"{url}/v1/recommend", payload)
+        assert status == 200, body
+        assert body["query_type"] == payload["query_type"] and body["fallback"] is None
+        assert len(body["items"]) == payload["top_k"] and set(_ids(body)) <= CATALOG
+        assert all(item["display_name"] for item in body["items"])
+    _, similar = _post(f"{url}/v1/recommend", payloads[0])
+    assert all(item["meta"]["genre"] == "kids" for item in similar["items"]) and "s12e03" not in _ids(similar)
+    _, session = _post(f"{url}/v1/recommend", payloads[3])
+    assert all(i["meta"]["genre"] == "drama" and i["meta"]["in_stock"] for i in session["items"])
+    _, session = _post(f"{url}/v1/recommend", {**payloads[3], "filters": {}, "exclude_seen": True})
+    assert "s02e06" in _ids(session)[:3]  # the next episode
+
+
+def test_unknown_user_gets_flagged_popularity(stack):
+    url, _, _ = stack
+    status, body = _post(f"{url}/v1/recommend", {"query_type": "user_to_item", "user_id": "nobody", "top_k": 5})
+    assert status == 200 and body["fallback"] == "popularity" and len(body["items"]) == 5
+
+
+def test_an_ingested_event_changes_user_to_item(stack):
+    url, _, _ = stack
+    query = {"query_type": "user_to_item", "user_id": "fresh_user", "top_k": 5}
+    _, before = _post(f"{url}/v1/recommend", query)
+    status, body = _post(f"{url}/v1/events", {"events": [{"user_id": "fresh_user", "item_id": "s18e01"},
+                                                         {"user_id": "fresh_user", "item_id": "s18e02"}]})
+    assert status == 200, body
+    _, after = _post(f"{url}/v1/recommend", query)
+    assert before["fallback"] == "popularity" and after["fallback"] is None
+    assert _ids(after) != _ids(before) and "s18e03" in _ids(after)
+
+
+def test_bad_requests_are_4xx_naming_the_field(stack):
+    url, _, _ = stack
+    status, body = _post(f"{url}/v1/recommend", {"query_type": "sequential", "session_items": ["s01e01"],
+                                                 "top_k": "ten"})
+    assert status == 400 and body["error"]["field"] == "top_k"
+    status, body = _post(f"{url}/v1/recommend", {"query_type": "item_to_item", "item_id": "nope"})
+    assert status == 404 and "item_id" in json.dumps(body)
+
+
+def _own_copy(root: Path, tmp_path: Path) -> Path:
+    """The live bundle in a root of its own (a bundle root is managed by one trainer at a time)."""
+    bundle = resolve_bundle(root)
+    return Path(shutil.copytree(bundle, tmp_path / "bundles" / bundle.name))
+
+
+def test_up_reports_a_dead_child_and_stops_everything(stack, tmp_path):
+    bundle = _own_copy(stack[2], tmp_path)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "seqrec.services.cli", "up", "--bundle", str(bundle),
+                             "--workdir", str(tmp_path), "--port", str(port), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        assert any("seqrec is up" in line for line in proc.stdout), proc.stderr.read()
+        state = json.loads((tmp_path / "stack.json").read_text())
+        os.kill(state["ranker"]["pid"], signal.SIGKILL)
+        assert proc.wait(timeout=60) == 1
+        assert "ranker exited" in proc.stderr.read()
+        time.sleep(0.5)
+        for child in state.values():
+            with pytest.raises(ProcessLookupError):
+                os.kill(child["pid"], 0)
+    finally:
+        proc.kill()
+
+
+def test_up_stops_cleanly_on_sigterm(stack, tmp_path):
+    bundle = _own_copy(stack[2], tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "seqrec.services.cli", "up", "--bundle", str(bundle),
+                             "--workdir", str(tmp_path), "--port", str(free_port()), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert any("seqrec is up" in line for line in proc.stdout), proc.stderr.read()
+        state = json.loads((tmp_path / "stack.json").read_text())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert "stopped" in proc.stderr.read()
+        for child in state.values():
+            with pytest.raises(ProcessLookupError):
+                os.kill(child["pid"], 0)
+    finally:
+        proc.kill()
