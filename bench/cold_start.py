@@ -32,6 +32,7 @@ from seqrec.services.ranker.encoder import OnnxEncoder  # noqa: E402
 from seqrec.services.trainer.pipeline import run_training  # noqa: E402
 from seqrec.shared.bundle import TEXT_EMBEDDINGS, Bundle  # noqa: E402
 from seqrec.shared.config import DataConfig, TrainConfig, build_hparams  # noqa: E402
+from seqrec.shared.logs import configure_logging  # noqa: E402
 from seqrec.shared.metrics import ranking_metrics, target_ranks  # noqa: E402
 
 COLD_SHARE = 0.10  # the last tenth of the timeline
@@ -150,6 +151,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
+    configure_logging()  # epoch lines as JSON on stderr
     args.out.mkdir(parents=True, exist_ok=True)
     ml = args.shared / "data" / "ml-latest-small"
     items = prepare_movielens_items(ml / "movies.csv", ml / "tags.csv", args.out / "ml_items.csv")
