@@ -1,4 +1,12 @@
-"""`seqrec train`: the command-line front of the trainer pipeline."""
+"""`seqrec train`: the command-line front of the trainer pipeline.
+
+Data-parallel on N processes (GPUs with NCCL, else CPU processes with gloo), the same command under torchrun:
+
+    torchrun --standalone --nproc_per_node=N -m seqrec.services.cli train --data ... --out ...
+
+--batch-size stays the global batch (each process takes batch_size / N, rounded up); rank 0 alone
+writes the bundle and prints the summary line; every process exits with the same code.
+"""
 
 from __future__ import annotations
 
@@ -28,8 +36,14 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+DATA_PARALLEL_HELP = ("Data-parallel: torchrun --standalone --nproc_per_node=N -m seqrec.services.cli train ... "
+                      "trains on N processes (NCCL on GPUs, gloo on CPU); --batch-size is the global batch, "
+                      "split across them; rank 0 writes the bundle and prints the summary.")
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Data flags, then one flag per hyperparameter (named after the field, defaults from the spec)."""
+    parser.epilog = DATA_PARALLEL_HELP
     data = parser.add_argument_group("data")
     data.add_argument("--data", required=True, help="interactions file (.csv, .tsv or .parquet)")
     data.add_argument("--user-col", default="user_id")
@@ -48,7 +62,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         extra: dict[str, Any] = {"choices": SAMPLING_STRATEGIES} if f.name == "sampling" else {}
         if kind is _bool:
             extra.update(nargs="?", const=True)
-        hp.add_argument(flag, type=kind, default=None, help=f"default {f.default}", **extra)
+        text = f"default {f.default}"
+        if f.name == "batch_size":
+            text += "; sequences per optimizer step in all: under torchrun each of N processes takes 1/N"
+        hp.add_argument(flag, type=kind, default=None, help=text, **extra)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default="bundles", help="directory that receives the versioned bundle")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -65,6 +82,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from seqrec.services.trainer import distributed
     from seqrec.services.trainer.data import DataError
     from seqrec.services.trainer.pipeline import run_training
     from seqrec.services.trainer.train import TrainingError
@@ -73,8 +91,11 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         path, metrics = run_training(cfg, args.out, progress=not args.no_progress)
     except (ConfigError, DataError, TrainingError) as exc:
-        print(f"seqrec train: error: {exc}", file=sys.stderr)
+        where = "" if distributed.is_main() else f" [rank {distributed.rank()}]"
+        print(f"seqrec train{where}: error: {exc}", file=sys.stderr)
         return 2
+    if not distributed.is_main():
+        return 0  # torchrun: rank 0 reports for every rank
     for warning in metrics["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     summary = {"bundle": str(path), "valid": metrics["valid"], "test": metrics["test"],

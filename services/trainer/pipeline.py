@@ -13,13 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from seqrec.services.trainer import distributed
 from seqrec.services.trainer.data import Interactions, load_interactions
 from seqrec.services.trainer.evaluate import evaluate
 from seqrec.services.trainer.export import INPUT_NAME, OUTPUT_NAME, export_encoder
 from seqrec.services.trainer.model import BERT4Rec, ModelConfig
 from seqrec.services.trainer.report import markdown_report, plot_curves, training_warnings
-from seqrec.services.trainer.split import EvalSet, leave_one_out, training_windows
-from seqrec.services.trainer.train import EpochRecord, TrainingError, history_as_dicts, train_model
+from seqrec.services.trainer.split import EvalSet, LeaveOneOut, leave_one_out, training_windows
+from seqrec.services.trainer.train import EpochRecord, TrainingError, TrainResult, history_as_dicts, train_model
 from seqrec.shared import bundle as b
 from seqrec.shared.config import TrainConfig, validate_data_config, validate_hparams
 from seqrec.shared.metrics import ranking_metrics
@@ -94,9 +95,22 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
 
     With metadata columns the model is hybrid; item text is embedded by `embedder`, else by the
     embedder service named in SEQREC_EMBEDDER, else by MiniLM in this process.
+
+    Under torchrun (WORLD_SIZE > 1; see `distributed`) every process calls this with the same config:
+    each loads the data and trains on its shard of every epoch (`train_model`: hparams.batch_size is the
+    global batch), then rank 0 alone scores the test set and writes the one bundle while the others wait.
+    Every rank returns rank 0's (path, metrics), or raises rank 0's error, so all processes end the same
+    way. Only rank 0 shows progress bars, calls `on_epoch` and logs at INFO.
     """
     validate_data_config(cfg.data)
     validate_hparams(cfg.hparams)
+    with distributed.session():
+        return _run_training(cfg, out_dir, progress and distributed.is_main(), on_epoch, embedder)
+
+
+def _run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool,
+                  on_epoch: Callable[[EpochRecord], None] | None,
+                  embedder: TextEmbedder | None) -> tuple[Path, dict[str, Any]]:
     hp = cfg.hparams
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -127,7 +141,15 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
     except torch.OutOfMemoryError as exc:
         raise TrainingError(f"out of memory: lower batch_size ({hp.batch_size}), negative_samples "
                             f"({hp.negative_samples}) or max_len ({hp.max_len}) ({exc})") from exc
+    return distributed.on_main(lambda: _evaluate_and_write(cfg, out_dir, data, split, result, train_counts, text))
 
+
+def _evaluate_and_write(cfg: TrainConfig, out_dir: str | Path, data: Interactions, split: LeaveOneOut,
+                        result: TrainResult, train_counts: np.ndarray,
+                        text: np.ndarray | None) -> tuple[Path, dict[str, Any]]:
+    """Test metrics, warnings and the verified bundle of a trained model (rank 0's job when data-parallel)."""
+    hp = cfg.hparams
+    n_items = data.vocab.n_items
     mask_index = data.vocab.mask_index
     test = evaluate(result.model, split.test, mask_index, popularity=train_counts, seed=cfg.seed)
     metrics: dict[str, Any] = {
@@ -142,6 +164,10 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
         "device": result.device,
         "data": data.stats,
     }
+    if result.processes > 1:
+        metrics["data_parallel"] = {"processes": result.processes, "backend": distributed.backend(),
+                                    "batch_per_process": result.batch_per_process,
+                                    "global_batch": result.batch_per_process * result.processes}
     warnings = training_warnings(cfg, data.stats, result.history, result.best_epoch, test,
                                  metrics["popularity_test"], result.stopped_early, result.device)
     metrics["warnings"] = warnings

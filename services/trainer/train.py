@@ -1,19 +1,27 @@
-"""The training loop: Cloze batches, AdamW, clipping, validation, early stopping, best weights restored."""
+"""The training loop: Cloze batches, AdamW, clipping, validation, early stopping, best weights restored.
+
+Under torchrun (see `distributed`) the same loop runs data-parallel: every rank draws the same shuffled
+batch plan and takes every world_size-th batch, DistributedDataParallel averages the gradients, rank 0
+validates and every rank follows its early-stopping decision.
+"""
 
 from __future__ import annotations
 
 import copy
+import ctypes
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
+from seqrec.services.trainer import distributed
 from seqrec.services.trainer.batching import batch_plan, window_lengths
 from seqrec.services.trainer.evaluate import evaluate
 from seqrec.services.trainer.losses import (
@@ -28,9 +36,13 @@ from seqrec.services.trainer.split import LeaveOneOut, training_windows
 from seqrec.shared.config import Hyperparameters
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 PROBE_USERS = 1000  # users in the train-side probe used to spot overfitting
 VALID_USERS = 10_000  # validation users scored after each epoch (all of them for the final metrics)
 AUTO_EVAL_STEPS = 200  # eval_every=0: validate about every this many optimizer steps (at least every epoch)
+
+
+KEEP_STREAM, DROPOUT_STREAM = 1, 2  # data-parallel only: independent random streams derived from the seed
 
 
 class TrainingError(RuntimeError):
@@ -57,10 +69,62 @@ class TrainResult:
     train_seconds: float
     stopped_early: bool
     device: str
+    processes: int = 1  # data-parallel processes (torchrun); 1 for a single process
+    batch_per_process: int = 0  # sequences per process per step; their sum over processes is hp.batch_size
 
 
 def pick_device() -> torch.device:
+    if distributed.active() and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())  # the GPU `distributed.session` pinned
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _stream_seed(seed: int, *key: int) -> int:
+    """An independent seed for random stream `key` of a run seeded `seed`."""
+    return int(np.random.SeedSequence([seed, *key]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class ClozeLoss(nn.Module):
+    """One step's loss as a module, so DistributedDataParallel can wrap it: the hybrid id dropout is
+    drawn, then masked positions are encoded, projected and scored (full or sampled softmax).
+
+    Parameters are the wrapped model's. `keep_generator` must yield the same draws on every rank (the
+    item table must agree); `generator` draws this rank's negatives. In a single process both are one
+    generator, drawn from in the order the loop always used.
+    """
+
+    def __init__(self, model: BERT4Rec, n_warm: int, sampler: NegativeSampler | None, negative_samples: int,
+                 generator: torch.Generator, keep_generator: torch.Generator):
+        super().__init__()
+        self.model = model
+        self.n_warm = n_warm
+        self.sampler = sampler
+        self.negative_samples = negative_samples
+        self.generator = generator
+        self.keep_generator = keep_generator
+
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean loss per sequence, averaged over the batch; inputs and labels (B, T) from `cloze_mask`."""
+        model = self.model
+        flat = (labels != 0).view(-1).nonzero().squeeze(1)  # masked positions only
+        keep = model.id_keep(self.keep_generator)  # hybrid: which items keep their id part this step
+        hidden = model.encode(inputs, keep)
+        out = model.project(hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat))  # (P, C)
+        targets = labels.view(-1).index_select(0, flat)
+        weight, bias = model.output_weight(keep), model.output_bias(keep)
+        if self.sampler is None:
+            position_loss = full_softmax_loss(out, weight[: self.n_warm + 1], bias[: self.n_warm + 1], targets)
+        else:
+            position_loss = sampled_softmax_loss(out, weight, bias, targets, self.sampler, self.negative_samples,
+                                                 self.generator)
+        return per_sequence_mean(position_loss, flat // inputs.shape[1], inputs.shape[0])
+
+
+def shard_plan(plan: list[T], rank: int, world_size: int) -> list[T]:
+    """Rank `rank`'s batches of a plan shared by all ranks: rank, rank + W, ...; every rank gets
+    len(plan) // W of them (the last len(plan) % W batches are dropped for this epoch)."""
+    steps = len(plan) // world_size
+    return plan[rank::world_size][:steps]
 
 
 def train_model(
@@ -78,13 +142,33 @@ def train_model(
 
     Only items 1..n_warm (those with interactions) are targets, negatives and random replacements;
     catalog-only items after them are never pushed down for lack of history.
+
+    Data-parallel under torchrun (`distributed.active()`): `hp.batch_size` is the global batch, the
+    sequences of one optimizer step summed over all W processes; each process takes ceil(batch_size / W)
+    of them, so an epoch has about as many steps, and the learning rate the same meaning, as in one
+    process. Every rank shuffles the same batch plan (from `seed`) and trains on batches rank, rank + W, ...
+    (the same number on each rank; the remainder is dropped), with its own masking and negative-sampling
+    generator (seed + rank) and its own dropout stream; the hybrid id dropout comes from a generator seeded
+    identically on every rank. DistributedDataParallel averages the gradients, so the replicas stay equal.
+    Rank 0 alone validates; its metrics are broadcast and every rank applies the same early-stopping rule
+    to them, so all ranks run the same epochs and restore the same best weights. Progress bars, epoch logs
+    and `on_epoch` run on rank 0 only. The result's loss is the mean over all ranks' steps.
     """
     n_warm = n_items if n_warm is None else n_warm
+    world, rank = (distributed.world_size(), distributed.rank()) if distributed.active() else (1, 0)
+    main = rank == 0
+    progress = progress and main
     device = pick_device()
     model.to(device)
     mask_index = n_items + 1
-    generator = torch.Generator(device=device).manual_seed(seed)
-    shuffle_rng = np.random.default_rng(seed)
+    generator = torch.Generator(device=device).manual_seed(seed + rank)
+    if world == 1:
+        keep_generator = generator  # one process: one stream, drawn in the loop's historical order
+    else:
+        keep_generator = torch.Generator(device=device).manual_seed(_stream_seed(seed, KEEP_STREAM))
+        torch.manual_seed(_stream_seed(seed, DROPOUT_STREAM, rank))  # dropout differs between ranks
+    shuffle_rng = np.random.default_rng(seed)  # the same batch plan on every rank
+    local_batch = math.ceil(hp.batch_size / world)
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     sampler = NegativeSampler(torch.as_tensor(item_counts), n_warm).to(device) if hp.negative_samples else None
     windows = training_windows(split.train, hp.max_len, hp.window_stride, hp.sampling)
@@ -94,8 +178,13 @@ def train_model(
     lengths = window_lengths(windows)
     probe = split.train_probe.sample(PROBE_USERS, seed)
     valid = split.valid.sample(VALID_USERS, seed)
+    step: nn.Module = ClozeLoss(model, n_warm, sampler, hp.negative_samples, generator, keep_generator)
+    if world > 1:
+        step = distributed.data_parallel(step, device)  # the hybrid text table is a constant buffer
+        log.info("data-parallel training on %d processes (%s): %d sequences per process per step, %d in all",
+                 world, distributed.backend(), local_batch, local_batch * world)
 
-    steps_per_epoch = math.ceil(len(windows) / hp.batch_size)
+    steps_per_epoch = max(1, math.ceil(len(windows) / local_batch) // world)
     eval_every = hp.eval_every or max(1, round(AUTO_EVAL_STEPS / steps_per_epoch))
     log.info("validating every %d epoch(s)", eval_every, extra={"steps_per_epoch": steps_per_epoch})
     history: list[EpochRecord] = []
@@ -103,7 +192,13 @@ def train_model(
     train_seconds, stale, stopped_early = 0.0, 0, False
     for epoch in range(1, hp.epochs + 1):
         model.train()
-        plan = batch_plan(lengths, hp.batch_size, shuffle_rng)
+        plan = batch_plan(lengths, local_batch, shuffle_rng)
+        if world > 1:
+            plan = shard_plan(plan, rank, world)
+            if not plan:
+                raise TrainingError(f"{len(windows)} training windows make fewer batches of {local_batch} "
+                                    f"than the {world} processes: lower batch_size ({hp.batch_size}) or "
+                                    f"start fewer processes")
         n_batches = len(plan)
         bar = tqdm(plan, desc=f"epoch {epoch}/{hp.epochs}", unit="batch", leave=False,
                    disable=not progress, dynamic_ncols=True)
@@ -113,18 +208,7 @@ def train_model(
             batch = data[torch.from_numpy(rows), -width:].to(device, non_blocking=True)
             inputs, labels = cloze_mask(batch, hp.mask_ratio, mask_index, n_warm, hp.last_item_mask_share,
                                         generator)
-            flat = (labels != 0).view(-1).nonzero().squeeze(1)  # masked positions only
-            keep = model.id_keep(generator)  # hybrid: which items keep their id part this step
-            hidden = model.encode(inputs, keep)
-            out = model.project(hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat))  # (P, C)
-            targets = labels.view(-1).index_select(0, flat)
-            weight, bias = model.output_weight(keep), model.output_bias(keep)
-            if sampler is None:
-                position_loss = full_softmax_loss(out, weight[: n_warm + 1], bias[: n_warm + 1], targets)
-            else:
-                position_loss = sampled_softmax_loss(out, weight, bias, targets, sampler, hp.negative_samples,
-                                                     generator)
-            loss = per_sequence_mean(position_loss, flat // inputs.shape[1], inputs.shape[0])
+            loss = step(inputs, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if hp.grad_clip > 0:
@@ -135,7 +219,7 @@ def train_model(
                 bar.set_postfix(loss=f"{loss_sum.item() / (b + 1):.4f}")
         seconds = time.perf_counter() - started
         train_seconds += seconds
-        mean_loss = loss_sum.item() / max(n_batches, 1)
+        mean_loss = distributed.all_reduce_sum(loss_sum).item() / max(n_batches * world, 1)  # same on all ranks
         if not math.isfinite(mean_loss):
             raise TrainingError(f"loss became {mean_loss} in epoch {epoch}: keep gradient clipping on "
                                 f"(grad_clip={hp.grad_clip}) and lower the learning rate "
@@ -143,8 +227,11 @@ def train_model(
         record = EpochRecord(epoch=epoch, loss=mean_loss, seconds=seconds,
                              sequences_per_s=len(data) / seconds, positions_per_s=float(lengths.sum()) / seconds)
         if epoch % eval_every == 0 or epoch == hp.epochs:
-            record.valid = evaluate(model, valid, mask_index)
-            record.train_probe = evaluate(model, probe, mask_index)
+            if main:
+                record.valid = evaluate(model, valid, mask_index)
+                record.train_probe = evaluate(model, probe, mask_index)
+            # Rank 0's metrics everywhere: every rank takes the same best-epoch and stopping decisions below.
+            record.valid, record.train_probe = distributed.broadcast((record.valid, record.train_probe))
             ndcg = record.valid.get("ndcg@10", 0.0)
             if ndcg > best_ndcg:
                 best_ndcg, best_epoch, best_valid, stale = ndcg, epoch, record.valid, 0
@@ -152,6 +239,7 @@ def train_model(
             else:
                 stale += 1
         history.append(record)
+        release_freed_memory()
         bar.close()
         line = (f"epoch {epoch:>3}  loss {mean_loss:.4f}  valid HR@10 {record.valid.get('hr@10', float('nan')):.4f}"
                 f"  NDCG@10 {record.valid.get('ndcg@10', float('nan')):.4f}"
@@ -160,9 +248,10 @@ def train_model(
                 f"  ({seconds:.1f}s)")
         if progress:
             tqdm.write(line)
-        log.info(line, extra={"epoch": epoch, "loss": mean_loss, "valid_ndcg10": record.valid.get("ndcg@10"),
-                              "valid_hr10": record.valid.get("hr@10"), "seconds": round(seconds, 3)})
-        if on_epoch:
+        if main:
+            log.info(line, extra={"epoch": epoch, "loss": mean_loss, "valid_ndcg10": record.valid.get("ndcg@10"),
+                                  "valid_hr10": record.valid.get("hr@10"), "seconds": round(seconds, 3)})
+        if on_epoch and main:
             on_epoch(record)
         if stale >= hp.patience:
             stopped_early = True
@@ -172,7 +261,17 @@ def train_model(
         model.load_state_dict(best_state)
     model.eval()
     return TrainResult(model=model, history=history, best_epoch=best_epoch, best_valid=best_valid,
-                       train_seconds=train_seconds, stopped_early=stopped_early, device=str(device))
+                       train_seconds=train_seconds, stopped_early=stopped_early, device=str(device),
+                       processes=world, batch_per_process=local_batch)
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc). Batches of varying shapes fragment the heap: without
+    this, resident memory grew ~60 MB per epoch on ml-latest-small at max_len 200 (measured), with it it stays flat."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
 
 
 def history_as_dicts(history: list[EpochRecord]) -> list[dict[str, Any]]:
