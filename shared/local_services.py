@@ -120,6 +120,100 @@ def start_redis(data_dir: Path, port: int | None = None, appendonly: bool = True
     return _spawn("redis", argv, port, Path(data_dir), timeout)
 
 
+CLUSTER_SLOTS = 16384
+CLUSTER_BUS_OFFSET = 10000  # redis-server < 7 has no cluster-port: the bus listens on port + 10000
+
+
+@dataclass
+class LocalRedisCluster:
+    """A Redis Cluster of local redis-server processes, one master each, no replicas."""
+
+    nodes: list[ManagedProcess]
+
+    @property
+    def addresses(self) -> list[str]:
+        return [node.address for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """The REDIS_URL for it (every node a startup node)."""
+        return "redis+cluster://" + ",".join(self.addresses)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for node in self.nodes:
+            node.stop(timeout)
+
+
+def _free_cluster_port(tries: int = 200) -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(tries):
+        port = free_port()
+        if port + CLUSTER_BUS_OFFSET > 65535:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", port + CLUSTER_BUS_OFFSET))
+        except OSError:
+            continue
+        return port
+    raise ServiceStartError("no free port pair (port, port + 10000) for a Redis Cluster node")
+
+
+def _cluster_info(client) -> dict[str, str]:
+    text = client.execute_command("CLUSTER", "INFO")
+    text = text.decode() if isinstance(text, bytes) else text
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+def start_redis_cluster(data_dir: Path, n_masters: int = 3, appendonly: bool = True,
+                        timeout: float = 30.0) -> LocalRedisCluster:
+    """A Redis Cluster of `n_masters` redis-server processes on 127.0.0.1, each in `data_dir/node-<port>`.
+
+    The slots are split evenly with CLUSTER ADDSLOTS, the nodes joined with CLUSTER MEET (redis-py,
+    no redis-cli needed); returns once every node reports cluster_state:ok and knows all the others.
+    """
+    import redis
+
+    nodes: list[ManagedProcess] = []
+    clients: list[redis.Redis] = []
+    try:
+        for _ in range(n_masters):
+            port = _free_cluster_port()
+            node_dir = Path(data_dir) / f"node-{port}"
+            argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
+                    "--save", "", "--protected-mode", "yes", "--cluster-enabled", "yes",
+                    "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "5000"]
+            if appendonly:
+                argv += ["--appendonly", "yes", "--appendfsync", "always"]
+            nodes.append(_spawn("redis", argv, port, node_dir, timeout))
+        clients = [redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=5) for node in nodes]
+        for i, client in enumerate(clients):
+            client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)  # distinct epochs, as redis-cli sets
+            first, end = i * CLUSTER_SLOTS // n_masters, (i + 1) * CLUSTER_SLOTS // n_masters
+            for lo in range(first, end, 1024):
+                client.execute_command("CLUSTER", "ADDSLOTS", *range(lo, min(lo + 1024, end)))
+        for client in clients[1:]:
+            client.execute_command("CLUSTER", "MEET", "127.0.0.1", nodes[0].port)
+        deadline = time.monotonic() + timeout
+        while True:
+            infos = [_cluster_info(client) for client in clients]
+            if all(info.get("cluster_state") == "ok" and info.get("cluster_known_nodes") == str(n_masters)
+                   for info in infos):
+                break
+            if time.monotonic() > deadline:
+                raise ServiceStartError(f"Redis Cluster not ok within {timeout:.0f} s: {infos}\n"
+                                        f"{nodes[0].log_tail()}")
+            time.sleep(0.1)
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+    finally:
+        for client in clients:
+            client.close()
+    return LocalRedisCluster(nodes)
+
+
 def start_milvus_lite(data_dir: Path, port: int | None = None, timeout: float = 60.0) -> ManagedProcess:
     """`milvus-lite server` on loopback; one process owns the data directory, clients connect by URI."""
     port = port or free_port()

@@ -1,20 +1,48 @@
 """User histories in Redis: one list per user of `"<timestamp_ms>:<item_id>"`, oldest first.
 
-Keys carry a hash tag (`seqrec:hist:{user}`), so a Redis Cluster keeps each user's list on one slot.
-Writes are MULTI/EXEC transactions: an ingestion is acknowledged only after Redis applied it.
+`REDIS_URL` picks the deployment, and the same code serves both:
+
+- `redis://[[user]:password@]host:port/db`, `rediss://` (TLS), `unix://`: one Redis endpoint (a
+  server, a Sentinel-managed master service, a cluster proxy), through `redis.Redis`;
+- `redis+cluster://[[user]:password@]host:port[,host:port...]`, `rediss+cluster://` (TLS): a Redis
+  Cluster, through `redis.cluster.RedisCluster`; the hosts are startup nodes (the client discovers
+  the others), only database 0 exists, query options (`ssl_cert_reqs`, ...) apply to every node.
+
+Each user's history is one key, `seqrec:hist:{<user>}`; the hash tag puts its slot on the user id
+alone. No command, pipeline or transaction touches keys of two hash slots. Writes are MULTI/EXEC
+transactions, acknowledged only after Redis applied them: on one endpoint a call's whole batch is
+one transaction; on a cluster the batch is split by hash slot into one transaction per slot (in
+practice per user), so each user's write is atomic but a batch is not atomic as a whole.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import parse_url
+from redis.crc import key_slot
+from redis.exceptions import ClusterError, CrossSlotTransactionError, InvalidPipelineStack, RedisClusterException
+from redis.retry import Retry
 from tqdm.auto import tqdm
 
 KEY_PREFIX = "seqrec:hist:"
 DEFAULT_CAP = 1000  # entries kept per user; older ones are trimmed
+WATCH_ATTEMPTS = 5  # read-merge-write attempts of one merge transaction after lost connections
+SERVER_SCHEMES = ("redis", "rediss", "unix")
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}  # -> scheme of each node
+
+# Errors that mean "Redis cannot serve this now"; a cross-slot transaction is a bug and stays one.
+_BUGS = (CrossSlotTransactionError, InvalidPipelineStack)
+_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, ClusterError, RedisClusterException)
+
+T = TypeVar("T")
 
 
 class HistoryStoreUnavailable(RuntimeError):
@@ -29,9 +57,15 @@ class Event:
 
 
 def history_key(user_id: str) -> str:
-    # Braces in a user id would change the cluster hash tag; they are replaced, ids stay readable.
-    safe = user_id.replace("{", "(").replace("}", ")")
+    """`seqrec:hist:{<user>}`; `%`, `{` and `}` in the id are percent-escaped, so the hash tag is the
+    whole id and distinct ids never share a key."""
+    safe = user_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
     return f"{KEY_PREFIX}{{{safe}}}"
+
+
+def history_slot(user_id: str) -> int:
+    """The Redis Cluster hash slot of the user's history."""
+    return key_slot(history_key(user_id).encode())
 
 
 def _entry(timestamp_ms: int, item_id: str) -> str:
@@ -44,49 +78,187 @@ def _parse(entry: bytes | str) -> tuple[str, int]:
     return item, int(ts)
 
 
+def redact_url(url: str) -> str:
+    """The URL with its credentials replaced by `***` (for messages and logs)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min([i for i in (rest.find(c) for c in "/?#") if i >= 0] or [len(rest)])
+    netloc = rest[:end]
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    return f"{scheme}://{netloc}{rest[end:]}"
+
+
+def _host_port(part: str) -> tuple[str, int]:
+    if part.startswith("["):  # [IPv6]:port
+        host, _, port = part[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = part.rpartition(":") if ":" in part else (part, "", "")
+    if not host:
+        raise ValueError(f"node {part!r} has no host")
+    if not port:
+        return host, 6379
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"node {part!r} has an invalid port")
+    return host, int(port)
+
+
+def parse_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """`redis+cluster://[cred@]h1:p1,h2:p2[/0][?opts]` -> (a `redis://` URL of the first node with the
+    credentials and options, every startup node as (host, port)). Raises ValueError when malformed."""
+    scheme, _, rest = url.partition("://")
+    node_scheme = CLUSTER_SCHEMES[scheme.lower()]
+    rest = rest.partition("#")[0]
+    end = min([i for i in (rest.find(c) for c in "/?") if i >= 0] or [len(rest)])
+    netloc, tail = rest[:end], rest[end:]
+    path, _, query = tail.partition("?")
+    if path not in ("", "/", "/0"):
+        raise ValueError(f"a Redis Cluster has only database 0, not {path!r}")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not hosts:
+        raise ValueError("no cluster node (expected host:port[,host:port...])")
+    nodes = [_host_port(part.strip()) for part in hosts.split(",")]
+    host, port = nodes[0]
+    host = f"[{host}]" if ":" in host else host
+    first = f"{node_scheme}://{userinfo}{at}{host}:{port}" + (f"?{query}" if query else "")
+    options = parse_url(first)  # validates the query options
+    if options.get("db", 0) != 0:
+        raise ValueError("a Redis Cluster has only database 0")
+    return first, nodes
+
+
 class RedisHistoryStore:
     def __init__(self, url: str, cap: int = DEFAULT_CAP, timeout: float = 2.0):
         self.cap = cap
-        self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                           health_check_interval=10)
-
-    def _call(self, fn, *args):
+        self.url = redact_url(url)
+        self._lock = threading.Lock()
+        self._client: redis.Redis | RedisCluster | None = None
+        self._watch_client: RedisCluster | None = None
+        scheme = url.partition("://")[0].lower() if "://" in url else ""
+        options = dict(socket_timeout=timeout, socket_connect_timeout=timeout)
         try:
-            return fn(*args)
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-            raise HistoryStoreUnavailable(f"Redis is unavailable: {exc}") from exc
+            if scheme in CLUSTER_SCHEMES:
+                first, nodes = parse_cluster_url(url)
+                self.cluster = True
+                # Connecting discovers the cluster, so it is deferred to the first call: a ranker starts
+                # (NOT_SERVING) while the cluster is down, as it does with one endpoint.
+                self._connect: Callable[..., RedisCluster] = lambda **kw: RedisCluster(
+                    url=first, startup_nodes=[ClusterNode(h, p) for h, p in nodes[1:]], **options, **kw)
+            elif scheme in SERVER_SCHEMES:
+                self.cluster = False
+                self._client = redis.Redis.from_url(url, health_check_interval=10, **options)  # connects lazily
+            else:
+                raise ValueError(f"unknown scheme {scheme + '://' if scheme else '(none)'}; expected redis://, "
+                                 "rediss://, unix://, redis+cluster:// or rediss+cluster://")
+        except ValueError as exc:
+            raise ValueError(f"REDIS_URL {self.url!r} is malformed: {exc}") from exc
+
+    @property
+    def client(self) -> redis.Redis | RedisCluster:
+        """The redis-py client; on a cluster, created (and the topology discovered) on first use."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._connect()
+        return self._client
+
+    @property
+    def watch_client(self) -> redis.Redis | RedisCluster:
+        """The client for WATCH transactions. On a cluster, one whose pipelines never retry by themselves:
+        redis-py's cluster pipeline would resend on a new connection that no longer watches the keys
+        (its standalone pipeline raises WatchError instead); `_merge_group` starts over itself."""
+        if not self.cluster:
+            return self.client
+        if self._watch_client is None:
+            with self._lock:
+                if self._watch_client is None:
+                    self._watch_client = self._connect(retry=Retry(NoBackoff(), 0))
+        return self._watch_client
+
+    def _call(self, fn: Callable[[redis.Redis | RedisCluster], T], watch: bool = False) -> T:
+        try:
+            return fn(self.watch_client if watch else self.client)
+        except _BUGS:
+            raise
+        except _UNAVAILABLE as exc:
+            raise HistoryStoreUnavailable(f"Redis is unavailable ({self.url}): {exc}") from exc
+
+    def _slot_groups(self, keys: list[str]) -> list[list[int]]:
+        """Indices of `keys`, one group per transaction: all of them on one endpoint, one group per
+        hash slot on a cluster (a transaction there may only touch one slot)."""
+        if not self.cluster:
+            return [list(range(len(keys)))]
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, key in enumerate(keys):
+            groups[key_slot(key.encode())].append(i)
+        return list(groups.values())
 
     def ping(self) -> bool:
+        """True when Redis answers (on a cluster: every node)."""
         try:
             return bool(self.client.ping())
-        except redis.RedisError:
+        except (redis.RedisError, RedisClusterException):
             return False
 
     def read(self, user_id: str, limit: int) -> list[tuple[str, int]]:
         """The user's most recent `limit` (item_id, timestamp_ms), oldest first; [] for an unknown user."""
         if limit <= 0:
             return []
-        entries = self._call(self.client.lrange, history_key(user_id), -limit, -1)
+        entries = self._call(lambda client: client.lrange(history_key(user_id), -limit, -1))
         return [_parse(e) for e in entries]
 
+    def read_many(self, user_ids: Sequence[str], limit: int, chunk: int = 1000) -> list[list[tuple[str, int]]]:
+        """`read` for many users, pipelined without a transaction (on a cluster, redis-py sends one
+        pipeline per node), `chunk` users per round."""
+        if limit <= 0:
+            return [[] for _ in user_ids]
+
+        def lrange_all(client: redis.Redis | RedisCluster, users: Sequence[str]) -> list:
+            with client.pipeline(transaction=False) as pipe:
+                for user in users:
+                    pipe.lrange(history_key(user), -limit, -1)
+                return pipe.execute()
+
+        out: list[list[tuple[str, int]]] = []
+        for start in range(0, len(user_ids), chunk):
+            rows = self._call(lambda client, s=start: lrange_all(client, user_ids[s:s + chunk]))
+            out.extend([_parse(e) for e in entries] for entries in rows)
+        return out
+
     def append(self, events: Iterable[Event]) -> int:
-        """Append events (each user's in timestamp order, stable) in one transaction; returns the count."""
+        """Append events (each user's in timestamp order, stable); returns the count once Redis applied them.
+
+        One transaction on one endpoint; on a cluster one per hash slot, so when Redis fails midway
+        the users written before the failure keep their events (the error says how many).
+        """
         by_user: dict[str, list[Event]] = defaultdict(list)
         for event in events:
             by_user[event.user_id].append(event)
         if not by_user:
             return 0
+        users = list(by_user)
+        keys = [history_key(user) for user in users]
 
-        def write(pipe: redis.client.Pipeline) -> None:
-            for user, user_events in by_user.items():
-                key = history_key(user)
-                ordered = sorted(user_events, key=lambda e: e.timestamp_ms)
-                pipe.rpush(key, *[_entry(e.timestamp_ms, e.item_id) for e in ordered])
-                pipe.ltrim(key, -self.cap, -1)
+        def write(client: redis.Redis | RedisCluster, group: list[int]) -> None:
+            with client.pipeline(transaction=True) as pipe:
+                for i in group:
+                    ordered = sorted(by_user[users[i]], key=lambda e: e.timestamp_ms)
+                    pipe.rpush(keys[i], *[_entry(e.timestamp_ms, e.item_id) for e in ordered])
+                    pipe.ltrim(keys[i], -self.cap, -1)
+                pipe.execute()
 
-        pipe = self.client.pipeline(transaction=True)
-        write(pipe)
-        self._call(pipe.execute)
+        written = 0
+        for group in self._slot_groups(keys):
+            try:
+                self._call(lambda client, group=group: write(client, group))
+            except HistoryStoreUnavailable as exc:
+                if written:
+                    raise HistoryStoreUnavailable(f"{exc} (the events of {written} of {len(users)} users were "
+                                                  "written before the failure)") from exc.__cause__
+                raise
+            written += len(group)
         return sum(len(v) for v in by_user.values())
 
     def merge_bulk(self, histories: Iterator[tuple[str, list[str], list[int]]], total: int | None = None,
@@ -113,23 +285,36 @@ class RedisHistoryStore:
 
     def _merge_chunk(self, chunk: list[tuple[str, list[str], list[int]]]) -> int:
         keys = [history_key(user) for user, _, _ in chunk]
+        for group in self._slot_groups(keys):
+            rows = [(keys[i], chunk[i]) for i in group]
+            self._call(lambda client, rows=rows: self._merge_group(client, rows), watch=True)
+        return len(chunk)
+
+    def _merge_group(self, client: redis.Redis | RedisCluster,
+                     rows: list[tuple[str, tuple[str, list[str], list[int]]]]) -> None:
+        """Read, merge and write back the keys of one transaction, again while a watched key changes."""
+        keys = [key for key, _ in rows]
+        lost = 0
         while True:
             try:
-                with self.client.pipeline(transaction=True) as pipe:
+                with client.pipeline(transaction=True) as pipe:
                     pipe.watch(*keys)
                     stored = [pipe.lrange(k, 0, -1) for k in keys]
                     pipe.multi()
-                    for key, existing, (_, items, stamps) in zip(keys, stored, chunk, strict=True):
+                    for key, existing, (_, (_, items, stamps)) in zip(keys, stored, rows, strict=True):
                         merged = merge_entries(existing, items, stamps)[-self.cap:]
                         pipe.delete(key)
                         if merged:
                             pipe.rpush(key, *merged)
                     pipe.execute()
-                    return len(chunk)
+                    return
             except redis.WatchError:
                 continue  # a concurrent write touched one of these users: read again
-            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-                raise HistoryStoreUnavailable(f"Redis is unavailable: {exc}") from exc
+            except (redis.ConnectionError, redis.TimeoutError):
+                # Cluster only (see watch_client): the connection, and its WATCH, is gone; read again.
+                lost += 1
+                if not self.cluster or lost >= WATCH_ATTEMPTS:
+                    raise
 
 
 def merge_entries(existing: list[bytes], items: list[str], stamps: list[int]) -> list[str]:
