@@ -33,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_query_arguments(query)
     query.set_defaults(func=run_query)
 
+    from seqrec.services.ranker.batch import add_batch_arguments, run_batch_cli
+
+    batch = sub.add_parser("batch-recommend", help="user_to_item top-k for every user (or a list) into Parquet, "
+                                                   "resumably")
+    add_batch_arguments(batch)
+    batch.set_defaults(func=run_batch_cli)
+
     serve = sub.add_parser("serve", help="run a service (settings from environment variables)")
     serve.add_argument("service", choices=sorted(SERVICES))
     serve.set_defaults(func=run_serve)
