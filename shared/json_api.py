@@ -159,7 +159,7 @@ def parse_request(payload: Any) -> tuple[str, Message]:
     message_type, _, fields = _FIELDS[query_type]
     unknown = sorted(set(payload) - set(fields) - {"query_type"})
     if unknown:
-        raise RequestError(unknown[0], f"unknown field for {query_type}; allowed: {sorted(fields)}")
+        raise RequestError(unknown[0] or '""', f"unknown field for {query_type}; allowed: {sorted(fields)}")
     for name in _REQUIRED[query_type]:
         if payload.get(name) in (None, "", []):
             raise RequestError(name, f"required for {query_type}")

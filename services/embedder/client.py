@@ -9,6 +9,7 @@ import numpy as np
 
 from seqrec.proto.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 from seqrec.shared.text import TEXT_DIM
+from seqrec.shared.tls import TlsSettings, open_channel
 
 
 class EmbedderUnavailable(RuntimeError):
@@ -24,11 +25,12 @@ class EmbedderClient:
 
     dim = TEXT_DIM
 
-    def __init__(self, target: str, timeout: float = 10.0, batch_size: int = 128):
+    def __init__(self, target: str, timeout: float = 10.0, batch_size: int = 128, tls: TlsSettings | None = None):
+        """`tls`: how to reach the embedder (shared/tls.py); None reads SEQREC_TLS_* from the environment."""
         self.target = target
         self.timeout = timeout
         self.batch_size = batch_size
-        self.channel = grpc.insecure_channel(target)
+        self.channel = open_channel(target, tls if tls is not None else TlsSettings.from_env())
         self.stub = embedder_pb2_grpc.EmbedderServiceStub(self.channel)
 
     def _call(self, method: str, request: object, timeout: float) -> object:

@@ -19,6 +19,7 @@ from seqrec.shared.grpc_server import (
     serve_until_signal,
 )
 from seqrec.shared.settings import Env, SettingsError
+from seqrec.shared.tls import TlsSettings, add_port
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = embedder_pb2.DESCRIPTOR.services_by_name["EmbedderService"].full_name
@@ -44,6 +45,7 @@ class EmbedderSettings:
     reflection: bool
     health_interval_s: float
     grace_s: float
+    tls: TlsSettings = TlsSettings()  # SEQREC_TLS_CERT/KEY/CLIENT_CA: TLS or mTLS on its port (shared/tls.py)
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> EmbedderSettings:
@@ -59,6 +61,7 @@ class EmbedderSettings:
             reflection=env.bool("SEQREC_GRPC_REFLECTION", False),
             health_interval_s=env.float("SEQREC_HEALTH_INTERVAL_S", 10.0, minimum=0.1),
             grace_s=env.float("SEQREC_SHUTDOWN_GRACE_S", 10.0, minimum=0.0),
+            tls=TlsSettings.from_env(env),
         )
 
 
@@ -108,7 +111,7 @@ class EmbedderApp:
         self.health = HealthReporter(self.server, [SERVICE_NAME], self.probe, settings.health_interval_s)
         if settings.reflection:
             enable_reflection(self.server, [SERVICE_NAME])
-        self.port = self.server.add_insecure_port(settings.address)
+        self.port = add_port(self.server, settings.address, settings.tls)
 
     def probe(self) -> tuple[bool, str]:
         """SERVING only while the model still produces a finite unit vector."""
@@ -121,6 +124,7 @@ class EmbedderApp:
         self.server.start()
         self.health.start()
         log.info("embedder listening", extra={"port": self.port, "device": self.model.device,
+                                              "tls": self.settings.tls.describe(),
                                               "max_batch": self.settings.max_batch})
 
     def stop(self, grace: float | None = None) -> None:

@@ -25,6 +25,7 @@ from seqrec.services.gateway.ranker_client import BlockingRanker
 from seqrec.services.gateway.settings import GatewaySettings
 from seqrec.shared.grpc_server import SERVER_OPTIONS, ErrorInterceptor, ErrorMapping, HealthReporter
 from seqrec.shared.json_api import QUERY_TYPES, rpc_name
+from seqrec.shared.tls import add_port
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -117,7 +118,7 @@ class GrpcFrontDoor:
 
     def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics):
         self.settings = settings
-        self.ranker = BlockingRanker(settings.ranker, metrics)
+        self.ranker = BlockingRanker(settings.ranker, metrics, settings.tls)
         interceptors = [ApiKeyInterceptor(ApiKeys(settings.api_keys)), ErrorInterceptor(StatusErrorMapping([]))]
         # like make_server, but a port another process holds is an error rather than shared (SO_REUSEPORT)
         self.server = grpc.server(
@@ -127,7 +128,7 @@ class GrpcFrontDoor:
         gateway_pb2_grpc.add_RecommendServiceServicer_to_server(
             RecommendServicer(self.ranker, settings.deadline_s, metrics), self.server)
         self.health = HealthReporter(self.server, [SERVICE_NAME], self.ranker.health, settings.health_interval_s)
-        self.port = self.server.add_insecure_port(settings.grpc_address)
+        self.port = add_port(self.server, settings.grpc_address, settings.tls)
         self._stopped: threading.Event | None = None
         self._lock = threading.Lock()
 

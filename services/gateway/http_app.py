@@ -67,7 +67,7 @@ def create_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.ranker = AsyncRanker(settings.ranker, metrics)
+        app.state.ranker = AsyncRanker(settings.ranker, metrics, settings.tls)
         try:
             yield
         finally:
@@ -102,6 +102,7 @@ def create_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, "error")
         return error_response(exc.status_code, code, str(exc.detail), request_id=request.state.request_id,
+                              field="body" if exc.status_code == 400 else None,  # a body FastAPI could not parse
                               headers=dict(exc.headers or {}))
 
     @app.post("/v1/recommend", response_model=RecommendResponse, responses=ERROR_RESPONSES,

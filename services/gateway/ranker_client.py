@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from seqrec.proto.v1 import ranker_pb2, ranker_pb2_grpc
 from seqrec.services.gateway.metrics import GatewayMetrics
 from seqrec.shared.grpc_server import MAX_MESSAGE_BYTES
+from seqrec.shared.tls import TlsSettings, open_aio_channel, open_channel
 
 RANKER_SERVICE = ranker_pb2.DESCRIPTOR.services_by_name["RankerService"].full_name
 HEALTH_TIMEOUT_S = 1.0
@@ -41,8 +42,8 @@ def _unreachable(exc: grpc.RpcError) -> tuple[bool, str]:
 class AsyncRanker:
     """The ranker over a grpc.aio channel; create it inside the event loop that uses it."""
 
-    def __init__(self, target: str, metrics: GatewayMetrics):
-        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    def __init__(self, target: str, metrics: GatewayMetrics, tls: TlsSettings | None = None):
+        self.channel = open_aio_channel(target, tls, CHANNEL_OPTIONS)
         self.stub = ranker_pb2_grpc.RankerServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.metrics = metrics
@@ -74,8 +75,8 @@ class AsyncRanker:
 class BlockingRanker:
     """The ranker over a blocking channel, for the gRPC front door's worker threads."""
 
-    def __init__(self, target: str, metrics: GatewayMetrics):
-        self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+    def __init__(self, target: str, metrics: GatewayMetrics, tls: TlsSettings | None = None):
+        self.channel = open_channel(target, tls, CHANNEL_OPTIONS)
         self.stub = ranker_pb2_grpc.RankerServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.metrics = metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from seqrec.shared.settings import Env, SettingsError
+from seqrec.shared.tls import TlsSettings
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class GatewaySettings:
     health_interval_s: float  # how often the gRPC health status re-checks the ranker
     grpc_workers: int  # gRPC front door worker threads
     max_concurrent_rpcs: int  # beyond this, gRPC calls get RESOURCE_EXHAUSTED
+    tls: TlsSettings = TlsSettings()  # SEQREC_TLS_*: TLS/mTLS on the front door and to the ranker (shared/tls.py)
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> GatewaySettings:
@@ -39,6 +41,7 @@ class GatewaySettings:
             health_interval_s=_positive(env, "SEQREC_HEALTH_INTERVAL_S", 2.0),
             grpc_workers=env.int("SEQREC_GRPC_WORKERS", 16, minimum=1, maximum=1024),
             max_concurrent_rpcs=env.int("SEQREC_MAX_CONCURRENT_RPCS", 512, minimum=1),
+            tls=TlsSettings.from_env(env),
         )
 
 

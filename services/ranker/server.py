@@ -30,6 +30,7 @@ from seqrec.shared.grpc_server import (
 )
 from seqrec.shared.json_api import RequestError
 from seqrec.shared.settings import Env
+from seqrec.shared.tls import TlsSettings, add_port
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = ranker_pb2.DESCRIPTOR.services_by_name["RankerService"].full_name
@@ -66,6 +67,7 @@ class RankerSettings:
     history_cap: int  # events kept per user in Redis
     grace_s: float  # shutdown grace for in-flight calls
     reload_interval_s: float  # how often a bundle root's LIVE file is checked for a newly published version
+    tls: TlsSettings = TlsSettings()  # SEQREC_TLS_*: TLS/mTLS on its port and to the embedder (shared/tls.py)
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> RankerSettings:
@@ -86,6 +88,7 @@ class RankerSettings:
             history_cap=env.int("SEQREC_HISTORY_CAP", 1000, minimum=1),
             grace_s=env.float("SEQREC_SHUTDOWN_GRACE_S", 10.0, minimum=0.0),
             reload_interval_s=env.float("SEQREC_RELOAD_INTERVAL_S", 2.0, minimum=0.1),
+            tls=TlsSettings.from_env(env),
         )
 
 
@@ -101,7 +104,7 @@ class RankerApp:
         self.settings = settings
         self.items = MilvusItemStore(settings.milvus_uri, settings.milvus_token)
         self.histories = RedisHistoryStore(settings.redis_url, cap=settings.history_cap)
-        self.embedder = EmbedderClient(settings.embedder, timeout=5.0) if settings.embedder else None
+        self.embedder = EmbedderClient(settings.embedder, timeout=5.0, tls=settings.tls) if settings.embedder else None
         self.recommender = self._load(resolve_bundle(settings.bundle))
         self.server = make_server(settings.workers, settings.max_concurrent_rpcs, [ErrorInterceptor(ERRORS)])
         ranker_pb2_grpc.add_RankerServiceServicer_to_server(
@@ -109,7 +112,7 @@ class RankerApp:
         self.health = HealthReporter(self.server, [SERVICE_NAME], self.probe, settings.health_interval_s)
         if settings.reflection:
             enable_reflection(self.server, [SERVICE_NAME])
-        self.port = self.server.add_insecure_port(settings.address)
+        self.port = add_port(self.server, settings.address, settings.tls)
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._follow_live, name="bundle-watch", daemon=True)
 
@@ -156,7 +159,7 @@ class RankerApp:
             return False, "redis unreachable"
         version = self.bundle.version
         for name in (version, version + I2I_SUFFIX):
-            if not self.items.has_version(name):
+            if not self.items.ensure_loaded(name):
                 return False, f"milvus collection for {name} missing or unreachable (run seqrec publish)"
         return True, "ok"
 
@@ -175,6 +178,7 @@ class RankerApp:
         if not (Path(self.settings.bundle) / MANIFEST).is_file():  # a bundle root: follow its LIVE file
             self._watcher.start()
         log.info("ranker listening", extra={"port": self.port, "bundle": self.bundle.version,
+                                            "tls": self.settings.tls.describe(),
                                             "serving": self.health.serving, "reason": self.health.reason})
 
     def begin_shutdown(self) -> None:

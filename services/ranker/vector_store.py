@@ -11,6 +11,7 @@ result.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 from collections.abc import Iterator, Sequence
@@ -44,6 +45,8 @@ _UNAVAILABLE_CODES = {2, ErrorCode.RATE_LIMIT}  # 2: connect failed / service un
 
 Hit = tuple[int, float, str, dict[str, Any]]
 
+
+log = logging.getLogger(__name__)
 
 class VectorStoreError(RuntimeError):
     """Milvus answered but refused: a missing collection, a bad request, a schema mismatch."""
@@ -126,6 +129,17 @@ class MilvusItemStore:
             return getattr(self._connect(), method)(*args, timeout=self.timeout, **kwargs)
         except (MilvusException, grpc.RpcError) as exc:
             raise self._error(what, exc) from exc
+
+    def _read(self, what: str, method: str, name: str, **kwargs: Any) -> Any:
+        """A search or get on collection `name`; a collection released by a Milvus restart is loaded again."""
+        try:
+            return self._call(what, method, name, **kwargs)
+        except VectorStoreError as exc:
+            if "load" not in str(exc) or not ("released" in str(exc) or "not loaded" in str(exc)):
+                raise
+            log.info("reloading a released collection", extra={"collection": name})
+            self._call(f"load_collection {name}", "load_collection", name)
+            return self._call(what, method, name, **kwargs)
 
     def _error(self, what: str, exc: Exception) -> RuntimeError:
         if isinstance(exc, MilvusException) and not isinstance(exc, (ConnectError, MilvusUnavailableException)):
@@ -261,6 +275,16 @@ class MilvusItemStore:
         state = self._call(f"get_load_state {name}", "get_load_state", name)
         return getattr(state.get("state"), "name", str(state.get("state"))) == "Loaded"
 
+    def ensure_loaded(self, version: str) -> bool:
+        """True when the version is completely written and loaded; loads it if Milvus released it (restart)."""
+        name = collection_name(version)
+        if not self._complete(self._describe(name)):
+            return False
+        if not self.has_version(version):
+            log.info("loading a released collection", extra={"collection": name})
+            self._call(f"load_collection {name}", "load_collection", name)
+        return self.has_version(version)
+
     def live_version(self) -> str | None:
         """The version the live alias points at, or None when it is not set."""
         if self.live_alias not in self._call("list_aliases", "list_aliases")["aliases"]:
@@ -322,7 +346,7 @@ class MilvusItemStore:
             raise ValueError(f"top_k plus excluded items exceeds {MAX_TOPK}")
         params = {"metric_type": "IP", "params": {"ef": max(self.ef, limit)}}  # ef: HNSW only, FLAT ignores it
         name = collection_name(version)
-        results = self._call(f"search {name}", "search", name, data=queries.tolist(), filter=expr, limit=limit,
+        results = self._read(f"search {name}", "search", name, data=queries.tolist(), filter=expr, limit=limit,
                              output_fields=_OUTPUT, search_params=params, anns_field="vector")
         out = []
         for hits, skip in zip(results, excluded, strict=True):
@@ -338,7 +362,7 @@ class MilvusItemStore:
         keys = sorted({int(i) for i in indices})
         out: dict[int, tuple[str, dict[str, Any]]] = {}
         for start in range(0, len(keys), GET_BATCH):
-            rows = self._call(f"get {name}", "get", name, ids=keys[start:start + GET_BATCH], output_fields=_OUTPUT)
+            rows = self._read(f"get {name}", "get", name, ids=keys[start:start + GET_BATCH], output_fields=_OUTPUT)
             out.update({int(r[PRIMARY_KEY]): (r["item_id"], json.loads(r["display"])) for r in rows})
         return out
 
@@ -348,7 +372,7 @@ class MilvusItemStore:
         keys = sorted({int(i) for i in indices})
         out: dict[int, np.ndarray] = {}
         for start in range(0, len(keys), GET_BATCH):
-            rows = self._call(f"get {name}", "get", name, ids=keys[start:start + GET_BATCH], output_fields=["vector"])
+            rows = self._read(f"get {name}", "get", name, ids=keys[start:start + GET_BATCH], output_fields=["vector"])
             out.update({int(r[PRIMARY_KEY]): np.asarray(r["vector"], dtype=np.float32) for r in rows})
         return out
 

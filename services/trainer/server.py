@@ -29,6 +29,7 @@ from seqrec.shared.grpc_server import (
     serve_until_signal,
 )
 from seqrec.shared.settings import Env
+from seqrec.shared.tls import TlsSettings, add_port
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
@@ -59,6 +60,7 @@ class TrainerSettings:
     reflection: bool  # expose gRPC server reflection
     health_interval_s: float
     grace_s: float  # shutdown grace for in-flight calls
+    tls: TlsSettings = TlsSettings()  # SEQREC_TLS_*: TLS/mTLS on its port; training processes inherit them
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> TrainerSettings:
@@ -77,6 +79,7 @@ class TrainerSettings:
             reflection=env.bool("SEQREC_GRPC_REFLECTION", False),
             health_interval_s=env.float("SEQREC_HEALTH_INTERVAL_S", 5.0, minimum=0.1),
             grace_s=env.float("SEQREC_SHUTDOWN_GRACE_S", 10.0, minimum=0.0),
+            tls=TlsSettings.from_env(env),
         )
 
 
@@ -99,7 +102,7 @@ class TrainerApp:
         self.health = HealthReporter(self.server, [SERVICE_NAME], self.probe, settings.health_interval_s)
         if settings.reflection:
             enable_reflection(self.server, [SERVICE_NAME])
-        self.port = self.server.add_insecure_port(settings.address)
+        self.port = add_port(self.server, settings.address, settings.tls)
 
     def probe(self) -> tuple[bool, str]:
         """SERVING while the job worker runs and the bundle root is writable."""

@@ -1,0 +1,143 @@
+"""Faults while requests flow: real dependencies killed and restarted under a running ranker.
+
+Each test owns the dependency it kills (its own redis-server, milvus-lite server or embedder), so the
+session-wide ones stay intact. Recovery must happen without restarting the ranker.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from seqrec.proto.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
+from seqrec.services.embedder.server import EmbedderApp, EmbedderSettings
+from seqrec.services.ranker.publish import publish
+from seqrec.services.ranker.server import RankerApp
+from seqrec.shared.local_services import free_port, start_milvus_lite, start_redis
+from seqrec.shared.settings import Env
+from tests.test_ranker import _settings, _wait_health
+
+RECOVERY_S = 5.0
+
+
+def _until(call, timeout: float = RECOVERY_S):
+    """Retry `call` until it succeeds; the answer and how long recovery took."""
+    started = time.monotonic()
+    while True:
+        try:
+            return call(), time.monotonic() - started
+        except grpc.RpcError:
+            if time.monotonic() - started > timeout:
+                raise
+            time.sleep(0.1)
+
+
+def test_redis_restart_loses_no_acknowledged_event(trained_bundle, milvus_server, tmp_path):
+    redis = start_redis(tmp_path / "redis")
+    url = f"redis://{redis.address}/0"
+    publish(trained_bundle[0], url, milvus_server, progress=False)
+    app = RankerApp(_settings(trained_bundle[0], url, milvus_server, SEQREC_HEALTH_INTERVAL_S="0.2"))
+    app.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
+    stub = ranker_pb2_grpc.RankerServiceStub(channel)
+    acknowledged = []
+    try:
+        _wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+        for n in range(50):
+            event = common_pb2.Interaction(user_id="fault-user", item_id=f"s{n % 30}e{n % 8}", timestamp_ms=1000 + n)
+            stub.IngestEvents(ranker_pb2.IngestEventsRequest(events=[event]), timeout=5)
+            acknowledged.append(event.item_id)
+        redis.kill()  # abrupt: no shutdown save; only the append-only file survives
+        _wait_health(channel, health_pb2.HealthCheckResponse.NOT_SERVING)
+        with pytest.raises(grpc.RpcError) as err:  # never acknowledge a write that did not happen
+            stub.IngestEvents(ranker_pb2.IngestEventsRequest(events=[common_pb2.Interaction(
+                user_id="fault-user", item_id="s1e1", timestamp_ms=9999)]), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.RpcError) as err:
+            stub.UserToItem(ranker_pb2.UserToItemRequest(user_id="fault-user", top_k=3), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "Redis" in err.value.details()
+        assert len(stub.Sequential(ranker_pb2.SequentialRequest(session_items=["s4e1"], top_k=3), timeout=5).items) == 3
+
+        redis = start_redis(tmp_path / "redis", port=redis.port)
+        history, took = _until(lambda: stub.GetHistory(ranker_pb2.GetHistoryRequest(user_id="fault-user"), timeout=2))
+        assert took < RECOVERY_S
+        assert list(history.item_ids) == acknowledged  # every acknowledged event, nothing else
+        _wait_health(channel, health_pb2.HealthCheckResponse.SERVING, timeout=RECOVERY_S)
+    finally:
+        channel.close()
+        app.stop(0)
+        redis.stop()
+
+
+def test_milvus_down_and_back(trained_bundle, redis_server, tmp_path):
+    milvus = start_milvus_lite(tmp_path / "milvus")
+    uri, redis_url = f"http://{milvus.address}", f"redis://{redis_server.address}/0"
+    publish(trained_bundle[0], redis_url, uri, progress=False)
+    app = RankerApp(_settings(trained_bundle[0], redis_url, uri, SEQREC_HEALTH_INTERVAL_S="0.2"))
+    app.items.timeout = 2.0  # fail fast while Milvus is gone
+    app.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
+    stub = ranker_pb2_grpc.RankerServiceStub(channel)
+    try:
+        _wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+        milvus.kill()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Sequential(ranker_pb2.SequentialRequest(session_items=["s4e1"], top_k=3), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "Milvus" in err.value.details()
+        _wait_health(channel, health_pb2.HealthCheckResponse.NOT_SERVING)
+        # what needs no vector search keeps working: popularity for an unknown user, history reads
+        fallback = stub.UserToItem(ranker_pb2.UserToItemRequest(user_id="nobody-here", top_k=3), timeout=5)
+        assert len(fallback.items) == 3
+        stub.GetHistory(ranker_pb2.GetHistoryRequest(user_id="u1"), timeout=5)
+
+        milvus = start_milvus_lite(tmp_path / "milvus", port=milvus.port)
+        got, took = _until(lambda: stub.Sequential(ranker_pb2.SequentialRequest(session_items=["s4e1"], top_k=3),
+                                                   timeout=3), timeout=30)
+        assert len(got.items) == 3
+        _wait_health(channel, health_pb2.HealthCheckResponse.SERVING, timeout=10)
+    finally:
+        channel.close()
+        app.stop(0)
+        milvus.stop()
+
+
+def test_embedder_down_and_back(cold_bundle, redis_server, milvus_server, minilm):
+    port = free_port()
+    settings = EmbedderSettings.from_env(Env({"SEQREC_EMBEDDER_ADDRESS": f"127.0.0.1:{port}"}))
+    embedder = EmbedderApp(settings, model=minilm)
+    embedder.start()
+    redis_url = f"redis://{redis_server.address}/0"
+    publish(cold_bundle[0], redis_url, milvus_server, progress=False)
+    app = RankerApp(_settings(cold_bundle[0], redis_url, milvus_server, SEQREC_EMBEDDER=f"127.0.0.1:{port}"))
+    app.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
+    stub = ranker_pb2_grpc.RankerServiceStub(channel)
+    by_text = ranker_pb2.ItemToItemRequest(item_id="pilot", item_text="name: Series 3 episode 2", top_k=3)
+    try:
+        _wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+        assert len(stub.ItemToItem(by_text, timeout=10).items) == 3
+        embedder.stop(0)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ItemToItem(by_text, timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "embedder" in err.value.details()
+        assert len(stub.ItemToItem(ranker_pb2.ItemToItemRequest(item_id="s3e3", top_k=3), timeout=5).items) == 3
+        assert _health_status(channel) == health_pb2.HealthCheckResponse.SERVING  # the rest keeps serving
+
+        embedder = EmbedderApp(settings, model=minilm)
+        embedder.start()
+        got, took = _until(lambda: stub.ItemToItem(by_text, timeout=3), timeout=15)
+        assert len(got.items) == 3
+    finally:
+        channel.close()
+        app.stop(0)
+        embedder.stop(0)
+
+
+def _health_status(channel: grpc.Channel) -> int:
+    from grpc_health.v1 import health_pb2_grpc
+
+    return health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service="seqrec.proto.v1.RankerService"), timeout=2).status
