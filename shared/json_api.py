@@ -66,9 +66,19 @@ def required_fields(query_type: str) -> tuple[str, ...]:
     return _REQUIRED[query_type]
 
 
+def _utf8(field: str, value: str) -> str:
+    """Refuse strings UTF-8 cannot carry (lone surrogates are valid JSON escapes but not text)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(field, "not valid Unicode text (lone surrogate)") from exc
+    return value
+
+
 def _string(field: str, value: Any, limit: int) -> str:
     if not isinstance(value, str):
         raise RequestError(field, f"expected a string, got {type(value).__name__}")
+    _utf8(field, value)
     if not value.strip():
         raise RequestError(field, "must not be empty")
     if len(value) > limit:
@@ -107,7 +117,7 @@ def to_metadata_value(field: str, value: Any) -> common_pb2.MetadataValue:
     if isinstance(value, str):
         if len(value) > MAX_ID_CHARS:
             raise RequestError(field, f"longer than {MAX_ID_CHARS} characters")
-        return common_pb2.MetadataValue(string_value=value)
+        return common_pb2.MetadataValue(string_value=_utf8(field, value))
     raise RequestError(field, f"expected a string, number or boolean, got {type(value).__name__}")
 
 
@@ -116,6 +126,19 @@ def from_metadata_value(value: common_pb2.MetadataValue) -> Any:
     if kind == "list_value":
         return [from_metadata_value(v) for v in value.list_value.values]
     return None if kind is None else getattr(value, kind)
+
+
+def _finite(field: str, value: Any) -> float:
+    """A JSON number as a finite float (an integer beyond the float range is refused, not overflowed)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError(field, "expected a finite number")
+    try:
+        number = float(value)
+    except OverflowError as exc:
+        raise RequestError(field, "expected a finite number (this one is beyond the float range)") from exc
+    if not math.isfinite(number):
+        raise RequestError(field, "expected a finite number")
+    return number
 
 
 def parse_filters(field: str, value: Any) -> list[common_pb2.FilterClause]:
@@ -129,6 +152,7 @@ def parse_filters(field: str, value: Any) -> list[common_pb2.FilterClause]:
         path = f"{field}.{key}"
         if not isinstance(key, str) or not key.startswith("meta.") or len(key) <= len("meta."):
             raise RequestError(path, "filter keys are meta.<column>")
+        _utf8(path, key)
         if isinstance(cond, list):
             if not cond or len(cond) > MAX_LIST_ITEMS:
                 raise RequestError(path, f"a list filter needs 1 to {MAX_LIST_ITEMS} values")
@@ -140,9 +164,7 @@ def parse_filters(field: str, value: Any) -> list[common_pb2.FilterClause]:
                 raise RequestError(path, f"a range takes {list(RANGE_OPS)}, got {sorted(cond)}")
             bounds = {}
             for op, bound in cond.items():
-                if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound):
-                    raise RequestError(f"{path}.{op}", "expected a finite number")
-                bounds[op] = float(bound)
+                bounds[op] = _finite(f"{path}.{op}", bound)
             clauses.append(common_pb2.FilterClause(field=key, range=common_pb2.NumericRange(**bounds)))
         else:
             clauses.append(common_pb2.FilterClause(field=key, equals=to_metadata_value(path, cond)))

@@ -172,7 +172,7 @@ EXPLICIT: dict[str, tuple[str, Any, set[int]]] = {
     "oversized-body": ("/v1/recommend", {**SEQ, "session_items": ["i000001"] * (TOO_BIG // 10)}, {413}),
     "huge-id": ("/v1/recommend", {**SEQ, "session_items": ["x" * 600_000]}, {400}),
 }
-KNOWN_BUGS: dict[str, tuple[str, Any, set[int]]] = {
+FIXED_BUGS: dict[str, tuple[str, Any, set[int]]] = {  # found by fuzzing, fixed
     # shared/json_api.py parse_filters: math.isfinite(10**400) raises OverflowError (json_api.py, the range
     # bound check), reached from validation.describe_invalid after pydantic refuses the bound → 500.
     "range-bound-beyond-float": ("/v1/recommend", b'{"query_type": "sequential", "session_items": ["i000001"], '
@@ -188,6 +188,7 @@ KNOWN_BUGS: dict[str, tuple[str, Any, set[int]]] = {
     "surrogate-in-filter-key": ("/v1/recommend", b'{"query_type": "sequential", "session_items": ["i000001"], '
                                                  b'"filters": {"\\ud800": 1}}', {400}),
 }
+EXPLICIT.update(FIXED_BUGS)
 
 
 def _sent(payload: Any) -> Any:
@@ -220,8 +221,3 @@ def check_explicit(client: TestClient, path: str, payload: Any, expected: set[in
 def test_explicit_cases(client, name):
     check_explicit(client, *EXPLICIT[name])
 
-
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="known bug, see "
-                                                                             "KNOWN_BUGS")) for name in KNOWN_BUGS])
-def test_known_bugs(client, name):
-    check_explicit(client, *KNOWN_BUGS[name])

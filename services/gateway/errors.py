@@ -50,11 +50,16 @@ def field_of(details: str) -> str | None:
     return match.group(1) if match else None
 
 
+def _printable(text: str) -> str:
+    """Text safe to send as UTF-8 JSON: what UTF-8 cannot carry (lone surrogates) is shown escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(code: str, message: str, *, field: str | None = None, incident: str | None = None,
                request_id: str | None = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
+    error: dict[str, Any] = {"code": code, "message": _printable(message)}
     if field:
-        error["field"] = field
+        error["field"] = _printable(field)
     if incident:
         error["incident"] = incident
     if request_id:

@@ -28,6 +28,7 @@ from seqrec.services.ranker.online_items import (
 from seqrec.services.ranker.publish import I2I_SUFFIX, bundle_item_to_item_vectors
 from seqrec.services.ranker.vector_store import MilvusItemStore
 from seqrec.shared.bundle import Bundle
+from seqrec.shared.json_api import MAX_LIST_ITEMS as MAX_EXCLUDED
 from seqrec.shared.json_api import MAX_TOP_K
 from seqrec.shared.text import item_text
 
@@ -88,6 +89,8 @@ class Recommender:
 
     def _excluded(self, ids: Sequence[str]) -> set[int]:
         """Primary keys of the given items: bundle indices, or the keys of items added online."""
+        if len(ids) > MAX_EXCLUDED:
+            raise InvalidQuery(f"exclude_item_ids: at most {MAX_EXCLUDED} items, got {len(ids)}")
         return {self.vocab.get(x) or online_pk(x) for x in ids if x}
 
     def _embed(self, texts: list[str], what: str) -> Any:
