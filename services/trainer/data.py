@@ -81,14 +81,40 @@ def parse_timestamps(values: pd.Series, column: str) -> np.ndarray:
         out = numeric.to_numpy(dtype=np.float64)
     else:
         parsed = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
+        is_number, is_date = numeric.notna(), parsed.notna() & numeric.isna()
+        if is_number.any() and is_date.any():  # no common unit: epoch seconds? ms? refuse rather than guess
+            raise DataError(f"{column}: mixes numbers ({int(is_number.sum())} row(s), e.g. "
+                            f"{values[is_number].astype(str).unique()[:3].tolist()}) and ISO dates "
+                            f"({int(is_date.sum())} row(s), e.g. {values[is_date].astype(str).unique()[:3].tolist()}); "
+                            "use one format in the whole column")
         bad = parsed.isna()
         if bad.any():
             examples = values[bad].astype(str).unique()[:3].tolist()
             raise DataError(f"{column}: {int(bad.sum())} timestamp(s) are neither numbers nor ISO dates, "
                             f"e.g. {examples}; fix or drop those rows")
         out = (parsed.astype("int64") / 1e9).to_numpy(dtype=np.float64)
-    if not np.isfinite(out).all():
-        raise DataError(f"{column}: timestamps must be finite numbers")
+    infinite = ~np.isfinite(out)
+    if infinite.any():
+        raise DataError(f"{column}: timestamps must be finite numbers; {int(infinite.sum())} are not, e.g. "
+                        f"{values[infinite].astype(str).unique()[:3].tolist()}")
+    return out
+
+
+def id_spellings(frame: pd.DataFrame, column: str, ids: np.ndarray) -> dict[str, Any]:
+    """How an id column could surprise: ids are compared as text (`007` is not `7`, `1.0` is not `1`).
+
+    `float_column`: the file stores the ids as floating point (Parquet), so every id reads like `1.0`.
+    `numeric_lookalikes`: distinct ids that spell the same number, e.g. `1` and `1.0`; at most 5 examples.
+    """
+    out: dict[str, Any] = {}
+    if frame[column].dtype.kind == "f":
+        out["float_column"] = True
+    unique = pd.Series(pd.unique(ids))
+    number = pd.to_numeric(unique, errors="coerce")
+    spelled = unique[number.notna()].groupby(number[number.notna()]).agg(sorted)
+    clashes = [group for group in spelled.tolist() if len(group) > 1]
+    if clashes:
+        out["numeric_lookalikes"] = {"groups": len(clashes), "examples": sorted(clashes)[:5]}
     return out
 
 
@@ -186,6 +212,9 @@ def load_interactions(cfg: DataConfig) -> Interactions:
 
     users = frame[cfg.user_col].astype(str).str.strip().to_numpy()
     items = frame[cfg.item_col].astype(str).str.strip().to_numpy()
+    spellings = {col: found for col, ids in ((cfg.user_col, users), (cfg.item_col, items))
+                 if (found := id_spellings(frame, col, ids))}
+    stats["id_spellings"] = spellings
     seen_items = set(items.tolist())
     times = parse_timestamps(frame[cfg.time_col], cfg.time_col)
     rows = frame["_row"].to_numpy()
@@ -216,6 +245,12 @@ def load_interactions(cfg: DataConfig) -> Interactions:
     user_ids = users[starts].tolist()
     sequences = [item_idx[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     timestamps = [times[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    lengths = np.diff(bounds)
+    longest = int(np.argmax(lengths))
+    stats["longest_history"] = {"user_id": user_ids[longest], "interactions": int(lengths[longest]),
+                                "share_of_rows": float(lengths[longest] / len(users))}
+    stats["median_history"] = float(np.median(lengths))
 
     same_user = users[1:] == users[:-1]
     ties = same_user & (times[1:] == times[:-1])

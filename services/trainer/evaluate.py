@@ -36,23 +36,32 @@ def score_histories(model: BERT4Rec, histories: list[np.ndarray], mask_index: in
 
 def _sampled_ranks(scores: np.ndarray, eval_set: EvalSet, popularity: np.ndarray,
                    rng: np.random.Generator) -> np.ndarray:
-    """Rank of the target among 100 popularity-sampled negatives the user has not seen."""
-    cdf = np.cumsum(popularity[1:] + 1e-12)
+    """Rank of the target among 100 popularity-sampled negatives the user has not seen.
+
+    Only items with a training count can be drawn; when a user leaves 100 or fewer of them unseen,
+    all of those are the negatives (the draw must end on tiny catalogs and users who saw everything).
+    """
+    n_items = scores.shape[1]
+    weights = popularity[1: n_items + 1].astype(np.float64)  # items only: no padding, no [MASK]
+    drawable = weights > 0
+    cdf = np.cumsum(weights)
     cdf /= cdf[-1]
     ranks = np.empty(len(eval_set), dtype=np.int64)
-    n_items = len(cdf)
     for row, (history, target) in enumerate(zip(eval_set.inputs, eval_set.targets, strict=True)):
         excluded = set(history.tolist()) | {int(target)}
-        chosen: list[int] = []
-        seen_draws: set[int] = set()
-        while len(chosen) < SAMPLED_NEGATIVES and len(excluded) + len(seen_draws) < n_items:
-            draws = np.searchsorted(cdf, rng.random(2 * SAMPLED_NEGATIVES)) + 1
-            for item in draws.tolist():
-                if item not in excluded and item not in seen_draws:
-                    seen_draws.add(item)
-                    chosen.append(item)
-                    if len(chosen) == SAMPLED_NEGATIVES:
-                        break
+        left = int(drawable.sum()) - sum(1 for i in excluded if drawable[i - 1])
+        if left <= SAMPLED_NEGATIVES:
+            chosen = [i + 1 for i in np.flatnonzero(drawable).tolist() if i + 1 not in excluded]
+        else:
+            chosen_set: set[int] = set()
+            while len(chosen_set) < SAMPLED_NEGATIVES:
+                draws = np.searchsorted(cdf, rng.random(2 * SAMPLED_NEGATIVES), side="right") + 1
+                for item in draws.tolist():
+                    if item <= n_items and item not in excluded:
+                        chosen_set.add(item)
+                        if len(chosen_set) == SAMPLED_NEGATIVES:
+                            break
+            chosen = sorted(chosen_set)
         target_score = scores[row, target - 1]
         ranks[row] = int((scores[row, np.asarray(chosen, dtype=np.int64) - 1] > target_score).sum())
     return ranks

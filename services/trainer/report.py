@@ -7,11 +7,14 @@ from typing import Any
 
 import numpy as np
 
+from seqrec.services.trainer.split import window_bounds
 from seqrec.services.trainer.train import EpochRecord
 from seqrec.shared.config import TrainConfig
 
 FEW_INTERACTIONS = 5  # users below this give the model little sequence to learn from
 SLOW_EPOCH_SECONDS = 120.0
+HEAVY_HISTORY = 1000  # a user with at least this many interactions and
+HEAVY_FACTOR = 50  # this many times the median user's is reported (a bot, crawler or shared account?)
 
 
 def training_warnings(cfg: TrainConfig, stats: dict[str, Any], history: list[EpochRecord], best_epoch: int,
@@ -33,6 +36,30 @@ def training_warnings(cfg: TrainConfig, stats: dict[str, Any], history: list[Epo
     if stats.get("duplicate_rows"):
         out.append(f"{stats['duplicate_rows']} duplicate (user, item, timestamp) rows were kept as repeated "
                    "interactions.")
+    for column, found in (stats.get("id_spellings") or {}).items():
+        if found.get("float_column"):
+            out.append(f"{column}: the file stores ids as floating-point numbers, so they read like '1.0' (and "
+                       "requests must spell them so); store the column as integers or strings.")
+        clashes = found.get("numeric_lookalikes")
+        if clashes:
+            examples = ", ".join("/".join(repr(i) for i in group) for group in clashes["examples"][:3])
+            out.append(f"{column}: {clashes['groups']} set(s) of distinct ids spell the same number ({examples}); "
+                       "ids are compared as text, so each spelling is a different id: write each id one way "
+                       "if they mean the same thing.")
+    longest = stats.get("longest_history") or {}
+    n_longest = int(longest.get("interactions", 0))
+    if stats.get("users") == 1:
+        out.append(f"All rows belong to one user ({longest.get('user_id')!r} in column {cfg.data.user_col!r}): "
+                   "validation and test metrics rest on that one sequence; check that --user-col names the "
+                   "user column.")
+    elif n_longest >= HEAVY_HISTORY and n_longest > HEAVY_FACTOR * stats.get("median_history", 0.0):
+        hp = cfg.hparams
+        windows = len(window_bounds(max(n_longest - 2, 1), hp.max_len, hp.window_stride or max(1, hp.max_len // 2),
+                                    hp.sampling))
+        out.append(f"User {longest['user_id']!r} has {n_longest} interactions, {longest['share_of_rows']:.0%} of "
+                   f"the rows (median user: {stats.get('median_history', 0.0):g}), and gives {windows} training "
+                   f"window(s) ({hp.sampling}); one history outweighs the others: check for a bot, crawler or "
+                   "shared account, drop it, or use --sampling last.")
     best = next((r for r in history if r.epoch == best_epoch), None)
     if best and best.train_probe and best.valid:
         train_ndcg, valid_ndcg = best.train_probe.get("ndcg@10", 0.0), best.valid.get("ndcg@10", 0.0)
