@@ -11,6 +11,7 @@ import copy
 import ctypes
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ T = TypeVar("T")
 PROBE_USERS = 1000  # users in the train-side probe used to spot overfitting
 VALID_USERS = 10_000  # validation users scored after each epoch (all of them for the final metrics)
 AUTO_EVAL_STEPS = 200  # eval_every=0: validate about every this many optimizer steps (at least every epoch)
+PRECISION_ENV = "SEQREC_TRAIN_PRECISION"  # CUDA only: auto (bf16 where supported, else fp16), bf16, fp16, fp32
+GPU_DATA_SHARE = 0.25  # CUDA: training windows live on the GPU when they take at most this share of free memory
 
 
 KEEP_STREAM, DROPOUT_STREAM = 1, 2  # data-parallel only: independent random streams derived from the seed
@@ -77,6 +80,22 @@ def pick_device() -> torch.device:
     if distributed.active() and torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())  # the GPU `distributed.session` pinned
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def mixed_precision(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a training step: None (fp32) on CPU; on CUDA bf16 where the GPU supports it
+    (Ampere and later: no loss scaling needed), else fp16 with a GradScaler. SEQREC_TRAIN_PRECISION
+    (auto, bf16, fp16, fp32) overrides the choice on CUDA; the CPU always trains in fp32."""
+    if device.type != "cuda":
+        return None
+    choice = os.environ.get(PRECISION_ENV, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "bf16", "fp16", "fp32"):
+        raise TrainingError(f"{PRECISION_ENV}: must be auto, bf16, fp16 or fp32, got {choice!r}")
+    if choice == "fp32":
+        return None
+    if choice == "fp16" or (choice == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
 
 
 def _stream_seed(seed: int, *key: int) -> int:
@@ -173,8 +192,14 @@ def train_model(
     sampler = NegativeSampler(torch.as_tensor(item_counts), n_warm).to(device) if hp.negative_samples else None
     windows = training_windows(split.train, hp.max_len, hp.window_stride, hp.sampling)
     data = torch.from_numpy(windows)
-    if device.type == "cuda":
-        data = data.pin_memory()
+    if device.type == "cuda":  # on the GPU when small enough (batches are gathered there), else pinned
+        fits = data.numel() * data.element_size() <= GPU_DATA_SHARE * torch.cuda.mem_get_info(device)[0]
+        data = data.to(device) if fits else data.pin_memory()
+    amp_dtype = mixed_precision(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # fp16 only; a no-op otherwise
+    if amp_dtype is not None:
+        log.info("mixed-precision training: autocast %s%s", amp_dtype,
+                 " with loss scaling" if scaler.is_enabled() else "")
     lengths = window_lengths(windows)
     probe = split.train_probe.sample(PROBE_USERS, seed)
     valid = split.valid.sample(VALID_USERS, seed)
@@ -204,19 +229,26 @@ def train_model(
                    disable=not progress, dynamic_ncols=True)
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
+        shown = _LossDisplay(bar, device) if progress else None
         for b, (rows, width) in enumerate(bar):
-            batch = data[torch.from_numpy(rows), -width:].to(device, non_blocking=True)
+            index = torch.from_numpy(rows).to(data.device, non_blocking=True)
+            batch = data[index, -width:].to(device, non_blocking=True)
             inputs, labels = cloze_mask(batch, hp.mask_ratio, mask_index, n_warm, hp.last_item_mask_share,
                                         generator)
-            loss = step(inputs, labels)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = step(inputs, labels)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if hp.grad_clip > 0:
+                scaler.unscale_(optimizer)  # clip the true gradients (no-op without fp16 loss scaling)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)  # plain optimizer.step() unless fp16 (which skips steps with inf/NaN grads)
+            scaler.update()
             loss_sum += loss.detach()
-            if progress and (b % 10 == 0 or b == n_batches - 1):
-                bar.set_postfix(loss=f"{loss_sum.item() / (b + 1):.4f}")
+            if shown is not None and (b % 10 == 0 or b == n_batches - 1):
+                shown.update(loss_sum, b + 1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the epoch's time includes the kernels still queued
         seconds = time.perf_counter() - started
         train_seconds += seconds
         mean_loss = distributed.all_reduce_sum(loss_sum).item() / max(n_batches * world, 1)  # same on all ranks
@@ -263,6 +295,31 @@ def train_model(
     return TrainResult(model=model, history=history, best_epoch=best_epoch, best_valid=best_valid,
                        train_seconds=train_seconds, stopped_early=stopped_early, device=str(device),
                        processes=world, batch_per_process=local_batch)
+
+
+class _LossDisplay:
+    """The progress bar's running mean loss. On CUDA without a host sync: the sum is copied to pinned
+    memory asynchronously and shown once that copy has landed (a few steps late); on CPU at once."""
+
+    def __init__(self, bar: Any, device: torch.device):
+        self.bar = bar
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.host = torch.zeros((), pin_memory=True)
+            self.copied = torch.cuda.Event()
+            self.steps = 0
+
+    def update(self, loss_sum: torch.Tensor, steps: int) -> None:
+        if not self.cuda:
+            self.bar.set_postfix(loss=f"{loss_sum.item() / steps:.4f}")
+            return
+        if not self.copied.query():  # the last copy is still in flight: show it next time
+            return
+        if self.steps:
+            self.bar.set_postfix(loss=f"{self.host.item() / self.steps:.4f}")
+        self.host.copy_(loss_sum, non_blocking=True)
+        self.copied.record()
+        self.steps = steps
 
 
 def release_freed_memory() -> None:

@@ -1,0 +1,824 @@
+"""Growth curves: what training and serving cost as the catalog and the log grow (10k → 1M items).
+
+    python bench/growth.py --out docs/growth.md                       # about 30 min on 2 shared cores
+    python bench/growth.py --sizes 10k:100k --out /tmp/growth.md      # one small size, a few minutes
+    python bench/growth.py --render-only --out docs/growth.md         # rewrite the page from docs/growth.json
+
+Per size (items:interactions) on the synthetic series data of bench/synthetic_data.py, every phase
+in its own child process (so its peak RSS is its own, read from /proc/self/status VmHWM):
+
+1. `generate`: the Parquet file, streaming (cached under --scratch).
+2. `load`: `load_interactions` (pandas reads the whole file), leave-one-out split, training windows:
+   seconds and peak RSS; the item-index sequences are cached as .npz for the next phases.
+3. `steps`: `train_model` for a fixed number of optimizer steps (--steps) at the same batch (--batch-size,
+   --max-len), sampled softmax (the default, --negatives) and full softmax (negative_samples 0, --full-steps):
+   sequences/s, item positions/s, masked positions per step, RSS before training (data + model) and the
+   peak during the steps (VmHWM reset right before them). No validation in this phase.
+4. `useful`: `train_model` in slices of --eval-steps steps, each followed by full-catalog HR@10 of 1,000
+   validation users (scored in blocks, so the score matrix never exceeds ~64 MB); stops once HR@10 is
+   above 2x the popularity baseline's on the same users (and at least +0.01), or after --useful-seconds.
+   Saves the model's item vectors and the intents of --queries test users for phase 5.
+5. `serve`: a `milvus-lite server` (shared/local_services.start_milvus_lite), the trained item vectors
+   loaded through `MilvusItemStore.load_items` twice, FLAT and HNSW (M 16, efConstruction 200, ef 128 as the
+   ranker searches), then one query at a time through `MilvusItemStore.search` top-10: p50/p99 latency,
+   HNSW recall@10 against FLAT, FLAT against numpy exact, and milvus-lite's peak RSS.
+
+`train_model` is the trainer's own loop; the bench only replaces, in its child processes, the
+epoch's batch plan (a random slice of it) and the validation function (blocked, 1,000 users), so that
+a "epoch" is a bounded number of steps. Writes --out (Markdown), and .json and .png beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+DEFAULT_SIZES = ("10k:100k", "100k:1M", "1M:10M")
+GROWTH_ZIPF = 0.8  # series popularity exponent: ~84% of a 1M catalog gets interactions with 10M rows
+VALID_SAMPLE = 1000  # validation users scored in the `useful` phase
+SCORE_BLOCK_CELLS = 2 ** 24  # users x items per scoring block (64 MB of float32)
+USEFUL_FACTOR, USEFUL_MARGIN = 2.0, 0.01
+START, END = "<!-- bench/growth.py: start -->", "<!-- bench/growth.py: end -->"
+
+
+# ---- small helpers ------------------------------------------------------------------------------------
+
+def parse_count(text: str) -> int:
+    text = text.strip().lower()
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    items, sep, interactions = text.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected ITEMS:INTERACTIONS (e.g. 100k:1M), got {text!r}")
+    return parse_count(items), parse_count(interactions)
+
+
+def proc_status(pid: int | str = "self") -> dict[str, float]:
+    """VmRSS and VmHWM (peak) in MB from /proc."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) / 1024
+    except OSError:
+        pass
+    return out
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux: write 5 to clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def summarize_ms(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
+    return {"n": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean())}
+
+
+# ---- workers (child processes) ------------------------------------------------------------------------
+
+def worker_generate(a: dict[str, Any]) -> dict[str, Any]:
+    from synthetic_data import generate
+
+    return asdict(generate(Path(a["data"]), a["items"], a["interactions"], seed=a["seed"], exponent=a["zipf"],
+                           progress=False))
+
+
+def worker_load(a: dict[str, Any]) -> dict[str, Any]:
+    from seqrec.services.trainer.data import load_interactions
+    from seqrec.services.trainer.split import leave_one_out, training_windows
+    from seqrec.shared.config import DataConfig
+
+    started = time.perf_counter()
+    data = load_interactions(DataConfig(data=a["data"]))
+    load_s = time.perf_counter() - started
+    after_load = proc_status()
+    started = time.perf_counter()
+    split = leave_one_out(data.sequences)
+    windows = training_windows(split.train, a["max_len"], 0, "sliding_window")
+    split_s = time.perf_counter() - started
+    lengths = np.array([len(s) for s in data.sequences], dtype=np.int64)
+    np.savez(a["prepared"], items=np.concatenate(data.sequences).astype(np.int32), lengths=lengths,
+             n_items=np.int64(data.vocab.n_items))
+    return {"load_s": load_s, "split_s": split_s, "rows": int(lengths.sum()), "users": len(lengths),
+            "warm_items": data.vocab.n_items, "windows": len(windows), "windows_mb": windows.nbytes / 2 ** 20,
+            "rss_after_load_mb": after_load.get("VmRSS"), "peak_rss_mb": proc_status().get("VmHWM")}
+
+
+def _prepare_training(a: dict[str, Any], negatives: int, epochs: int, eval_every: int = 0):
+    """(split, hparams, model, train counts, n_items) from the cached sequences, as pipeline.py builds them."""
+    import torch
+
+    from seqrec.services.trainer.model import BERT4Rec, ModelConfig
+    from seqrec.services.trainer.split import leave_one_out
+    from seqrec.shared.config import build_hparams
+
+    torch.manual_seed(a["seed"])
+    cached = np.load(a["prepared"])
+    n_items = int(cached["n_items"])
+    sequences = np.split(cached["items"].astype(np.int64), np.cumsum(cached["lengths"])[:-1])
+    split = leave_one_out(sequences)
+    del sequences, cached
+    hp = build_hparams(max_len=a["max_len"], batch_size=a["batch_size"], negative_samples=negatives,
+                       epochs=epochs, eval_every=eval_every, patience=10 ** 6)
+    counts = np.bincount(np.concatenate(split.train), minlength=n_items + 2)
+    model = BERT4Rec(ModelConfig(n_indices=n_items + 2, max_len=hp.max_len, hidden_size=hp.hidden_size,
+                                 depth=hp.depth, heads=hp.heads, dropout=hp.dropout, weight_tying=hp.weight_tying,
+                                 use_attention_mask=hp.use_attention_mask))
+    model.init_output_bias(torch.from_numpy(counts))
+    return split, hp, model, counts, n_items
+
+
+class _Limits:
+    """Patches of the trainer module for a bounded run: each epoch is a random slice of `steps` batches of
+    the full plan; counts sequences, item positions and masked positions (in total and per epoch; the masked
+    count is summed on the training device, read once per epoch, so it adds no host sync per step)."""
+
+    def __init__(self, steps: int):
+        from seqrec.services.trainer import train as trainer
+
+        self.trainer, self.steps = trainer, steps
+        self.sequences = self.positions = self.batches = 0
+        self.epochs: list[dict[str, int]] = []  # per epoch: batches, sequences, positions, masked before it
+        self._masked: Any = 0
+        plan, mask = trainer.batch_plan, trainer.cloze_mask
+
+        def limited_plan(lengths: np.ndarray, batch_size: int, rng: np.random.Generator):
+            chosen = plan(lengths, batch_size, rng)[:self.steps]
+            epoch = {"batches": len(chosen), "sequences": sum(len(rows) for rows, _ in chosen),
+                     "positions": int(sum(lengths[rows].sum() for rows, _ in chosen)), "masked_before": self.masked}
+            self.epochs.append(epoch)
+            self.batches += epoch["batches"]
+            self.sequences += epoch["sequences"]
+            self.positions += epoch["positions"]
+            return chosen
+
+        def counting_mask(*args: Any, **kwargs: Any):
+            inputs, labels = mask(*args, **kwargs)
+            self._masked = self._masked + (labels != 0).sum()
+            return inputs, labels
+
+        trainer.batch_plan, trainer.cloze_mask = limited_plan, counting_mask
+
+    @property
+    def masked(self) -> int:
+        return int(self._masked)
+
+
+def blocked_metrics(model: Any, eval_set: Any, mask_index: int) -> dict[str, float]:
+    """Full-catalog ranking metrics, scored in blocks of users (the trainer's `evaluate` keeps the whole
+    users x items score matrix: 40 GB for 10,000 users at 1M items)."""
+    import torch
+
+    from seqrec.shared.history import encode_histories
+    from seqrec.shared.metrics import ranking_metrics, target_ranks
+
+    was_training = model.training
+    model.eval()
+    ranks = []
+    with torch.no_grad():
+        vectors = model.item_vectors()[1:mask_index]
+        rows = int(max(8, min(256, SCORE_BLOCK_CELLS // len(vectors))))
+        for start in range(0, len(eval_set), rows):
+            ids = encode_histories(eval_set.inputs[start:start + rows], model.cfg.max_len, mask_index)
+            scores = (model(torch.from_numpy(ids)) @ vectors.T).numpy()
+            ranks.append(target_ranks(scores, eval_set.targets[start:start + rows] - 1))
+    model.train(was_training)
+    return ranking_metrics(np.concatenate(ranks))
+
+
+def worker_steps(a: dict[str, Any]) -> dict[str, Any]:
+    """A fixed number of optimizer steps: throughput and the peak RSS of training itself.
+
+    Optional: `warmup_epochs` slices of `steps` steps first (throughput is then the last slice's: no
+    start-up costs), `sync_debug` (CUDA: count the host syncs torch reports, by message)."""
+    import warnings
+    from collections import Counter
+
+    import torch
+
+    from seqrec.services.trainer import train as trainer
+
+    warmup = int(a.get("warmup_epochs", 0))
+    split, hp, model, counts, n_items = _prepare_training(a, a["negatives"], epochs=1 + warmup)
+    limits = _Limits(a["steps"])
+    marks: dict[str, Any] = {}
+
+    def no_validation(*_args: Any, **_kwargs: Any) -> dict[str, float]:
+        if "peak_mb" not in marks:  # called right after the epoch's steps: their peak, before anything else
+            marks["peak_mb"] = proc_status().get("VmHWM")
+        return {}
+
+    trainer.evaluate = no_validation
+    params = sum(p.numel() for p in model.parameters())
+    before = proc_status().get("VmRSS")
+    marks["reset"] = reset_peak_rss()
+    device = trainer.pick_device()
+    syncs: Counter[str] = Counter()
+    with warnings.catch_warnings(record=True) as caught:
+        if a.get("sync_debug") and device.type == "cuda":
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+        result = trainer.train_model(model, split, hp, n_items, counts, a["seed"], progress=False)
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode(0)
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            syncs[f"{Path(w.filename).name}:{w.lineno}"] += 1
+    last = limits.epochs[-1]
+    seconds = result.history[-1].seconds
+    masked = limits.masked - last["masked_before"]
+    out = {"mode": "sampled" if a["negatives"] else "full", "negatives": a["negatives"], "steps": last["batches"],
+           "seconds": seconds, "sequences_per_s": last["sequences"] / seconds,
+           "positions_per_s": last["positions"] / seconds, "steps_per_s": last["batches"] / seconds,
+           "masked_per_step": masked / max(last["batches"], 1),
+           "params": params, "param_state_mb": 4 * 4 * params / 2 ** 20,  # weights, grads, 2 AdamW moments
+           "rss_before_mb": before, "peak_rss_mb": marks.get("peak_mb"), "peak_reset": marks["reset"],
+           "threads": torch.get_num_threads(), "loss": result.history[-1].loss, "device": result.device,
+           "warmup_epochs": warmup}
+    if device.type == "cuda":
+        precision = trainer.mixed_precision(device)
+        out.update({"precision": "fp32" if precision is None else str(precision).removeprefix("torch."),
+                    "gpu": torch.cuda.get_device_name(device),
+                    "gpu_peak_allocated_mb": torch.cuda.max_memory_allocated(device) / 2 ** 20})
+        if a.get("sync_debug"):
+            out["host_syncs"] = dict(syncs)
+    return out
+
+
+class _Useful(Exception):
+    pass
+
+
+def worker_useful(a: dict[str, Any]) -> dict[str, Any]:
+    """Train in slices of eval_steps steps until validation HR@10 is clearly above popularity, or time runs out."""
+    import torch
+
+    from seqrec.services.trainer import train as trainer
+    from seqrec.services.trainer.evaluate import evaluate as trainer_evaluate
+    from seqrec.services.trainer.pipeline import popularity_metrics
+    from seqrec.shared.history import encode_histories
+
+    max_slices = max(1, a["useful_max_steps"] // a["eval_steps"])
+    split, hp, model, counts, n_items = _prepare_training(a, a["negatives"], epochs=max_slices, eval_every=1)
+    limits = _Limits(a["eval_steps"])
+    trainer.VALID_USERS, trainer.PROBE_USERS = VALID_SAMPLE, 1
+    mask_index = n_items + 1
+    trainer.evaluate = lambda m, eval_set, mi, **_: blocked_metrics(m, eval_set, mi) if len(eval_set) > 1 else {}
+    valid = split.valid.sample(VALID_SAMPLE, a["seed"])  # the sample train_model validates on
+    popularity = popularity_metrics(counts, valid)
+    goal = max(USEFUL_FACTOR * popularity["hr@10"], popularity["hr@10"] + USEFUL_MARGIN)
+    curve: list[dict[str, float]] = []
+    started = time.perf_counter()
+    train_s = 0.0
+
+    def on_epoch(record: Any) -> None:
+        nonlocal train_s
+        train_s += record.seconds
+        hr = record.valid.get("hr@10", 0.0)
+        curve.append({"steps": limits.batches, "wall_s": time.perf_counter() - started, "train_s": train_s,
+                      "hr@10": hr, "ndcg@10": record.valid.get("ndcg@10", 0.0), "loss": record.loss})
+        if hr > goal or time.perf_counter() - started > a["useful_seconds"]:
+            raise _Useful
+
+    with torch.no_grad():  # the step-0 model (output bias = log popularity) for the curve
+        curve.append({"steps": 0, "wall_s": 0.0, "train_s": 0.0, **{k: blocked_metrics(model, valid, mask_index)[k]
+                                                                     for k in ("hr@10", "ndcg@10")}, "loss": None})
+    try:
+        trainer.train_model(model, split, hp, n_items, counts, a["seed"], on_epoch=on_epoch, progress=False)
+    except _Useful:
+        pass
+    reached = next((c for c in curve if c["hr@10"] > goal), None)
+    model.eval()
+    rng = np.random.default_rng(a["seed"] + 1)
+    picks = rng.choice(len(split.test), size=min(a["queries"], len(split.test)), replace=False)
+    with torch.no_grad():
+        ids = encode_histories([split.test.inputs[i] for i in picks], hp.max_len, mask_index)
+        intents = model(torch.from_numpy(ids)).numpy().astype(np.float32)
+        vectors = model.item_vectors()[1:mask_index].numpy().astype(np.float32)
+    np.savez(a["vectors"], vectors=vectors, intents=intents)
+    del vectors, intents
+    # The trainer's own `evaluate` keeps a users x items float32 score matrix (and a concatenated copy):
+    # measure its peak on a few users, to extrapolate to the 10,000 validation users and the full test set.
+    probe = split.valid.sample(a["eval_probe_users"], a["seed"])
+    before = proc_status().get("VmRSS")
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    trainer_evaluate(model, probe, mask_index)
+    eval_probe = {"users": len(probe), "seconds": time.perf_counter() - t0,
+                  "peak_delta_mb": proc_status().get("VmHWM", 0) - (before or 0),
+                  "score_matrix_mb": len(probe) * n_items * 4 / 2 ** 20}
+    return {"eval_probe": eval_probe, "n_items": n_items, "valid_users": len(split.valid),
+            "test_users": len(split.test), "popularity_hr10": popularity["hr@10"], "goal_hr10": goal,
+            "reached": reached is not None,
+            "reached_wall_s": reached["wall_s"] if reached else None,
+            "train_s": reached["train_s"] if reached else None,
+            "steps": reached["steps"] if reached else None, "steps_run": limits.batches,
+            "wall_run_s": time.perf_counter() - started, "final": curve[-1], "curve": curve,
+            "peak_rss_mb": proc_status().get("VmHWM")}
+
+
+def worker_serve(a: dict[str, Any]) -> dict[str, Any]:
+    """FLAT and HNSW collections of the trained vectors in a milvus-lite server; one query at a time."""
+    from seqrec.services.ranker.vector_store import MilvusItemStore
+    from seqrec.shared.local_services import start_milvus_lite
+
+    saved = np.load(a["vectors"])
+    vectors, intents = saved["vectors"], saved["intents"]
+    n = len(vectors)
+    indices = np.arange(1, n + 1)
+    ids = [f"i{i}" for i in indices]
+    out: dict[str, Any] = {"items": n, "queries": len(intents)}
+    exact = np.argsort(-(intents @ vectors.T), axis=1)[:, :10] + 1
+    timing = []
+    for q in intents[:50]:
+        t0 = time.perf_counter()
+        scores = vectors @ q
+        np.argpartition(-scores, 10)[:10]
+        timing.append(time.perf_counter() - t0)
+    out["numpy_exact"] = summarize_ms(timing)
+    with tempfile.TemporaryDirectory(prefix="growth-milvus-", dir=a["scratch"]) as tmp:
+        server = start_milvus_lite(Path(tmp) / "milvus")
+        store = MilvusItemStore(f"http://{server.address}", timeout=a["milvus_timeout"])
+        try:
+            found: dict[str, np.ndarray] = {}
+            for kind in ("FLAT", "HNSW"):
+                version = f"growth_{kind.lower()}"
+                t0 = time.perf_counter()
+                store.load_items(version, vectors, indices, ids, [{}] * n, {}, [None] * n, index_type=kind)
+                load_s = time.perf_counter() - t0
+                for q in intents[:5]:  # warm-up
+                    store.search(version, q[None, :], 10)
+                times, hits = [], []
+                for q in intents:
+                    t0 = time.perf_counter()
+                    result = store.search(version, q[None, :], 10)[0]
+                    times.append(time.perf_counter() - t0)
+                    hits.append([h[0] for h in result])
+                found[kind] = np.array(hits)
+                out[kind] = {"load_s": load_s, **summarize_ms(times)}
+                log(f"  {kind}: load {load_s:.1f} s, search p50 {out[kind]['p50_ms']:.2f} ms")
+            out["milvus_peak_rss_mb"] = proc_status(server.process.pid).get("VmHWM")
+            out["hnsw_recall@10"] = float(np.mean([len(set(h) & set(f)) / 10
+                                                   for h, f in zip(found["HNSW"], found["FLAT"], strict=True)]))
+            out["flat_recall@10_vs_numpy"] = float(np.mean([len(set(h) & set(e)) / 10
+                                                            for h, e in zip(found["FLAT"], exact, strict=True)]))
+            out["ef"] = store.ef
+        finally:
+            store.close()
+            server.stop()
+    return out
+
+
+WORKERS = {"generate": worker_generate, "load": worker_load, "steps": worker_steps, "useful": worker_useful,
+           "serve": worker_serve}
+
+
+# ---- orchestration -------------------------------------------------------------------------------------
+
+def run_worker(phase: str, args: dict[str, Any], timeout: float, env: dict[str, str] | None = None
+               ) -> dict[str, Any]:
+    """Run one phase in a child process (and its children: milvus-lite) with args["threads"] BLAS/OpenMP
+    threads and `env` added; its JSON result, or {"error": ...}."""
+    started = time.perf_counter()
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", phase, "--worker-args", json.dumps(args)]
+    threads = str(args["threads"])
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+           **(env or {})}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s", "process_wall_s": time.perf_counter() - started}
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        killed = " (killed: out of memory?)" if proc.returncode in (-9, 137) else ""
+        return {"error": f"exit {proc.returncode}{killed}: {proc.stderr.strip()[-800:]}", "process_wall_s": wall}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_wall_s"] = wall
+    return result
+
+
+def run_size(n_items: int, n_interactions: int, args: argparse.Namespace) -> dict[str, Any]:
+    tag = f"{n_items}-{n_interactions}-z{args.zipf:g}-s{args.seed}"
+    scratch = args.scratch
+    common = {"seed": args.seed, "max_len": args.max_len, "batch_size": args.batch_size, "threads": args.threads,
+              "prepared": str(scratch / f"prepared-{tag}-L{args.max_len}.npz"),
+              "vectors": str(scratch / f"vectors-{tag}.npz"), "scratch": str(scratch)}
+    data = scratch / f"synth-{tag}.parquet"
+    summary_file = data.with_suffix(".json")
+    result: dict[str, Any] = {"items": n_items, "interactions": n_interactions, "phases": {}}
+    phases = result["phases"]
+    if data.is_file() and summary_file.is_file():
+        phases["generate"] = {**json.loads(summary_file.read_text()), "cached": True}
+    else:
+        log(f"{n_items:,} items: generating {n_interactions:,} interactions")
+        phases["generate"] = run_worker("generate", {**common, "data": str(data), "items": n_items,
+                                                     "interactions": n_interactions, "zipf": args.zipf},
+                                        args.phase_timeout)
+        if "error" not in phases["generate"]:
+            summary_file.write_text(json.dumps(phases["generate"]))
+    if "error" in phases["generate"]:
+        return result
+    log(f"{n_items:,} items: load + split")
+    phases["load"] = run_worker("load", {**common, "data": str(data)}, args.phase_timeout)
+    if "error" in phases["load"]:
+        return result
+    log(f"{n_items:,} items: {args.steps} steps, sampled softmax ({args.negatives} negatives)")
+    phases["steps_sampled"] = run_worker("steps", {**common, "negatives": args.negatives, "steps": args.steps},
+                                         args.phase_timeout)
+    estimate_gb = _full_softmax_gb(phases, n_items)
+    if args.full_steps and estimate_gb is not None and estimate_gb > args.full_softmax_max_gb:
+        phases["steps_full"] = {"error": f"skipped: logits alone would take about {estimate_gb:.1f} GB "
+                                         f"(> --full-softmax-max-gb {args.full_softmax_max_gb:g})"}
+    elif args.full_steps:
+        log(f"{n_items:,} items: {args.full_steps} steps, full softmax")
+        phases["steps_full"] = run_worker("steps", {**common, "negatives": 0, "steps": args.full_steps},
+                                          args.phase_timeout)
+    log(f"{n_items:,} items: time to a useful model (at most {args.useful_seconds:g} s)")
+    phases["useful"] = run_worker("useful", {**common, "negatives": args.negatives, "eval_steps": args.eval_steps,
+                                             "useful_seconds": args.useful_seconds,
+                                             "useful_max_steps": args.useful_max_steps, "queries": args.queries,
+                                             "eval_probe_users": args.eval_probe_users},
+                                  args.useful_seconds + args.phase_timeout)
+    if "error" in phases["useful"] or args.no_serve:
+        return result
+    log(f"{n_items:,} items: milvus-lite FLAT and HNSW")
+    phases["serve"] = run_worker("serve", {**common, "milvus_timeout": args.phase_timeout}, args.serve_timeout)
+    return result
+
+
+def _full_softmax_gb(phases: dict[str, Any], n_items: int) -> float | None:
+    """Logits of one full-softmax step in GB: masked positions x items x 4 bytes (from the sampled run)."""
+    masked = phases.get("steps_sampled", {}).get("masked_per_step")
+    return None if masked is None else masked * n_items * 4 / 2 ** 30
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    versions = {}
+    for name in ("torch", "numpy", "pandas", "pyarrow", "pymilvus", "milvus-lite", "faiss-cpu"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return {"nproc": len(os.sched_getaffinity(0)), "cpu_model": model, "memory_gb": round(mem_gb, 1),
+            "python": platform.python_version(), "load_average_start": list(os.getloadavg()), "versions": versions}
+
+
+# ---- report ---------------------------------------------------------------------------------------------
+
+def _f(x: Any, digits: int = 0, suffix: str = "") -> str:
+    if x is None or (isinstance(x, float) and x != x):
+        return "n/a"
+    return f"{x:,.{digits}f}{suffix}"
+
+
+def _phase(result: dict[str, Any], name: str) -> dict[str, Any]:
+    return result["phases"].get(name) or {}
+
+
+def _err(phase: dict[str, Any]) -> str | None:
+    return phase.get("error")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        "# Growth curves: 10k → 1M items", "",
+        "Generated by `bench/growth.py`; rerun with:", "",
+        f"    {report['command']}", "",
+        f"- machine: {m['nproc']} CPU cores ({m['cpu_model']}), {m['memory_gb']} GiB RAM, no GPU; Python "
+        f"{m['python']}; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        f"- **the CPUs were shared**: another training benchmark ran on the same 2 cores during the whole run "
+        f"(load average {' / '.join(f'{x:.1f}' for x in m['load_average_start'])} at the start, "
+        f"{' / '.join(f'{x:.1f}' for x in report.get('load_average_end', [0, 0, 0]))} at the end), so "
+        "throughput and latency are lower bounds of what an idle machine gives, and differences under ~20% are "
+        "noise; memory figures are not affected",
+        f"- data: bench/synthetic_data.py (series of episodes watched in order, 50 Zipf-skewed categories, Zipf "
+        f"series popularity, exponent {report['zipf']:g}), lognormal histories (mean ~50, 5..500)",
+        f"- model: the spec defaults (hidden 64, 2 blocks, 4 heads, AdamW), max_len {report['max_len']}, "
+        f"batch {report['batch_size']} sequences, sampled softmax with {report['negatives']} negatives unless "
+        f"a row says full softmax; torch on the CPU with {report.get('threads', 1)} thread(s), and every phase and "
+        f"milvus-lite with OMP/OPENBLAS_NUM_THREADS={report.get('threads', 1)} (on the shared cores two threads were "
+        "up to 15x slower: an OpenMP or BLAS thread waits for its descheduled partner)", "",
+        "## Summary", "",
+        "| items (warm) | interactions | users | load s / peak RSS | train seq/s | item positions/s "
+        "| train peak RSS (sampled) | train peak RSS (full softmax) | time to useful | FLAT p50 / p99 ms "
+        "| HNSW p50 / p99 ms | HNSW recall@10 |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in report["results"]:
+        gen, load, sampled = _phase(r, "generate"), _phase(r, "load"), _phase(r, "steps_sampled")
+        full, useful, serve = _phase(r, "steps_full"), _phase(r, "useful"), _phase(r, "serve")
+        warm = load.get("warm_items", gen.get("items_with_interactions"))
+        load_cell = _err(load) or f"{_f(load.get('load_s'), 1)} s / {_f(load.get('peak_rss_mb'))} MB"
+        seq = _err(sampled) or _f(sampled.get("sequences_per_s"))
+        pos = "" if _err(sampled) else _f(sampled.get("positions_per_s"))
+        peak_s = "" if _err(sampled) else f"{_f(sampled.get('peak_rss_mb'))} MB"
+        peak_f = _err(full) or (f"{_f(full.get('peak_rss_mb'))} MB" if full else "not run")
+        if _err(useful):
+            useful_cell = _err(useful)
+        elif useful.get("reached"):
+            useful_cell = f"{_f(reached_wall_s(useful))} s ({useful['steps']} steps)"
+        elif useful:
+            useful_cell = f"not within {_f(useful.get('wall_run_s'))} s ({useful.get('steps_run')} steps)"
+        else:
+            useful_cell = "n/a"
+
+        recall = "" if _err(serve) or not serve else _f(serve.get("hnsw_recall@10"), 3)
+        lines.append(f"| {r['items']:,} ({_f(warm)}) | {_f(gen.get('rows', r['interactions']))} | "
+                     f"{_f(load.get('users', gen.get('users')))} | {load_cell} | {seq} | {pos} | {peak_s} | {peak_f} | "
+                     f"{useful_cell} | {_latency(serve, 'FLAT')} | {_latency(serve, 'HNSW')} | {recall} |")
+    lines += ["", "![growth curves](growth.png)", ""]
+    lines += (_memory_section(report) + _eval_section(report) + _useful_section(report)
+              + _serve_section(report))
+    lines += ["## Errors and skipped phases", ""]
+    errors = [f"- {r['items']:,} items, {name}: {p['error']}" for r in report["results"]
+              for name, p in r["phases"].items() if isinstance(p, dict) and p.get("error")]
+    lines += (errors or ["- none"]) + [""]
+    return "\n".join(lines)
+
+
+def reached_wall_s(useful: dict[str, Any]) -> float | None:
+    """Seconds from the start of training to the first validation above the goal (from the curve)."""
+    goal = useful.get("goal_hr10")
+    if goal is None:
+        return None
+    return next((c["wall_s"] for c in useful.get("curve", []) if c["hr@10"] > goal), None)
+
+
+def _latency(serve: dict[str, Any], kind: str) -> str:
+    if _err(serve) or kind not in serve:
+        return _err(serve) or "n/a"
+    return f"{_f(serve[kind]['p50_ms'], 1)} / {_f(serve[kind]['p99_ms'], 1)}"
+
+
+def _memory_section(report: dict[str, Any]) -> list[str]:
+    lines = ["## Training memory against catalog size", "",
+             "Same batch and max_len at every size. *before*: RSS after the data (split, windows) and the model "
+             "are built; *peak*: VmHWM over the training steps only (reset right before them). *param state*: "
+             "weights + gradients + 2 AdamW moments, 16 bytes per parameter: the part that grows with the "
+             "catalog (two 64-wide item tables); the weights are in *before*, gradients and moments (12 bytes per "
+             "parameter) are allocated by the first step; *of which not grads/moments*: the rest of the growth "
+             "(activations, the loss, optimizer temporaries). *full-softmax logits*: masked positions per step "
+             "x items x 4 bytes, "
+             "one copy (the softmax and its gradient make two or three).", "",
+             "| items | mode | steps | masked positions / step | params | param state MB | before MB | peak MB "
+             "| peak - before MB | of which not grads/moments MB | full-softmax logits MB (one copy) | seq/s |",
+             "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in report["results"]:
+        warm = _phase(r, "load").get("warm_items", r["items"])
+        for name in ("steps_sampled", "steps_full"):
+            p = _phase(r, name)
+            if not p:
+                continue
+            if _err(p):
+                lines.append(f"| {r['items']:,} | {name.split('_')[1]} | | | | | | | | | | {p['error']} |")
+                continue
+            logits = p["masked_per_step"] * warm * 4 / 2 ** 20
+            mode = f"sampled ({p['negatives']} neg.)" if p["negatives"] else "full softmax"
+            lines.append(f"| {r['items']:,} | {mode} | {p['steps']} | {_f(p['masked_per_step'])} | "
+                         f"{p['params'] / 1e6:.1f} M | {_f(p['param_state_mb'])} | {_f(p['rss_before_mb'])} | "
+                         f"{_f(p['peak_rss_mb'])} | {_f(p['peak_rss_mb'] - p['rss_before_mb'])} | "
+                         f"{_f(p['peak_rss_mb'] - p['rss_before_mb'] - 12 * p['params'] / 2 ** 20)} | {_f(logits)} | "
+                         f"{_f(p['sequences_per_s'])} |")
+    return lines + [""]
+
+
+def _eval_section(report: dict[str, Any]) -> list[str]:
+    lines = ["## Evaluation memory (the trainer's `evaluate`)", "",
+             "`services/trainer/evaluate.py` scores every item for every user and keeps the whole users x items "
+             "float32 matrix (the per-batch blocks, then their concatenation: at least two copies) before ranking. "
+             "Measured: the peak growth of the trainer's `evaluate` on a few validation users with the trained "
+             "model (at small catalogs the model's activations dominate it). Extrapolated, from 2 copies of "
+             "users x items x 4 bytes and from the measured rate per user, for the 10,000 validation users "
+             "`train_model` "
+             "scores at every validation, and for the whole test set `pipeline.py` scores at the end (valid, "
+             "test and test-seen-excluded, one after another).", "",
+             "| items | users measured | measured peak growth MB | one matrix copy MB | copies (measured) "
+             "| 10,000 validation users GB (2 copies / measured) | all test users GB (2 copies / measured) |",
+             "|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in report["results"]:
+        u = _phase(r, "useful")
+        probe = u.get("eval_probe") if u and not _err(u) else None
+        if not probe:
+            continue
+        per_user = u["n_items"] * 4 / 2 ** 30  # GB per user, one copy
+        measured = probe["peak_delta_mb"] / 1024 / max(probe["users"], 1)  # GB per user, as measured
+        valid, test = min(10_000, u["valid_users"]), u["test_users"]
+        lines.append(f"| {r['items']:,} | {probe['users']} | {_f(probe['peak_delta_mb'])} | "
+                     f"{_f(probe['score_matrix_mb'])} | {probe['peak_delta_mb'] / probe['score_matrix_mb']:.1f} | "
+                     f"{_f(2 * per_user * valid, 1)} / {_f(measured * valid, 1)} | "
+                     f"{_f(2 * per_user * test, 1)} / {_f(measured * test, 1)} ({test:,} users) |")
+    return lines + [""]
+
+
+def _useful_section(report: dict[str, Any]) -> list[str]:
+    lines = ["## Time to a first useful model", "",
+             f"Validation HR@10 (full catalog, {VALID_SAMPLE:,} validation users) every "
+             f"{report['eval_steps']} steps (every epoch where an epoch is shorter); *useful* = above "
+             f"max({USEFUL_FACTOR:g} x popularity HR@10, "
+             f"popularity + {USEFUL_MARGIN}) on the same users. Wall time counts training and these validations "
+             "(not data loading: add the load column of the summary).", "",
+             "| items | popularity HR@10 | goal | reached at | steps | train s | HR@10 at the stop "
+             "| curve (steps: HR@10) |",
+             "|--:|--:|--:|--:|--:|--:|--:|---|"]
+    for r in report["results"]:
+        u = _phase(r, "useful")
+        if not u or _err(u):
+            lines.append(f"| {r['items']:,} | | | {_err(u) or 'not run'} | | | | |")
+            continue
+        curve = ", ".join(f"{c['steps']}: {c['hr@10']:.3f}" for c in u["curve"][:12])
+        lines.append(f"| {r['items']:,} | {u['popularity_hr10']:.4f} | {u['goal_hr10']:.4f} | "
+                     f"{_f(reached_wall_s(u), 0, ' s') if u['reached'] else 'not reached'} | {_f(u['steps'])} | "
+                     f"{_f(u['train_s'], 0)} | {u['final']['hr@10']:.3f} | {curve} |")
+    return lines + [""]
+
+
+def _serve_section(report: dict[str, Any]) -> list[str]:
+    lines = ["## Serving: Milvus FLAT (exact) next to HNSW", "",
+             "One query at a time through `MilvusItemStore.search` (top-10, a trained intent of a test user) "
+             "against a `milvus-lite server` on loopback holding the trained item vectors; *load* is "
+             "`load_items` (insert in batches of 5,000, flush, index, load). numpy exact: `vectors @ q` + "
+             "argpartition in this process, for scale.", "",
+             "| items | FLAT load s | FLAT p50 / p99 ms | HNSW load s | HNSW p50 / p99 ms | HNSW recall@10 vs FLAT "
+             "| FLAT recall vs numpy | numpy exact p50 ms | milvus-lite peak RSS MB |",
+             "|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in report["results"]:
+        s = _phase(r, "serve")
+        if not s or _err(s):
+            lines.append(f"| {r['items']:,} | {_err(s) or 'not run'} | | | | | | | |")
+            continue
+        lines.append(f"| {r['items']:,} | {_f(s['FLAT']['load_s'], 1)} | {s['FLAT']['p50_ms']:.1f} / "
+                     f"{s['FLAT']['p99_ms']:.1f} | {_f(s['HNSW']['load_s'], 1)} | {s['HNSW']['p50_ms']:.1f} / "
+                     f"{s['HNSW']['p99_ms']:.1f} | {s['hnsw_recall@10']:.3f} | {s['flat_recall@10_vs_numpy']:.3f} | "
+                     f"{s['numpy_exact']['p50_ms']:.2f} | {_f(s.get('milvus_peak_rss_mb'))} |")
+    return lines + [""]
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = report["results"]
+    items = [r["items"] for r in results]
+
+    def series(phase: str, key: str, sub: str | None = None) -> list[float]:
+        out = []
+        for r in results:
+            p = _phase(r, phase)
+            value = (p.get(sub) or {}).get(key) if sub else p.get(key)
+            out.append(np.nan if value is None or _err(p) else value)
+        return out
+
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+    ax = axes[0]
+    ax.plot(items, series("steps_sampled", "sequences_per_s"), "o-", label="sampled softmax")
+    ax.plot(items, series("steps_full", "sequences_per_s"), "x--", label="full softmax")
+    ax.set_ylabel("training sequences / s")
+    ax.set_title("training throughput")
+    ax = axes[1]
+    ax.plot(items, series("steps_sampled", "peak_rss_mb"), "o-", label="peak RSS, sampled")
+    ax.plot(items, series("steps_full", "peak_rss_mb"), "x--", label="peak RSS, full softmax")
+    ax.plot(items, series("steps_sampled", "param_state_mb"), ":", label="param+grad+AdamW (16 B/param)")
+    ax.plot(items, series("load", "peak_rss_mb"), "s-.", label="loading (pandas), peak RSS")
+    ax.set_ylabel("MB")
+    ax.set_yscale("log")
+    ax.set_title("memory")
+    ax = axes[2]
+    useful = [reached_wall_s(_phase(r, "useful")) or np.nan for r in results]
+    ax.plot(items, useful, "o-", label="wall s to useful")
+    stopped = [(r["items"], _phase(r, "useful").get("wall_run_s")) for r in results
+               if _phase(r, "useful") and not _phase(r, "useful").get("reached") and not _err(_phase(r, "useful"))]
+    if stopped:
+        ax.plot(*zip(*stopped, strict=True), "rv", label="not reached: stopped here")
+    ax.plot(items, series("load", "load_s"), "s--", label="load s (pandas)")
+    ax.set_ylabel("seconds")
+    ax.set_title("time to first useful model")
+    ax = axes[3]
+    for kind, style in (("FLAT", "o-"), ("HNSW", "x-")):
+        ax.plot(items, series("serve", "p50_ms", kind), style, label=f"{kind} p50")
+        ax.plot(items, series("serve", "p99_ms", kind), style.replace("-", "--"), label=f"{kind} p99")
+    ax.set_ylabel("ms per single query")
+    ax.set_yscale("log")
+    ax.set_title("milvus-lite search latency")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("catalog items")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"seqrec growth, {report['machine']['nproc']} shared CPU cores, no GPU")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_outputs(report: dict[str, Any], out: Path) -> None:
+    """The JSON and plot beside `out`; in `out` the generated section between the markers is replaced and
+    anything outside them (hand-written findings) kept."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    section = f"{START}\n{markdown(report)}\n{END}"
+    text = out.read_text() if out.is_file() else ""
+    if START in text and END in text:
+        text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
+    else:
+        text = section + "\n" + text
+    out.write_text(text)
+    plot(report, out.with_suffix(".png"))
+    log(f"wrote {out}, {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=parse_size, nargs="+", default=[parse_size(s) for s in DEFAULT_SIZES],
+                   help="ITEMS:INTERACTIONS pairs, e.g. 10k:100k 1M:10M")
+    p.add_argument("--zipf", type=float, default=GROWTH_ZIPF)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-len", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--negatives", type=int, default=100)
+    p.add_argument("--steps", type=int, default=40, help="optimizer steps of the throughput/memory phase")
+    p.add_argument("--full-steps", type=int, default=10, help="the same with full softmax (0: skip)")
+    p.add_argument("--full-softmax-max-gb", type=float, default=4.0,
+                   help="skip full softmax where one copy of its logits would exceed this")
+    p.add_argument("--eval-steps", type=int, default=50, help="steps between validations (useful phase)")
+    p.add_argument("--useful-seconds", type=float, default=420, help="give up on a useful model after this")
+    p.add_argument("--threads", type=int, default=1,
+                   help="BLAS/OpenMP/torch threads of every phase and of milvus-lite (1: the CPUs are shared)")
+    p.add_argument("--eval-probe-users", type=int, default=500,
+                   help="users scored by the trainer's own `evaluate` to measure its memory per user x item")
+    p.add_argument("--useful-max-steps", type=int, default=20_000)
+    p.add_argument("--queries", type=int, default=200, help="single queries per index type")
+    p.add_argument("--no-serve", action="store_true")
+    p.add_argument("--phase-timeout", type=float, default=900)
+    p.add_argument("--serve-timeout", type=float, default=1800)
+    p.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "seqrec-bench" / "growth")
+    p.add_argument("--out", type=Path, default=Path("docs/growth.md"))
+    p.add_argument("--render-only", action="store_true", help="rewrite the page and plot from the JSON")
+    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    p.add_argument("--worker-args", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        result = WORKERS[args.worker](json.loads(args.worker_args))
+        result["child_max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return 0
+    if args.render_only:
+        write_outputs(json.loads(args.out.with_suffix(".json").read_text()), args.out)
+        return 0
+    args.scratch.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "command": shlex.join(["python", "bench/growth.py", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": machine(), "zipf": args.zipf, "max_len": args.max_len, "batch_size": args.batch_size,
+        "negatives": args.negatives, "eval_steps": args.eval_steps, "threads": args.threads, "results": []}
+    for n_items, n_interactions in args.sizes:
+        report["results"].append(run_size(n_items, n_interactions, args))
+        report["load_average_end"] = list(os.getloadavg())
+        write_outputs(report, args.out)  # after every size: a partial page survives an interrupted run
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
