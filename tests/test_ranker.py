@@ -218,10 +218,16 @@ def test_bad_events_are_refused_whole(ranker):
 
 
 def test_expired_deadline(ranker):
+    """A call whose deadline is gone is DEADLINE_EXCEEDED, never another error (a 1 µs deadline can very
+    rarely be met on loopback, so several tries)."""
     _, stub, _ = ranker
-    with pytest.raises(grpc.RpcError) as err:
-        stub.Sequential(ranker_pb2.SequentialRequest(session_items=["s4e1"]), timeout=0.000001)
-    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    codes = []
+    for _ in range(5):
+        try:
+            stub.Sequential(ranker_pb2.SequentialRequest(session_items=["s4e1"]), timeout=0.000001)
+        except grpc.RpcError as exc:
+            codes.append(exc.code())
+    assert codes and set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 def test_model_info(ranker, published):
