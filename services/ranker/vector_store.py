@@ -48,6 +48,11 @@ Hit = tuple[int, float, str, dict[str, Any]]
 
 log = logging.getLogger(__name__)
 
+# Calls that change nothing: safe to repeat once on a fresh connection.
+_RETRYABLE = frozenset({"search", "get", "query", "has_collection", "describe_collection", "get_load_state",
+                        "list_collections", "list_aliases", "get_server_version", "load_collection"})
+
+
 class VectorStoreError(RuntimeError):
     """Milvus answered but refused: a missing collection, a bad request, a schema mismatch."""
 
@@ -123,12 +128,36 @@ class MilvusItemStore:
                 self._client = MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout)
             return self._client
 
+    def _reset(self) -> None:
+        """Drop the client after a connection failure: the next call dials Milvus afresh.
+
+        pymilvus keeps one channel per URI; once the server has dropped it (a restart, or a GOAWAY
+        "too many pings" after an idle spell), every call on it fails until it is replaced.
+        """
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing a broken channel may fail; it is discarded either way
+                pass
+
     def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        """`client.<method>(*args, timeout=..., **kwargs)` with Milvus errors mapped to ours."""
-        try:
-            return getattr(self._connect(), method)(*args, timeout=self.timeout, **kwargs)
-        except (MilvusException, grpc.RpcError) as exc:
-            raise self._error(what, exc) from exc
+        """`client.<method>(*args, timeout=..., **kwargs)` with Milvus errors mapped to ours.
+
+        On a connection failure the client is replaced, and a read is tried once more on the new one.
+        """
+        for attempt in (1, 2):
+            try:
+                return getattr(self._connect(), method)(*args, timeout=self.timeout, **kwargs)
+            except (MilvusException, grpc.RpcError) as exc:
+                error = self._error(what, exc)
+                if isinstance(error, VectorStoreUnavailable):
+                    self._reset()
+                    if attempt == 1 and method in _RETRYABLE:
+                        continue
+                raise error from exc
+        raise AssertionError("unreachable")
 
     def _read(self, what: str, method: str, name: str, **kwargs: Any) -> Any:
         """A search or get on collection `name`; a collection released by a Milvus restart is loaded again."""
