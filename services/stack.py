@@ -197,10 +197,11 @@ def run_up(args: argparse.Namespace) -> int:
         return 1
     url = f"http://127.0.0.1:{args.port}"
     lines = [f"\nseqrec is up: {url}   (API docs: {url}/docs, logs: {stack.workdir / 'logs'})", ""]
-    for example in _examples(root):
+    examples = _examples(root)
+    for example in examples:
         lines.append(f"curl -s {url}/v1/recommend -H 'content-type: application/json' -d '{json.dumps(example)}'")
     lines += ["", f"curl -s {url}/v1/events -H 'content-type: application/json' -d "
-              "'{\"events\": [{\"user_id\": \"new_user\", \"item_id\": \"" + _examples(root)[0]["item_id"] + "\"}]}'",
+              "'{\"events\": [{\"user_id\": \"new_user\", \"item_id\": \"" + examples[0]["item_id"] + "\"}]}'",
               "", "Ctrl-C stops everything."]
     print("\n".join(lines), flush=True)
     code = 0

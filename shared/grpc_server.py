@@ -157,6 +157,21 @@ def enable_reflection(server: grpc.Server, service_names: Iterable[str]) -> None
     reflection.enable_server_reflection([*service_names, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
 
 
+def run_service(name: str, build: Callable[[], Any], startup_errors: tuple[type[BaseException], ...]) -> int:
+    """`main()` of a gRPC service: build the app (exit 2 on a startup error), serve until SIGTERM/SIGINT.
+
+    The app has `start()`, `server`, `settings.grace_s` and `drain()` (report NOT_SERVING, stop taking work).
+    """
+    try:
+        app = build()
+    except startup_errors as exc:
+        log.error("%s cannot start: %s", name, exc)
+        return 2
+    app.start()
+    serve_until_signal(app.server, app.drain, app.settings.grace_s)
+    return 0
+
+
 def serve_until_signal(server: grpc.Server, on_stop: Callable[[], None], grace: float) -> None:
     """Block until SIGTERM or SIGINT, then stop accepting calls and let in-flight ones finish (`grace` s)."""
     stopping = threading.Event()

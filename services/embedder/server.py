@@ -16,7 +16,7 @@ from seqrec.shared.grpc_server import (
     HealthReporter,
     enable_reflection,
     make_server,
-    serve_until_signal,
+    run_service,
 )
 from seqrec.shared.settings import Env, SettingsError
 from seqrec.shared.tls import TlsSettings, add_port
@@ -127,17 +127,14 @@ class EmbedderApp:
                                               "tls": self.settings.tls.describe(),
                                               "max_batch": self.settings.max_batch})
 
-    def stop(self, grace: float | None = None) -> None:
+    def drain(self) -> None:
+        """Report NOT_SERVING before the server drains."""
         self.health.shutdown()
+
+    def stop(self, grace: float | None = None) -> None:
+        self.drain()
         self.server.stop(self.settings.grace_s if grace is None else grace).wait()
 
 
 def main() -> int:
-    try:
-        app = EmbedderApp(EmbedderSettings.from_env())
-    except (SettingsError, RuntimeError) as exc:
-        log.error("embedder cannot start: %s", exc)
-        return 2
-    app.start()
-    serve_until_signal(app.server, app.health.shutdown, app.settings.grace_s)
-    return 0
+    return run_service("embedder", lambda: EmbedderApp(EmbedderSettings.from_env()), (SettingsError, RuntimeError))

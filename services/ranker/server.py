@@ -26,7 +26,7 @@ from seqrec.shared.grpc_server import (
     HealthReporter,
     enable_reflection,
     make_server,
-    serve_until_signal,
+    run_service,
 )
 from seqrec.shared.json_api import RequestError
 from seqrec.shared.settings import Env
@@ -181,24 +181,18 @@ class RankerApp:
                                             "tls": self.settings.tls.describe(),
                                             "serving": self.health.serving, "reason": self.health.reason})
 
-    def begin_shutdown(self) -> None:
+    def drain(self) -> None:
         """Stop following LIVE and report NOT_SERVING, before the server drains."""
         self._stop.set()
         self.health.shutdown()
 
     def stop(self, grace: float | None = None) -> None:
-        self.begin_shutdown()
+        self.drain()
         self.server.stop(self.settings.grace_s if grace is None else grace).wait()
 
 
 def main() -> int:
     from seqrec.shared.settings import SettingsError
 
-    try:
-        app = RankerApp(RankerSettings.from_env())
-    except (SettingsError, BundleError, FileNotFoundError) as exc:
-        log.error("ranker cannot start: %s", exc)
-        return 2
-    app.start()
-    serve_until_signal(app.server, app.begin_shutdown, app.settings.grace_s)
-    return 0
+    return run_service("ranker", lambda: RankerApp(RankerSettings.from_env()),
+                       (SettingsError, BundleError, FileNotFoundError))

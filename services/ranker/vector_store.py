@@ -147,17 +147,21 @@ class MilvusItemStore:
 
         On a connection failure the client is replaced, and a read is tried once more on the new one.
         """
-        for attempt in (1, 2):
-            try:
-                return getattr(self._connect(), method)(*args, timeout=self.timeout, **kwargs)
-            except (MilvusException, grpc.RpcError) as exc:
-                error = self._error(what, exc)
-                if isinstance(error, VectorStoreUnavailable):
-                    self._reset()
-                    if attempt == 1 and method in _RETRYABLE:
-                        continue
-                raise error from exc
-        raise AssertionError("unreachable")
+        try:
+            return self._attempt(what, method, args, kwargs)
+        except VectorStoreUnavailable:
+            if method not in _RETRYABLE:
+                raise
+            return self._attempt(what, method, args, kwargs)
+
+    def _attempt(self, what: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            return getattr(self._connect(), method)(*args, timeout=self.timeout, **kwargs)
+        except (MilvusException, grpc.RpcError) as exc:
+            error = self._error(what, exc)
+            if isinstance(error, VectorStoreUnavailable):
+                self._reset()
+            raise error from exc
 
     def _read(self, what: str, method: str, name: str, **kwargs: Any) -> Any:
         """A search or get on collection `name`; a collection released by a Milvus restart is loaded again."""

@@ -26,7 +26,7 @@ from seqrec.shared.grpc_server import (
     HealthReporter,
     enable_reflection,
     make_server,
-    serve_until_signal,
+    run_service,
 )
 from seqrec.shared.settings import Env
 from seqrec.shared.tls import TlsSettings, add_port
@@ -132,11 +132,4 @@ class TrainerApp:
 def main() -> int:
     from seqrec.shared.settings import SettingsError
 
-    try:
-        app = TrainerApp(TrainerSettings.from_env())
-    except (SettingsError, RootInUse, OSError) as exc:
-        log.error("trainer cannot start: %s", exc)
-        return 2
-    app.start()
-    serve_until_signal(app.server, app.drain, app.settings.grace_s)
-    return 0
+    return run_service("trainer", lambda: TrainerApp(TrainerSettings.from_env()), (SettingsError, RootInUse, OSError))
