@@ -29,8 +29,16 @@ def _hybrid_model(n_warm: int = 6, n_items: int = 9, tying: bool = False) -> BER
     text[0] = text[-1] = 0.0  # padding and [MASK] have no text
     text[3] = 0.0  # an item without text
     cfg = ModelConfig(n_indices=n_items + 2, max_len=8, hidden_size=16, heads=2, weight_tying=tying,
-                      text_dim=16, id_dropout=0.5)
-    return BERT4Rec(cfg, text=text, n_warm=n_warm)
+                      text_dim=16, id_dropout=0.5, content_dim=16)
+    newest = torch.zeros(n_items + 2, dtype=torch.bool)
+    newest[5] = True  # a warm item that stands in for new ones in training
+    model = BERT4Rec(cfg, text=text, n_warm=n_warm, newest=newest)
+    with torch.no_grad():  # the new-item marks and content taps start at zero: make them count
+        for param in (model.new_in, model.new_out, model.new_bias, model.new_content, model.content_taps):
+            if param is not None:
+                param.normal_()
+    model.exposure_boost = 0.7
+    return model
 
 
 @pytest.mark.parametrize("tying", [False, True])
@@ -50,6 +58,37 @@ def test_text_projection_gives_the_vector_of_an_item_known_only_by_text():
     for index in (7, 8, 9):  # catalog-only items: no id part
         got = text_only_vector(model.text[index: index + 1].numpy(), projection)[0]
         np.testing.assert_allclose(got, vectors[index], atol=1e-5)
+
+
+def test_intent_carries_the_content_query_of_the_last_history_items():
+    model = _hybrid_model().eval()
+    ids = torch.tensor([[0, 0, 1, 7, 10], [2, 3, 4, 5, 10]])
+    hidden, width = model.cfg.hidden_size, model.cfg.content_dim
+    taps = model.content_taps.detach()
+    for row in range(2):
+        history = ids[row, :-1].flip(0)  # newest first; padding has no text
+        expected = sum(taps[k] * model.text[history[k]] for k in range(len(history)))
+        torch.testing.assert_close(model(ids)[row, hidden: hidden + width], expected, atol=1e-5, rtol=1e-5)
+    scale = torch.ones(model.cfg.n_indices, 1)
+    scale[7:10] = 1.0 + model.new_content.detach()  # new items' texts weigh more in content affinity
+    torch.testing.assert_close(model.item_vectors()[:, hidden: hidden + width].detach(), model.text * scale)
+
+
+def test_new_items_carry_the_new_item_marks_and_stand_ins_only_when_dropped():
+    model = _hybrid_model().eval()
+    bias = model.output_bias().detach()
+    plain = model.out_bias.detach() * model.id_known + model.text_bias(model.text).squeeze(-1).detach() * model.has_text
+    marks = (model.new_bias + model.exposure_boost).detach().expand(3)
+    torch.testing.assert_close(bias[7:10] - plain[7:10], marks)  # catalog-only items carry the new-item marks
+    torch.testing.assert_close(bias[1:7], plain[1:7])  # warm items, the stand-in 5 included, at serving: unmarked
+    model.train()
+    keep = torch.ones(model.cfg.n_indices)
+    keep[5] = 0.0  # the stand-in without its id this step is marked as new; a random dropped item is not
+    keep[4] = 0.0
+    marked = model.output_bias(keep).detach() - (model.out_bias.detach() * keep
+                                                  + model.text_bias(model.text).squeeze(-1).detach() * model.has_text)
+    assert marked[5] == pytest.approx(model.new_bias.item() + model.exposure_boost)
+    assert marked[4] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_id_dropout_hides_ids_only_while_training_and_only_for_items_with_text():

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from seqrec.services.trainer.losses import (
+    ContentTerm,
     NegativeSampler,
     full_softmax_loss,
     per_sequence_mean,
@@ -59,3 +60,30 @@ def test_accidental_hits_are_removed():
     loss = sampled_softmax_loss(torch.ones(3, 4), torch.ones(3, 4), torch.zeros(3), torch.tensor([1, 1, 1]),
                                 sampler, 10)
     assert torch.allclose(loss, torch.zeros(3))  # only the positive is left in each softmax
+
+
+def _content_case():
+    torch.manual_seed(1)
+    out, weight, bias = torch.randn(5, 8), torch.randn(20, 8), torch.randn(20)
+    labels = torch.randint(1, 20, (5,))
+    table = torch.randn(20, 6)
+    content = ContentTerm(positions=torch.tensor([1, 4]), query=torch.randn(2, 6), table=table)
+    extra = torch.zeros(5, 20)
+    extra[[1, 4]] = content.query @ table.T  # only the chosen positions get the content logits
+    return out, weight, bias, labels, content, extra
+
+
+def test_content_term_adds_logits_at_its_positions_only_in_the_full_softmax():
+    out, weight, bias, labels, content, extra = _content_case()
+    expected = F.cross_entropy(out @ weight.T + bias + extra, labels, reduction="none")
+    assert torch.allclose(full_softmax_loss(out, weight, bias, labels, content), expected)
+
+
+def test_content_term_reaches_the_sampled_softmax():
+    out, weight, bias, labels, content, extra = _content_case()
+    sampler = NegativeSampler(torch.ones(21), n_items=19)
+    draw = lambda: torch.Generator().manual_seed(3)  # noqa: E731 - the same negatives for both calls
+    with_content = sampled_softmax_loss(out, weight, bias, labels, sampler, 7, draw(), content)
+    without = sampled_softmax_loss(out, weight, bias, labels, sampler, 7, draw())
+    assert torch.equal(with_content[[0, 2, 3]], without[[0, 2, 3]])
+    assert not torch.allclose(with_content[[1, 4]], without[[1, 4]])

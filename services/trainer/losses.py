@@ -6,6 +6,8 @@ never with batch × length × catalog.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -35,15 +37,28 @@ class NegativeSampler:
         return torch.searchsorted(self._cdf, u, right=True).clamp_(max=len(self._cdf) - 1) + 1
 
 
+@dataclass
+class ContentTerm:
+    """Extra logits `query · table[item]` at a subset of the scored positions (content affinity)."""
+
+    positions: torch.Tensor  # (Q,) rows of the P scored positions that get the term
+    query: torch.Tensor  # (Q, D)
+    table: torch.Tensor  # (n_indices, D) item texts
+
+
 def full_softmax_loss(out: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                      labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over every item index; `out` (P, C) projected hidden states, labels (P,)."""
-    return F.cross_entropy(F.linear(out, weight, bias), labels, reduction="none")
+                      labels: torch.Tensor, content: ContentTerm | None = None) -> torch.Tensor:
+    """Cross-entropy over every index of `weight`; `out` (P, C) projected hidden states, labels (P,)."""
+    logits = F.linear(out, weight, bias)
+    if content is not None:
+        extra = content.query @ content.table[: weight.shape[0]].T  # (Q, n)
+        logits = logits.index_add(0, content.positions, extra)
+    return F.cross_entropy(logits, labels, reduction="none")
 
 
 def sampled_softmax_loss(out: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor,
                          sampler: NegativeSampler, n_negatives: int,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
+                         generator: torch.Generator | None = None, content: ContentTerm | None = None) -> torch.Tensor:
     """Softmax over the positive and `n_negatives` sampled negatives per position, log-Q corrected.
 
     A negative that happens to equal its positive ("accidental hit") is removed from the softmax.
@@ -53,6 +68,9 @@ def sampled_softmax_loss(out: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     candidates = torch.cat([labels[:, None], negatives], dim=1)  # (P, 1+N)
     vectors = F.embedding(candidates, weight)  # (P, 1+N, C)
     logits = torch.einsum("pc,pnc->pn", out, vectors) + F.embedding(candidates, bias[:, None]).squeeze(2)
+    if content is not None:
+        texts = F.embedding(candidates.index_select(0, content.positions), content.table)  # (Q, 1+N, D)
+        logits = logits.index_add(0, content.positions, torch.einsum("qd,qnd->qn", content.query, texts))
     logits = logits - sampler.log_q[candidates]
     hit = torch.zeros_like(candidates, dtype=torch.bool)
     hit[:, 1:] = negatives == labels[:, None]

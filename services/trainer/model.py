@@ -4,11 +4,22 @@ Hybrid mode (`text_dim > 0`): every item's representation, in the input and in t
 vectors, is its learned id embedding plus a learned projection of its frozen MiniLM text
 embedding. Items without interactions have no id part, and in training a random share of items
 (`id_dropout`) loses its id part at each step, so text alone learns to stand for an item.
-`fused()` folds the text into plain embedding tables for export, so serving sees one architecture.
 
-Scoring contract shared with serving: `intent(ids)` [B, D+1] · `item_vectors()` [n_indices, D+1]
-is exactly the model's logit for every item, because the output bias is folded into the last
-dimension (the intent carries a constant 1 there).
+New items: catalog-only items are, in practice, new arrivals, and new arrivals behave unlike a random
+old item without its id (they are wanted by whoever is following the newest items, and have no
+track record). A learned "new item" vector (input and output) and bias mark every item known only by
+its text because it is new. Training simulates that: the most recently introduced warm items
+(`freshness.newest_items`) lose their id part at `NEW_ITEM_DROP` of the steps and carry the new-item
+marks when they do, so the marks learn, from real late-timeline behaviour, how new items are consumed.
+Content affinity (hybrid): the score of an item also holds `u · text(item)`, where the query `u` is a
+learned weighting of the raw MiniLM embeddings of the last `CONTENT_TAPS` history items. The full
+384-d text similarity to what the user just consumed survives (the projection to `hidden_size` keeps
+only a coarse part of it), which is what ranks new items among themselves.
+`fused()` folds text and marks into plain embedding tables for export, so serving sees one architecture.
+
+Scoring contract shared with serving: `intent(ids)` [B, D] · `item_vectors()` [n_indices, D] is
+exactly the model's logit for every item. Columns: the output item vectors (hidden_size), then the
+item texts (content_dim; hybrid only), then the output bias (the intent carries a constant 1 there).
 """
 
 from __future__ import annotations
@@ -35,6 +46,11 @@ class ModelConfig:
     use_attention_mask: bool = True  # keys at padding positions are not attended
     text_dim: int = 0  # > 0: hybrid model over frozen text embeddings of this width
     id_dropout: float = 0.0  # hybrid training: share of items (with text) whose id part is hidden per step
+    content_dim: int = 0  # > 0: content affinity over frozen text embeddings of this width (hybrid and its export)
+
+
+CONTENT_TAPS = 8  # history items (newest first) whose text forms the content-affinity query
+NEW_ITEM_DROP = 0.5  # hybrid training: share of steps in which a newest warm item is shown as a new item
 
 
 class SelfAttention(nn.Module):
@@ -82,8 +98,10 @@ class Block(nn.Module):
 
 
 class BERT4Rec(nn.Module):
-    def __init__(self, cfg: ModelConfig, text: torch.Tensor | None = None, n_warm: int | None = None):
-        """`text` [n_indices, text_dim] (zero rows: no text) for a hybrid model; items 1..n_warm have interactions."""
+    def __init__(self, cfg: ModelConfig, text: torch.Tensor | None = None, n_warm: int | None = None,
+                 newest: torch.Tensor | None = None):
+        """`text` [n_indices, text_dim] (zero rows: no text) for a hybrid model; items 1..n_warm have interactions;
+        `newest` [n_indices] bool marks the warm items trained as stand-ins for new ones (hybrid only)."""
         super().__init__()
         self.cfg = cfg
         d = cfg.hidden_size
@@ -97,6 +115,13 @@ class BERT4Rec(nn.Module):
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
         self.out_emb = None if cfg.weight_tying else nn.Embedding(cfg.n_indices, d)
         self.out_bias = nn.Parameter(torch.zeros(cfg.n_indices))
+        if cfg.content_dim:
+            if text is None or text.shape != (cfg.n_indices, cfg.content_dim):
+                raise ValueError(f"content affinity needs text embeddings of shape "
+                                 f"({cfg.n_indices}, {cfg.content_dim})")
+            self.register_buffer("content", text.float(), persistent=False)
+            self.register_buffer("content_scale", torch.ones(cfg.n_indices), persistent=False)  # set by fused()
+            self.content_taps = nn.Parameter(torch.zeros(CONTENT_TAPS))
         if cfg.text_dim:
             if text is None or text.shape != (cfg.n_indices, cfg.text_dim):
                 raise ValueError(f"a hybrid model needs text embeddings of shape ({cfg.n_indices}, {cfg.text_dim})")
@@ -107,9 +132,19 @@ class BERT4Rec(nn.Module):
             self.register_buffer("text", text.float(), persistent=False)
             self.register_buffer("has_text", (text.abs().sum(1) > 0).float(), persistent=False)
             self.register_buffer("id_known", id_known, persistent=False)
+            catalog_only = torch.zeros(cfg.n_indices)
+            catalog_only[n_warm + 1: cfg.n_indices - 1] = 1.0
+            stand_ins = torch.zeros(cfg.n_indices) if newest is None else newest.float() * id_known
+            self.register_buffer("catalog_only", catalog_only, persistent=False)
+            self.register_buffer("newest", stand_ins * self.has_text, persistent=False)
             self.text_in = nn.Linear(cfg.text_dim, d)
             self.text_out = None if cfg.weight_tying else nn.Linear(cfg.text_dim, d)
             self.text_bias = nn.Linear(cfg.text_dim, 1)
+            self.new_in = nn.Parameter(torch.zeros(d))
+            self.new_out = None if cfg.weight_tying else nn.Parameter(torch.zeros(d))
+            self.new_bias = nn.Parameter(torch.zeros(()))
+            self.new_content = nn.Parameter(torch.zeros(()))  # extra weight of content affinity for new items
+            self.exposure_boost = 0.0  # added to the bias of new items after training (`freshness.calibrate_exposure`)
         self.apply(self._init)
 
     @staticmethod
@@ -134,15 +169,24 @@ class BERT4Rec(nn.Module):
         return self.cfg.text_dim > 0
 
     def id_keep(self, generator: torch.Generator | None = None) -> torch.Tensor | None:
-        """Per-index weight of the id part (hybrid only): 0 without interactions, and for a random
-        `id_dropout` share of items with text while training; None for an id-only model."""
+        """Per-index weight of the id part (hybrid only): 0 without interactions; while training also 0 for
+        a random `id_dropout` share of items with text and a `NEW_ITEM_DROP` share of the newest items;
+        None for an id-only model."""
         if not self.hybrid:
             return None
         keep = self.id_known
-        if self.training and self.cfg.id_dropout > 0:
+        if self.training and (self.cfg.id_dropout > 0 or self.newest.any()):
             draw = torch.rand(keep.shape, generator=generator, device=keep.device)
-            keep = keep * ~((draw < self.cfg.id_dropout) & (self.has_text > 0))
+            share = torch.where(self.newest > 0, NEW_ITEM_DROP, self.cfg.id_dropout)
+            keep = keep * ~((draw < share) & (self.has_text > 0))
         return keep
+
+    def _new_out(self) -> torch.Tensor:
+        return self.new_in if self.new_out is None else self.new_out  # tied output: the input's mark
+
+    def _new_mark(self, keep: torch.Tensor) -> torch.Tensor:
+        """(n_indices, 1): 1 for items shown as new (catalog-only, or a newest item without its id this step)."""
+        return ((self.catalog_only + self.newest) * (1.0 - keep)).unsqueeze(-1)
 
     def _text_part(self, projection: nn.Linear, indices: torch.Tensor | None = None) -> torch.Tensor:
         text, has_text = (self.text, self.has_text) if indices is None else (self.text[indices], self.has_text[indices])
@@ -154,14 +198,23 @@ class BERT4Rec(nn.Module):
         if not self.hybrid:
             return base
         keep = self.id_known if keep is None else keep
-        return base * keep[:, None] + self._text_part(self.text_out or self.text_in)
+        text = self._text_part(self.text_out or self.text_in)
+        return base * keep[:, None] + text + self._new_mark(keep) * self._new_out()
 
     def output_bias(self, keep: torch.Tensor | None = None) -> torch.Tensor:
         """(n_indices,) output bias; a hybrid item without its id part gets a bias predicted from its text."""
         if not self.hybrid:
             return self.out_bias
         keep = self.id_known if keep is None else keep
-        return self.out_bias * keep + self._text_part(self.text_bias).squeeze(-1)
+        return (self.out_bias * keep + self._text_part(self.text_bias).squeeze(-1)
+                + self._new_mark(keep).squeeze(-1) * (self.new_bias + self.exposure_boost))
+
+    def output_content(self, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(n_indices, content_dim): item texts as scored by content affinity (new items weigh 1 + new_content)."""
+        if not self.hybrid:
+            return self.content * self.content_scale[:, None]
+        keep = self.id_known if keep is None else keep
+        return self.content * (1.0 + self._new_mark(keep) * self.new_content)
 
     def embed_items(self, ids: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Input item representations (B, T, C)."""
@@ -170,7 +223,8 @@ class BERT4Rec(nn.Module):
             return x
         keep = self.id_known if keep is None else keep
         unique, inverse = ids.unique(return_inverse=True)  # project each distinct item's text once
-        return x * keep[ids].unsqueeze(-1) + self._text_part(self.text_in, unique)[inverse]
+        text = self._text_part(self.text_in, unique)[inverse]
+        return x * keep[ids].unsqueeze(-1) + text + self._new_mark(keep)[ids] * self.new_in
 
     def encode(self, ids: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (B, T, C) for left-padded ids (B, T), T <= max_len.
@@ -189,33 +243,51 @@ class BERT4Rec(nn.Module):
         """Hidden states at predicted positions (…, C) → output space (…, C)."""
         return self.head(hidden)
 
+    def content_query(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, content_dim): the content-affinity query at the last slot of left-padded ids (B, T):
+        tap k weighs the text of the item k slots before the last one (padding and [MASK] have none)."""
+        taps = min(CONTENT_TAPS, ids.shape[1] - 1)
+        if taps <= 0:
+            return ids.new_zeros((ids.shape[0], self.cfg.content_dim), dtype=self.content.dtype)
+        previous = ids[:, -1 - taps: -1].flip(1)  # (B, taps), newest first
+        return torch.einsum("k,bkd->bd", self.content_taps[:taps], self.content[previous])
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """Intent vectors (B, C+1) at the last slot ([MASK] at serving); the extra 1 carries the bias."""
+        """Intent vectors (B, D) at the last slot ([MASK] at serving): the projected hidden state, the
+        content query (hybrid), and a constant 1 that carries the bias."""
         h = self.project(self.encode(ids)[:, -1, :])
-        return torch.cat([h, torch.ones_like(h[:, :1])], dim=1)
+        parts = [h, self.content_query(ids)] if self.cfg.content_dim else [h]
+        return torch.cat([*parts, torch.ones_like(h[:, :1])], dim=1)
 
     def item_vectors(self) -> torch.Tensor:
-        """(n_indices, C+1): output item vectors with the bias folded in as the last column."""
-        return torch.cat([self.output_weight(), self.output_bias()[:, None]], dim=1)
+        """(n_indices, D): output item vectors, item texts (hybrid), and the bias as the last column."""
+        parts = [self.output_weight(), self.output_content()] if self.cfg.content_dim else [self.output_weight()]
+        return torch.cat([*parts, self.output_bias()[:, None]], dim=1)
 
     @torch.no_grad()
     def fused(self) -> BERT4Rec:
         """An id-only model with identical outputs: text folded into the embedding tables (for export)."""
         if not self.hybrid:
             return self
-        plain = BERT4Rec(dataclasses.replace(self.cfg, text_dim=0, id_dropout=0.0))
-        state = {k: v for k, v in self.state_dict().items() if not k.startswith("text_")}
-        state["item_emb.weight"] = self.item_emb.weight * self.id_known[:, None] + self._text_part(self.text_in)
+        plain = BERT4Rec(dataclasses.replace(self.cfg, text_dim=0, id_dropout=0.0),
+                         text=self.content if self.cfg.content_dim else None)
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith(("text_", "new_"))}
+        state["item_emb.weight"] = self.embed_items(torch.arange(self.cfg.n_indices, device=self.id_known.device))
         if self.out_emb is not None:
             state["out_emb.weight"] = self.output_weight()
         state["out_bias"] = self.output_bias()
         plain.load_state_dict(state)
+        if self.cfg.content_dim:
+            plain.content_scale.copy_(1.0 + self._new_mark(self.id_known).squeeze(-1) * self.new_content)
         return plain.to(self.item_emb.weight.device).eval()
 
     @torch.no_grad()
     def text_projection(self) -> torch.Tensor:
-        """(text_dim + 1, C + 1): `[text, 1] @ P` is the output vector (bias folded) of an item known only by text."""
+        """(text_dim + 1, D): `[text, 1] @ P` is the item vector (content, bias) of a new, text-only item."""
         weight = self.text_out or self.text_in
-        top = torch.cat([weight.weight.T, self.text_bias.weight.T], dim=1)
-        bottom = torch.cat([weight.bias, self.text_bias.bias])[None, :]
+        content = torch.eye(self.cfg.text_dim, self.cfg.content_dim, device=weight.weight.device)
+        content = content * (1.0 + self.new_content)  # a new item's text, as content affinity scores it
+        top = torch.cat([weight.weight.T, content, self.text_bias.weight.T], dim=1)
+        bottom = torch.cat([weight.bias + self._new_out(), content.new_zeros(self.cfg.content_dim),
+                            self.text_bias.bias + self.new_bias + self.exposure_boost])[None, :]
         return torch.cat([top, bottom], dim=0)

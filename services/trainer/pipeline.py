@@ -17,6 +17,7 @@ from seqrec.services.trainer import distributed
 from seqrec.services.trainer.data import Interactions, load_interactions
 from seqrec.services.trainer.evaluate import evaluate
 from seqrec.services.trainer.export import INPUT_NAME, OUTPUT_NAME, export_encoder
+from seqrec.services.trainer.freshness import calibrate_exposure, newest_items, recent_share
 from seqrec.services.trainer.model import BERT4Rec, ModelConfig
 from seqrec.services.trainer.report import markdown_report, plot_curves, training_warnings
 from seqrec.services.trainer.split import EvalSet, LeaveOneOut, leave_one_out, training_windows
@@ -128,12 +129,15 @@ def _run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool,
     text = _text_features(cfg, data, embedder, progress)
     train_counts = np.bincount(np.concatenate(split.train), minlength=data.vocab.n_indices)
     log.info("training on %d windows from %d users, %d items", len(windows), len(data.user_ids), n_items)
+    newest = None if text is None else newest_items(split.train, data.timestamps, data.vocab.n_indices)
 
     model = BERT4Rec(ModelConfig(n_indices=data.vocab.n_indices, max_len=hp.max_len, hidden_size=hp.hidden_size,
                                  depth=hp.depth, heads=hp.heads, dropout=hp.dropout, weight_tying=hp.weight_tying,
                                  use_attention_mask=hp.use_attention_mask,
-                                 text_dim=0 if text is None else TEXT_DIM, id_dropout=hp.id_dropout),
-                    text=None if text is None else torch.from_numpy(text), n_warm=data.n_warm)
+                                 text_dim=0 if text is None else TEXT_DIM, id_dropout=hp.id_dropout,
+                                 content_dim=0 if text is None else TEXT_DIM),
+                    text=None if text is None else torch.from_numpy(text), n_warm=data.n_warm,
+                    newest=None if newest is None else torch.from_numpy(newest))
     model.init_output_bias(torch.from_numpy(train_counts))
     try:
         result = train_model(model, split, hp, n_items, train_counts, cfg.seed, on_epoch, progress,
@@ -141,13 +145,24 @@ def _run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool,
     except torch.OutOfMemoryError as exc:
         raise TrainingError(f"out of memory: lower batch_size ({hp.batch_size}), negative_samples "
                             f"({hp.negative_samples}) or max_len ({hp.max_len}) ({exc})") from exc
-    return distributed.on_main(lambda: _evaluate_and_write(cfg, out_dir, data, split, result, train_counts, text))
+    return distributed.on_main(lambda: _evaluate_and_write(cfg, out_dir, data, split, result, train_counts, text,
+                                                           newest))
+
+
+def _calibrate_new_items(model: BERT4Rec, data: Interactions, split: LeaveOneOut, newest: np.ndarray) -> None:
+    """Give new items the share of top-10 slots that new arrivals take of recent consumption (`freshness`)."""
+    target = recent_share(split.train, data.timestamps, newest)
+    model.exposure_boost = calibrate_exposure(model, split.valid.inputs, data.vocab.mask_index, target)
+    data.stats["new_item_exposure"] = {"recent_share": round(target, 4), "bias_boost": round(model.exposure_boost, 4)}
+    log.info("new-item exposure calibrated", extra=data.stats["new_item_exposure"])
 
 
 def _evaluate_and_write(cfg: TrainConfig, out_dir: str | Path, data: Interactions, split: LeaveOneOut,
                         result: TrainResult, train_counts: np.ndarray,
-                        text: np.ndarray | None) -> tuple[Path, dict[str, Any]]:
+                        text: np.ndarray | None, newest: np.ndarray | None) -> tuple[Path, dict[str, Any]]:
     """Test metrics, warnings and the verified bundle of a trained model (rank 0's job when data-parallel)."""
+    if newest is not None:
+        _calibrate_new_items(result.model, data, split, newest)
     hp = cfg.hparams
     n_items = data.vocab.n_items
     mask_index = data.vocab.mask_index
@@ -184,7 +199,7 @@ def _evaluate_and_write(cfg: TrainConfig, out_dir: str | Path, data: Interaction
             "mask_index": mask_index,
             "n_items": n_items,
             "n_users": len(data.user_ids),
-            "dim": hp.hidden_size + 1,
+            "dim": hp.hidden_size + result.model.cfg.content_dim + 1,
             "hybrid": text is not None,
             "n_catalog_only_items": n_items - data.n_warm,
             "text": None if text is None else {

@@ -26,6 +26,7 @@ from seqrec.services.trainer import distributed
 from seqrec.services.trainer.batching import batch_plan, window_lengths
 from seqrec.services.trainer.evaluate import evaluate
 from seqrec.services.trainer.losses import (
+    ContentTerm,
     NegativeSampler,
     full_softmax_loss,
     per_sequence_mean,
@@ -131,12 +132,25 @@ class ClozeLoss(nn.Module):
         out = model.project(hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat))  # (P, C)
         targets = labels.view(-1).index_select(0, flat)
         weight, bias = model.output_weight(keep), model.output_bias(keep)
+        content = self._content_term(inputs, flat, keep)
         if self.sampler is None:
-            position_loss = full_softmax_loss(out, weight[: self.n_warm + 1], bias[: self.n_warm + 1], targets)
+            position_loss = full_softmax_loss(out, weight[: self.n_warm + 1], bias[: self.n_warm + 1], targets,
+                                              content)
         else:
             position_loss = sampled_softmax_loss(out, weight, bias, targets, self.sampler, self.negative_samples,
-                                                 self.generator)
+                                                 self.generator, content)
         return per_sequence_mean(position_loss, flat // inputs.shape[1], inputs.shape[0])
+
+
+    def _content_term(self, inputs: torch.Tensor, flat: torch.Tensor, keep: torch.Tensor | None) -> ContentTerm | None:
+        """Content affinity at the masked last slots (the serving position), from the items before them."""
+        model = self.model
+        if not model.cfg.content_dim:
+            return None
+        width = inputs.shape[1]
+        positions = (flat % width == width - 1).nonzero().squeeze(1)
+        query = model.content_query(inputs.index_select(0, flat.index_select(0, positions) // width))
+        return ContentTerm(positions, query, model.output_content(keep))
 
 
 def shard_plan(plan: list[T], rank: int, world_size: int) -> list[T]:
