@@ -42,6 +42,7 @@ class Hyperparameters:
     patience: int = 5  # epochs without validation NDCG@10 gain before stopping
     eval_every: int = 0  # validate every N epochs; 0 = auto (about every 200 optimizer steps, at least each epoch)
     id_dropout: float = 0.3  # hybrid only: share of items whose id part is hidden each step (text alone stands in)
+    new_item_exposure: float = -1.0  # hybrid only: share of top-10 slots new items get (-1 = measured, 0 = no boost)
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,8 @@ def validate_hparams(hp: Hyperparameters) -> None:
     _require(isinstance(hp.negative_samples, int) and hp.negative_samples >= 0,
              f"negative_samples: must be an integer >= 0 (0 = full softmax), got {hp.negative_samples!r}")
     _require(0.0 <= hp.id_dropout < 1.0, f"id_dropout: must be in [0, 1), got {hp.id_dropout}")
+    _require(hp.new_item_exposure == -1.0 or 0.0 <= hp.new_item_exposure < 1.0,
+             f"new_item_exposure: must be -1 (measured from the data) or in [0, 1), got {hp.new_item_exposure}")
     _require(hp.patience >= 1, f"patience: must be at least 1, got {hp.patience}")
     _require(isinstance(hp.eval_every, int) and hp.eval_every >= 0,
              f"eval_every: must be an integer >= 0 (0 = auto), got {hp.eval_every!r}")

@@ -46,6 +46,7 @@ def test_hidden_not_divisible_by_heads():
     ("lr", 0.0, "lr"), ("max_len", 1, "max_len"), ("batch_size", 0, "batch_size"),
     ("sampling", "random", "sampling"), ("negative_samples", -1, "negative_samples"),
     ("grad_clip", -1.0, "grad_clip"), ("epochs", 0, "epochs"), ("weight_tying", "yes", "weight_tying"),
+    ("new_item_exposure", -0.5, "new_item_exposure"), ("new_item_exposure", 1.0, "new_item_exposure"),
 ])
 def test_invalid_values_name_the_field(field, value, pattern):
     with pytest.raises(ConfigError, match=pattern):

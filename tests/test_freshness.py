@@ -1,8 +1,18 @@
 """Which warm items the hybrid model trains as stand-ins for new ones."""
 
 import numpy as np
+import pytest
+import torch
 
-from seqrec.services.trainer.freshness import first_seen, newest_items
+from seqrec.services.trainer.freshness import (
+    calibrate_exposure,
+    first_seen,
+    newest_items,
+    recent_share,
+    top_k_share,
+)
+from seqrec.services.trainer.model import BERT4Rec, ModelConfig
+from seqrec.shared.history import encode_histories
 
 
 def _train():
@@ -35,3 +45,38 @@ def test_ties_at_the_boundary_are_all_newest():
     train = [np.array([1, 2, 3, 4])]
     times = [np.array([0.0, 5.0, 5.0, 5.0])]
     assert newest_items(train, times, 6, share=0.25).nonzero()[0].tolist() == [2, 3, 4]
+
+
+def test_recent_share_is_what_newest_items_took_since_they_appeared():
+    train, times = _train()
+    newest = newest_items(train, times, 7, share=0.2)  # item 5, first seen at t=9
+    assert recent_share(train, times, newest) == 1.0  # the only event since t=9 is item 5 itself
+    newest = newest_items(train, times, 7, share=0.4)  # items 4 (t=8) and 5
+    assert recent_share(train, times, newest) == 1.0
+    newest = np.zeros(7, dtype=bool)
+    newest[3] = True  # item 3 appeared at t=3: since then 3, 3, 4, 5 were consumed
+    assert recent_share(train, times, newest) == 0.5
+
+
+def test_exposure_boost_gives_new_items_their_share_of_the_top_slots():
+    torch.manual_seed(0)
+    n_items = 40
+    text = torch.randn(n_items + 2, 8)
+    text[0] = text[-1] = 0.0
+    newest = torch.zeros(n_items + 2, dtype=torch.bool)
+    newest[25:30] = True
+    model = BERT4Rec(ModelConfig(n_indices=n_items + 2, max_len=8, hidden_size=8, heads=2, text_dim=8, content_dim=8),
+                     text=text, n_warm=30, newest=newest)  # 31..40 are catalog-only
+    with torch.no_grad():
+        model.new_bias.fill_(-0.3)  # new items start far below the rest
+    histories = [np.random.default_rng(n).integers(1, 31, size=5) for n in range(50)]
+    assert calibrate_exposure(model, histories, n_items + 1, target=0.0) == 0.0
+    boost = calibrate_exposure(model, histories, n_items + 1, target=0.4, k=5)
+    assert boost > 0
+    keep = model.id_known * (1.0 - model.newest)
+    vectors = torch.cat([model.output_weight(keep), model.output_content(keep), model.output_bias(keep)[:, None]], 1)
+    ids = torch.from_numpy(encode_histories(histories, 8, n_items + 1))
+    scores = (model(ids) @ vectors[1: n_items + 1].T).detach()
+    is_new = ((model.catalog_only + model.newest) > 0)[1: n_items + 1].float()
+    assert top_k_share(scores, is_new, boost, 5) == pytest.approx(0.4, abs=0.05)
+    assert top_k_share(scores, is_new, 0.0, 5) < 0.4

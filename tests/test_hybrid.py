@@ -13,7 +13,7 @@ from seqrec.proto.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from seqrec.services.embedder.server import EmbedderApp, EmbedderSettings
 from seqrec.services.ranker.publish import publish
 from seqrec.services.ranker.server import RankerApp
-from seqrec.services.trainer.model import BERT4Rec, ModelConfig
+from seqrec.services.trainer.model import GATE_SCALE, BERT4Rec, ModelConfig
 from seqrec.shared.bundle import ITEM_TO_ITEM, TEXT_EMBEDDINGS, TEXT_PROJECTION, Bundle
 from seqrec.shared.local_services import free_port
 from seqrec.shared.settings import Env
@@ -64,13 +64,13 @@ def test_intent_carries_the_content_query_of_the_last_history_items():
     model = _hybrid_model().eval()
     ids = torch.tensor([[0, 0, 1, 7, 10], [2, 3, 4, 5, 10]])
     hidden, width = model.cfg.hidden_size, model.cfg.content_dim
-    taps = model.content_taps.detach()
+    taps = GATE_SCALE * model.content_taps.detach()
     for row in range(2):
         history = ids[row, :-1].flip(0)  # newest first; padding has no text
         expected = sum(taps[k] * model.text[history[k]] for k in range(len(history)))
         torch.testing.assert_close(model(ids)[row, hidden: hidden + width], expected, atol=1e-5, rtol=1e-5)
     scale = torch.ones(model.cfg.n_indices, 1)
-    scale[7:10] = 1.0 + model.new_content.detach()  # new items' texts weigh more in content affinity
+    scale[7:10] = 1.0 + GATE_SCALE * model.new_content.detach()  # new items' texts weigh more in content affinity
     torch.testing.assert_close(model.item_vectors()[:, hidden: hidden + width].detach(), model.text * scale)
 
 
@@ -78,7 +78,7 @@ def test_new_items_carry_the_new_item_marks_and_stand_ins_only_when_dropped():
     model = _hybrid_model().eval()
     bias = model.output_bias().detach()
     plain = model.out_bias.detach() * model.id_known + model.text_bias(model.text).squeeze(-1).detach() * model.has_text
-    marks = (model.new_bias + model.exposure_boost).detach().expand(3)
+    marks = (GATE_SCALE * model.new_bias + model.exposure_boost).detach().expand(3)
     torch.testing.assert_close(bias[7:10] - plain[7:10], marks)  # catalog-only items carry the new-item marks
     torch.testing.assert_close(bias[1:7], plain[1:7])  # warm items, the stand-in 5 included, at serving: unmarked
     model.train()
@@ -87,7 +87,7 @@ def test_new_items_carry_the_new_item_marks_and_stand_ins_only_when_dropped():
     keep[4] = 0.0
     marked = model.output_bias(keep).detach() - (model.out_bias.detach() * keep
                                                   + model.text_bias(model.text).squeeze(-1).detach() * model.has_text)
-    assert marked[5] == pytest.approx(model.new_bias.item() + model.exposure_boost)
+    assert marked[5] == pytest.approx(GATE_SCALE * model.new_bias.item() + model.exposure_boost)
     assert marked[4] == pytest.approx(0.0, abs=1e-6)
 
 

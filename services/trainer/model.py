@@ -50,6 +50,8 @@ class ModelConfig:
 
 
 CONTENT_TAPS = 8  # history items (newest first) whose text forms the content-affinity query
+GATE_SCALE = 10.0  # scalar gates (content taps, new-item bias and content weight) are stored / GATE_SCALE:
+# AdamW moves a parameter about lr per step, and these need to travel several units in a few thousand steps
 NEW_ITEM_DROP = 0.5  # hybrid training: share of steps in which a newest warm item is shown as a new item
 
 
@@ -207,14 +209,14 @@ class BERT4Rec(nn.Module):
             return self.out_bias
         keep = self.id_known if keep is None else keep
         return (self.out_bias * keep + self._text_part(self.text_bias).squeeze(-1)
-                + self._new_mark(keep).squeeze(-1) * (self.new_bias + self.exposure_boost))
+                + self._new_mark(keep).squeeze(-1) * (GATE_SCALE * self.new_bias + self.exposure_boost))
 
     def output_content(self, keep: torch.Tensor | None = None) -> torch.Tensor:
         """(n_indices, content_dim): item texts as scored by content affinity (new items weigh 1 + new_content)."""
         if not self.hybrid:
             return self.content * self.content_scale[:, None]
         keep = self.id_known if keep is None else keep
-        return self.content * (1.0 + self._new_mark(keep) * self.new_content)
+        return self.content * (1.0 + self._new_mark(keep) * GATE_SCALE * self.new_content)
 
     def embed_items(self, ids: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Input item representations (B, T, C)."""
@@ -250,7 +252,7 @@ class BERT4Rec(nn.Module):
         if taps <= 0:
             return ids.new_zeros((ids.shape[0], self.cfg.content_dim), dtype=self.content.dtype)
         previous = ids[:, -1 - taps: -1].flip(1)  # (B, taps), newest first
-        return torch.einsum("k,bkd->bd", self.content_taps[:taps], self.content[previous])
+        return torch.einsum("k,bkd->bd", GATE_SCALE * self.content_taps[:taps], self.content[previous])
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Intent vectors (B, D) at the last slot ([MASK] at serving): the projected hidden state, the
@@ -278,7 +280,7 @@ class BERT4Rec(nn.Module):
         state["out_bias"] = self.output_bias()
         plain.load_state_dict(state)
         if self.cfg.content_dim:
-            plain.content_scale.copy_(1.0 + self._new_mark(self.id_known).squeeze(-1) * self.new_content)
+            plain.content_scale.copy_(1.0 + self._new_mark(self.id_known).squeeze(-1) * GATE_SCALE * self.new_content)
         return plain.to(self.item_emb.weight.device).eval()
 
     @torch.no_grad()
@@ -286,8 +288,8 @@ class BERT4Rec(nn.Module):
         """(text_dim + 1, D): `[text, 1] @ P` is the item vector (content, bias) of a new, text-only item."""
         weight = self.text_out or self.text_in
         content = torch.eye(self.cfg.text_dim, self.cfg.content_dim, device=weight.weight.device)
-        content = content * (1.0 + self.new_content)  # a new item's text, as content affinity scores it
+        content = content * (1.0 + GATE_SCALE * self.new_content)  # a new item's text, as content affinity scores it
         top = torch.cat([weight.weight.T, content, self.text_bias.weight.T], dim=1)
         bottom = torch.cat([weight.bias + self._new_out(), content.new_zeros(self.cfg.content_dim),
-                            self.text_bias.bias + self.new_bias + self.exposure_boost])[None, :]
+                            self.text_bias.bias + GATE_SCALE * self.new_bias + self.exposure_boost])[None, :]
         return torch.cat([top, bottom], dim=0)

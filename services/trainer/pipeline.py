@@ -149,11 +149,15 @@ def _run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool,
                                                            newest))
 
 
-def _calibrate_new_items(model: BERT4Rec, data: Interactions, split: LeaveOneOut, newest: np.ndarray) -> None:
-    """Give new items the share of top-10 slots that new arrivals take of recent consumption (`freshness`)."""
-    target = recent_share(split.train, data.timestamps, newest)
+def _calibrate_new_items(cfg: TrainConfig, model: BERT4Rec, data: Interactions, split: LeaveOneOut,
+                         newest: np.ndarray) -> None:
+    """Give new items their share of the top-10 slots (`freshness`): `new_item_exposure`, or when it is -1
+    the share new arrivals took of recent consumption."""
+    chosen = cfg.hparams.new_item_exposure
+    target = recent_share(split.train, data.timestamps, newest) if chosen < 0 else chosen
     model.exposure_boost = calibrate_exposure(model, split.valid.inputs, data.vocab.mask_index, target)
-    data.stats["new_item_exposure"] = {"recent_share": round(target, 4), "bias_boost": round(model.exposure_boost, 4)}
+    data.stats["new_item_exposure"] = {"recent_share": round(recent_share(split.train, data.timestamps, newest), 4),
+                                       "target_share": round(target, 4), "bias_boost": round(model.exposure_boost, 4)}
     log.info("new-item exposure calibrated", extra=data.stats["new_item_exposure"])
 
 
@@ -162,7 +166,7 @@ def _evaluate_and_write(cfg: TrainConfig, out_dir: str | Path, data: Interaction
                         text: np.ndarray | None, newest: np.ndarray | None) -> tuple[Path, dict[str, Any]]:
     """Test metrics, warnings and the verified bundle of a trained model (rank 0's job when data-parallel)."""
     if newest is not None:
-        _calibrate_new_items(result.model, data, split, newest)
+        _calibrate_new_items(cfg, result.model, data, split, newest)
     hp = cfg.hparams
     n_items = data.vocab.n_items
     mask_index = data.vocab.mask_index
