@@ -18,7 +18,7 @@ from seqrec.shared.bundle import ITEM_TO_ITEM, TEXT_EMBEDDINGS, TEXT_PROJECTION,
 from seqrec.shared.local_services import free_port
 from seqrec.shared.settings import Env
 from seqrec.shared.similarity import text_only_vector
-from seqrec.shared.text import item_text
+from seqrec.shared.text import TEXT_DIM, item_text
 from tests.conftest import COLD_SERIES, EPISODES, make_item_table
 from tests.test_ranker import _settings, _wait_health
 
@@ -117,6 +117,13 @@ def test_catalog_only_items_get_text_only_vectors(cold_bundle):
     i2i = bundle.array(ITEM_TO_ITEM)
     assert np.allclose(np.linalg.norm(i2i[1:bundle.mask_index], axis=1), 1.0, atol=1e-5)
     assert bundle.popularity()[cold].sum() == 0
+    # content affinity: hybrid item vectors are [output vector, text, bias]; the encoder's intent matches
+    hidden = bundle.manifest["model"]["hidden_size"]
+    assert vectors.shape[1] == bundle.manifest["dim"] == hidden + TEXT_DIM + 1
+    np.testing.assert_allclose(vectors[1: cold[0], hidden: hidden + TEXT_DIM], text[1: cold[0]], atol=1e-6)
+    exposure = metrics["data"]["new_item_exposure"]
+    assert 0.0 < exposure["recent_share"] <= 1.0 and exposure["target_share"] == exposure["recent_share"]
+    assert exposure["bias_boost"] >= 0.0
 
 
 # ---- serving ------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def _write_bundle(writer: b.BundleWriter, cfg: TrainConfig, model: BERT4Rec, dat
     if text is not None:
         writer.write_array(b.TEXT_EMBEDDINGS, text)
         writer.write_array(b.TEXT_PROJECTION, model.text_projection().float().numpy())
-        writer.write_array(b.ITEM_TO_ITEM, item_to_item_vectors(item_vectors, text))
+        writer.write_array(b.ITEM_TO_ITEM, item_to_item_vectors(item_vectors, text, model.cfg.content_dim))
     data.vocab.save(writer.path(b.VOCAB))
     writer.write_array(b.POPULARITY, counts.astype(np.int64))
     if data.items:
