@@ -49,7 +49,8 @@ def test_bundle_contents(trained_bundle):
         assert name in m["files"] and len(m["files"][name]["sha256"]) == 64
     assert m["config"]["hparams"]["hidden_size"] == 32 and m["libraries"]["torch"]
     vectors = bundle.item_vectors()
-    assert vectors.dtype == np.float32 and vectors.shape == (m["n_items"] + 2, 33)
+    assert m["hybrid"] and m["dim"] == 32 + 384 + 1  # output vector, item text (content affinity), bias
+    assert vectors.dtype == np.float32 and vectors.shape == (m["n_items"] + 2, m["dim"])
     assert bundle.popularity().shape == (m["n_items"] + 2,)
     on_disk = bundle.metrics()
     assert set(on_disk) >= {"valid", "test", "epochs", "train_seconds"}

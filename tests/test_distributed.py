@@ -175,8 +175,10 @@ def _worker(out: Path) -> None:
         torch.manual_seed(0)
         text = torch.randn(n_items + 2, 8)
         text[0] = text[-1] = 0.0
+        newest = torch.zeros(n_items + 2, dtype=torch.bool)
+        newest[n_items - 3: n_items + 1] = True  # stand-ins for new items, as the pipeline marks them
         model = BERT4Rec(ModelConfig(n_indices=n_items + 2, max_len=8, hidden_size=16, heads=2, text_dim=8,
-                                     id_dropout=0.3), text=text, n_warm=n_items)
+                                     id_dropout=0.3, content_dim=8), text=text, n_warm=n_items, newest=newest)
         keeps: list[torch.Tensor] = []
         id_keep = model.id_keep
 

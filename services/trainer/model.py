@@ -145,7 +145,8 @@ class BERT4Rec(nn.Module):
             self.new_in = nn.Parameter(torch.zeros(d))
             self.new_out = None if cfg.weight_tying else nn.Parameter(torch.zeros(d))
             self.new_bias = nn.Parameter(torch.zeros(()))
-            self.new_content = nn.Parameter(torch.zeros(()))  # extra weight of content affinity for new items
+            if cfg.content_dim:  # extra weight of content affinity for new items
+                self.new_content = nn.Parameter(torch.zeros(()))
             self.exposure_boost = 0.0  # added to the bias of new items after training (`freshness.calibrate_exposure`)
         self.apply(self._init)
 
@@ -288,7 +289,8 @@ class BERT4Rec(nn.Module):
         """(text_dim + 1, D): `[text, 1] @ P` is the item vector (content, bias) of a new, text-only item."""
         weight = self.text_out or self.text_in
         content = torch.eye(self.cfg.text_dim, self.cfg.content_dim, device=weight.weight.device)
-        content = content * (1.0 + GATE_SCALE * self.new_content)  # a new item's text, as content affinity scores it
+        if self.cfg.content_dim:
+            content = content * (1.0 + GATE_SCALE * self.new_content)  # a new item's text, weighed for new items
         top = torch.cat([weight.weight.T, content, self.text_bias.weight.T], dim=1)
         bottom = torch.cat([weight.bias + self._new_out(), content.new_zeros(self.cfg.content_dim),
                             self.text_bias.bias + GATE_SCALE * self.new_bias + self.exposure_boost])[None, :]
