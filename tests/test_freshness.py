@@ -73,10 +73,9 @@ def test_exposure_boost_gives_new_items_their_share_of_the_top_slots():
     assert calibrate_exposure(model, histories, n_items + 1, target=0.0) == 0.0
     boost = calibrate_exposure(model, histories, n_items + 1, target=0.4, k=5)
     assert boost > 0
-    keep = model.id_known * (1.0 - model.newest)
-    vectors = torch.cat([model.output_weight(keep), model.output_content(keep), model.output_bias(keep)[:, None]], 1)
     ids = torch.from_numpy(encode_histories(histories, 8, n_items + 1))
-    scores = (model(ids) @ vectors[1: n_items + 1].T).detach()
-    is_new = ((model.catalog_only + model.newest) > 0)[1: n_items + 1].float()
+    scores = (model(ids) @ model.item_vectors()[1: n_items + 1].T).detach()
+    is_new = model.new_item[1: n_items + 1]
+    assert is_new.sum() == 15  # the 5 newest warm items and the 10 catalog-only ones
     assert top_k_share(scores, is_new, boost, 5) == pytest.approx(0.4, abs=0.05)
     assert top_k_share(scores, is_new, 0.0, 5) < 0.4

@@ -55,7 +55,7 @@ def test_text_projection_gives_the_vector_of_an_item_known_only_by_text():
     model = _hybrid_model().eval()
     projection = model.text_projection().numpy()
     vectors = model.item_vectors().detach().numpy()
-    for index in (7, 8, 9):  # catalog-only items: no id part
+    for index in (5, 7, 8, 9):  # new items (the newest warm one and catalog-only): no id part
         got = text_only_vector(model.text[index: index + 1].numpy(), projection)[0]
         np.testing.assert_allclose(got, vectors[index], atol=1e-5)
 
@@ -70,37 +70,37 @@ def test_intent_carries_the_content_query_of_the_last_history_items():
         expected = sum(taps[k] * model.text[history[k]] for k in range(len(history)))
         torch.testing.assert_close(model(ids)[row, hidden: hidden + width], expected, atol=1e-5, rtol=1e-5)
     scale = torch.ones(model.cfg.n_indices, 1)
-    scale[7:10] = 1.0 + GATE_SCALE * model.new_content.detach()  # new items' texts weigh more in content affinity
+    scale[[5, 7, 8, 9]] = 1.0 + GATE_SCALE * model.new_content.detach()  # new items' texts weigh their own
     torch.testing.assert_close(model.item_vectors()[:, hidden: hidden + width].detach(), model.text * scale)
 
 
-def test_new_items_carry_the_new_item_marks_and_stand_ins_only_when_dropped():
+def test_new_items_carry_the_new_item_marks_and_dropped_ids_do_not():
     model = _hybrid_model().eval()
+    assert model.new_item.nonzero().squeeze(1).tolist() == [5, 7, 8, 9]  # the newest warm item and catalog-only
     bias = model.output_bias().detach()
     plain = model.out_bias.detach() * model.id_known + model.text_bias(model.text).squeeze(-1).detach() * model.has_text
-    marks = (GATE_SCALE * model.new_bias + model.exposure_boost).detach().expand(3)
-    torch.testing.assert_close(bias[7:10] - plain[7:10], marks)  # catalog-only items carry the new-item marks
-    torch.testing.assert_close(bias[1:7], plain[1:7])  # warm items, the stand-in 5 included, at serving: unmarked
+    marks = (GATE_SCALE * model.new_bias + model.exposure_boost).detach().expand(4)
+    torch.testing.assert_close(bias[[5, 7, 8, 9]] - plain[[5, 7, 8, 9]], marks)  # new items carry the marks
+    torch.testing.assert_close(bias[[1, 2, 3, 4, 6]], plain[[1, 2, 3, 4, 6]])  # other warm items do not
     model.train()
-    keep = torch.ones(model.cfg.n_indices)
-    keep[5] = 0.0  # the stand-in without its id this step is marked as new; a random dropped item is not
-    keep[4] = 0.0
+    keep = model.id_known.clone()
+    keep[4] = 0.0  # an item whose id is dropped for this step is not marked as new
     marked = model.output_bias(keep).detach() - (model.out_bias.detach() * keep
                                                   + model.text_bias(model.text).squeeze(-1).detach() * model.has_text)
-    assert marked[5] == pytest.approx(GATE_SCALE * model.new_bias.item() + model.exposure_boost)
     assert marked[4] == pytest.approx(0.0, abs=1e-6)
+    assert marked[5] == pytest.approx(GATE_SCALE * model.new_bias.item() + model.exposure_boost)
 
 
 def test_id_dropout_hides_ids_only_while_training_and_only_for_items_with_text():
     model = _hybrid_model()
     assert torch.equal(model.eval().id_keep(), model.id_known)
-    assert model.id_known[7:10].eq(0).all() and model.id_known[10] == 1  # catalog-only 0, [MASK] 1
+    assert model.id_known[[5, 7, 8, 9]].eq(0).all() and model.id_known[10] == 1  # new items 0, [MASK] 1
     model.train()
     draws = torch.stack([model.id_keep(torch.Generator().manual_seed(s)) for s in range(200)])
-    dropped = 1.0 - draws[:, 1:7].mean(0)
     assert draws[:, 3].eq(1).all()  # item 3 has no text: it always keeps its id
-    assert draws[:, 10].eq(1).all()
-    assert ((dropped[[0, 1, 3, 4, 5]] > 0.35) & (dropped[[0, 1, 3, 4, 5]] < 0.65)).all()
+    assert draws[:, 10].eq(1).all() and draws[:, 5].eq(0).all()
+    dropped = 1.0 - draws[:, [1, 2, 4, 6]].mean(0)
+    assert ((dropped > 0.35) & (dropped < 0.65)).all()
 
 
 # ---- the bundle ---------------------------------------------------------------------------------
@@ -120,7 +120,11 @@ def test_catalog_only_items_get_text_only_vectors(cold_bundle):
     # content affinity: hybrid item vectors are [output vector, text, bias]; the encoder's intent matches
     hidden = bundle.manifest["model"]["hidden_size"]
     assert vectors.shape[1] == bundle.manifest["dim"] == hidden + TEXT_DIM + 1
-    np.testing.assert_allclose(vectors[1: cold[0], hidden: hidden + TEXT_DIM], text[1: cold[0]], atol=1e-6)
+    content = vectors[1:bundle.mask_index, hidden: hidden + TEXT_DIM]
+    scale = (content * text[1:bundle.mask_index]).sum(1)  # texts are unit length: the weight of each row's text
+    np.testing.assert_allclose(content, text[1:bundle.mask_index] * scale[:, None], atol=1e-5)
+    new = np.abs(scale - 1.0) > 1e-4  # new items (the newest warm ones and catalog-only) weigh their own
+    assert new[np.array(cold) - 1].all() and 0 < new.sum() - len(cold) <= 0.11 * (vocab.n_items - len(cold)) + 1
     exposure = metrics["data"]["new_item_exposure"]
     assert 0.0 < exposure["recent_share"] <= 1.0 and exposure["target_share"] == exposure["recent_share"]
     assert exposure["bias_boost"] >= 0.0

@@ -1,8 +1,9 @@
 """New arrivals in the hybrid model: simulated item cold start in training, and their exposure after it.
 
-Catalog-only items are new arrivals. To learn how new arrivals are consumed, the hybrid model shows the
+Catalog-only items are new arrivals. To learn how new arrivals are consumed, the hybrid model treats the
 most recently introduced warm items — those whose first training interaction is among the latest
-`NEWEST_SHARE` of first appearances — as new items (text and new-item marks, no id) in part of the steps.
+`NEWEST_SHARE` of first appearances — as new items too (text and new-item marks, no id), in training
+and in the bundle.
 
 A model trained for likelihood ranks a new item low: it has no track record, and each one alone is
 rarely consumed, although together new arrivals take a steady share of what people consume. After
@@ -70,15 +71,12 @@ def calibrate_exposure(model: BERT4Rec, histories: list[np.ndarray], mask_index:
                        k: int = 10, steps: int = 30) -> float:
     """The bias boost for new items that gives them `target` of the top-k slots on `histories`.
 
-    Scored as at serving, except that the newest warm items count as new too (their id part hidden), so
-    the boost is measured even when the catalog has no item without interactions. Bisection over
-    [0, 30] nats; 0 when new items already take their share.
+    Scored as at serving (new items: catalog-only and the newest warm ones). Bisection over [0, 30] nats;
+    0 when new items already take their share.
     """
     model.eval()
-    keep = model.id_known * (1.0 - model.newest)
-    vectors = torch.cat([model.output_weight(keep), model.output_content(keep), model.output_bias(keep)[:, None]], 1)
-    vectors = vectors[1:mask_index]
-    is_new = ((model.catalog_only + model.newest) > 0)[1:mask_index].float()
+    vectors = model.item_vectors()[1:mask_index]
+    is_new = model.new_item[1:mask_index]
     if not is_new.any() or target <= 0:
         return 0.0
     device = vectors.device

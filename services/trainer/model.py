@@ -8,9 +8,9 @@ embedding. Items without interactions have no id part, and in training a random 
 New items: catalog-only items are, in practice, new arrivals, and new arrivals behave unlike a random
 old item without its id (they are wanted by whoever is following the newest items, and have no
 track record). A learned "new item" vector (input and output) and bias mark every item known only by
-its text because it is new. Training simulates that: the most recently introduced warm items
-(`freshness.newest_items`) lose their id part at `NEW_ITEM_DROP` of the steps and carry the new-item
-marks when they do, so the marks learn, from real late-timeline behaviour, how new items are consumed.
+its text because it is new. The most recently introduced warm items (`freshness.newest_items`) are new
+items too, in training and in the bundle: their track record is short, and as training targets they
+teach the marks, from real late-timeline behaviour, how new arrivals are consumed.
 Content affinity (hybrid): the score of an item also holds `u · text(item)`, where the query `u` is a
 learned weighting of the raw MiniLM embeddings of the last `CONTENT_TAPS` history items. The full
 384-d text similarity to what the user just consumed survives (the projection to `hidden_size` keeps
@@ -52,7 +52,6 @@ class ModelConfig:
 CONTENT_TAPS = 8  # history items (newest first) whose text forms the content-affinity query
 GATE_SCALE = 10.0  # scalar gates (content taps, new-item bias and content weight) are stored / GATE_SCALE:
 # AdamW moves a parameter about lr per step, and these need to travel several units in a few thousand steps
-NEW_ITEM_DROP = 0.5  # hybrid training: share of steps in which a newest warm item is shown as a new item
 
 
 class SelfAttention(nn.Module):
@@ -103,7 +102,7 @@ class BERT4Rec(nn.Module):
     def __init__(self, cfg: ModelConfig, text: torch.Tensor | None = None, n_warm: int | None = None,
                  newest: torch.Tensor | None = None):
         """`text` [n_indices, text_dim] (zero rows: no text) for a hybrid model; items 1..n_warm have interactions;
-        `newest` [n_indices] bool marks the warm items trained as stand-ins for new ones (hybrid only)."""
+        `newest` [n_indices] bool marks the warm items that count as new ones (hybrid only)."""
         super().__init__()
         self.cfg = cfg
         d = cfg.hidden_size
@@ -128,17 +127,19 @@ class BERT4Rec(nn.Module):
             if text is None or text.shape != (cfg.n_indices, cfg.text_dim):
                 raise ValueError(f"a hybrid model needs text embeddings of shape ({cfg.n_indices}, {cfg.text_dim})")
             n_warm = cfg.n_indices - 2 if n_warm is None else n_warm
+            has_text = (text.abs().sum(1) > 0).float()
+            new_item = torch.zeros(cfg.n_indices)
+            new_item[n_warm + 1: cfg.n_indices - 1] = 1.0  # catalog-only items
+            if newest is not None:
+                new_item = torch.maximum(new_item, newest.float() * has_text)  # the newest warm items, by text
             id_known = torch.zeros(cfg.n_indices)
-            id_known[1: n_warm + 1] = 1.0  # items seen in training
+            id_known[1: n_warm + 1] = 1.0  # items seen in training ...
+            id_known = id_known * (1.0 - new_item)  # ... unless they count as new
             id_known[cfg.n_indices - 1] = 1.0  # [MASK] is an id-only token
             self.register_buffer("text", text.float(), persistent=False)
-            self.register_buffer("has_text", (text.abs().sum(1) > 0).float(), persistent=False)
+            self.register_buffer("has_text", has_text, persistent=False)
             self.register_buffer("id_known", id_known, persistent=False)
-            catalog_only = torch.zeros(cfg.n_indices)
-            catalog_only[n_warm + 1: cfg.n_indices - 1] = 1.0
-            stand_ins = torch.zeros(cfg.n_indices) if newest is None else newest.float() * id_known
-            self.register_buffer("catalog_only", catalog_only, persistent=False)
-            self.register_buffer("newest", stand_ins * self.has_text, persistent=False)
+            self.register_buffer("new_item", new_item, persistent=False)
             self.text_in = nn.Linear(cfg.text_dim, d)
             self.text_out = None if cfg.weight_tying else nn.Linear(cfg.text_dim, d)
             self.text_bias = nn.Linear(cfg.text_dim, 1)
@@ -172,24 +173,22 @@ class BERT4Rec(nn.Module):
         return self.cfg.text_dim > 0
 
     def id_keep(self, generator: torch.Generator | None = None) -> torch.Tensor | None:
-        """Per-index weight of the id part (hybrid only): 0 without interactions; while training also 0 for
-        a random `id_dropout` share of items with text and a `NEW_ITEM_DROP` share of the newest items;
-        None for an id-only model."""
+        """Per-index weight of the id part (hybrid only): 0 for new items; while training also 0 for a
+        random `id_dropout` share of items with text; None for an id-only model."""
         if not self.hybrid:
             return None
         keep = self.id_known
-        if self.training and (self.cfg.id_dropout > 0 or self.newest.any()):
+        if self.training and self.cfg.id_dropout > 0:
             draw = torch.rand(keep.shape, generator=generator, device=keep.device)
-            share = torch.where(self.newest > 0, NEW_ITEM_DROP, self.cfg.id_dropout)
-            keep = keep * ~((draw < share) & (self.has_text > 0))
+            keep = keep * ~((draw < self.cfg.id_dropout) & (self.has_text > 0))
         return keep
 
     def _new_out(self) -> torch.Tensor:
         return self.new_in if self.new_out is None else self.new_out  # tied output: the input's mark
 
     def _new_mark(self, keep: torch.Tensor) -> torch.Tensor:
-        """(n_indices, 1): 1 for items shown as new (catalog-only, or a newest item without its id this step)."""
-        return ((self.catalog_only + self.newest) * (1.0 - keep)).unsqueeze(-1)
+        """(n_indices, 1): 1 for new items (never an item whose id part is only dropped for this step)."""
+        return (self.new_item * (1.0 - keep)).unsqueeze(-1)
 
     def _text_part(self, projection: nn.Linear, indices: torch.Tensor | None = None) -> torch.Tensor:
         text, has_text = (self.text, self.has_text) if indices is None else (self.text[indices], self.has_text[indices])

@@ -157,7 +157,8 @@ def _calibrate_new_items(cfg: TrainConfig, model: BERT4Rec, data: Interactions, 
     target = recent_share(split.train, data.timestamps, newest) if chosen < 0 else chosen
     model.exposure_boost = calibrate_exposure(model, split.valid.inputs, data.vocab.mask_index, target)
     data.stats["new_item_exposure"] = {"recent_share": round(recent_share(split.train, data.timestamps, newest), 4),
-                                       "target_share": round(target, 4), "bias_boost": round(model.exposure_boost, 4)}
+                                       "target_share": round(target, 4), "bias_boost": round(model.exposure_boost, 4),
+                                       "new_items": int(model.new_item.sum())}
     log.info("new-item exposure calibrated", extra=data.stats["new_item_exposure"])
 
 
