@@ -64,24 +64,44 @@ def cold_events(ratings: pd.DataFrame, cold: set[str]) -> list[tuple[list[str], 
     return events
 
 
-def model_ranks(bundle: Bundle, events: list[tuple[list[str], str]], new_item_shift: float = 0.0) -> np.ndarray:
-    """Full-catalog rank of each target through ONNX Runtime and the bundle's item vectors, the logits of
-    catalog-only items moved by `new_item_shift`."""
+def encoded_events(bundle: Bundle, events: list[tuple[list[str], str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positions of the events the model can score, their intents through ONNX Runtime, their target columns).
+
+    An event whose history has no known item, or whose target is outside the vocabulary, cannot be scored.
+    """
     vocab, encoder = bundle.vocab(), OnnxEncoder(bundle)
+    scored, histories, targets = [], [], []
+    for n, (history, target) in enumerate(events):
+        ids, index = vocab.encode(history)[0][-(bundle.max_len - 1):], vocab.get(target)
+        if len(ids) and index is not None:
+            scored.append(n)
+            histories.append(ids)
+            targets.append(index - 1)
+    intents = [encoder.intents(histories[start:start + SCORE_BATCH]) for start in range(0, len(histories), SCORE_BATCH)]
+    return (np.array(scored, dtype=np.int64),
+            np.concatenate(intents) if intents else np.zeros((0, bundle.manifest["dim"]), dtype=np.float32),
+            np.array(targets, dtype=np.int64))
+
+
+def shifted_vectors(bundle: Bundle, new_item_shift: float) -> tuple[np.ndarray, int]:
+    """(item vectors of items 1..n_items with the logits of catalog-only items moved by `new_item_shift`,
+    the column of the first catalog-only item)."""
     vectors = bundle.item_vectors()[1:bundle.mask_index].copy()
     n_warm = bundle.manifest["n_items"] - bundle.manifest.get("n_catalog_only_items", 0)
     vectors[n_warm:, -1] += new_item_shift  # the bias column
-    ranks = np.full(len(events), vocab.n_items, dtype=np.int64)  # a target outside the vocabulary is never found
-    for start in range(0, len(events), SCORE_BATCH):
-        chunk = events[start:start + SCORE_BATCH]
-        rows = [(n, vocab.encode(history)[0][-(bundle.max_len - 1):], vocab.get(target))
-                for n, (history, target) in enumerate(chunk)]
-        rows = [r for r in rows if r[1] and r[2] is not None]
-        if not rows:
-            continue
-        scores = encoder.intents([h for _, h, _ in rows]) @ vectors.T
-        found = target_ranks(scores, np.array([t - 1 for _, _, t in rows]))
-        ranks[[start + n for n, _, _ in rows]] = found
+    return vectors, n_warm
+
+
+def model_ranks(bundle: Bundle, events: list[tuple[list[str], str]], new_item_shift: float = 0.0,
+                encoded: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Full-catalog rank of each target (`encoded_events`, computed here unless given), the logits of
+    catalog-only items moved by `new_item_shift`; a target the model cannot score is never found."""
+    scored, intents, targets = encoded_events(bundle, events) if encoded is None else encoded
+    vectors, _ = shifted_vectors(bundle, new_item_shift)
+    ranks = np.full(len(events), bundle.manifest["n_items"], dtype=np.int64)
+    for start in range(0, len(scored), SCORE_BATCH):
+        block = slice(start, start + SCORE_BATCH)
+        ranks[scored[block]] = target_ranks(intents[block] @ vectors.T, targets[block])
     return ranks
 
 
@@ -95,31 +115,27 @@ def warm_test_events(bundle: Bundle) -> list[tuple[list[str], str]]:
     return events
 
 
-def catalog_only_share(bundle: Bundle, histories: list[list[str]], shift: float) -> float:
-    """Share of the top-10 slots that catalog-only items take for `histories`, their logits moved by `shift`."""
-    vocab, encoder = bundle.vocab(), OnnxEncoder(bundle)
-    vectors = bundle.item_vectors()[1:bundle.mask_index]
-    n_warm = bundle.manifest["n_items"] - bundle.manifest["n_catalog_only_items"]
+def catalog_only_share(bundle: Bundle, intents: np.ndarray, new_item_shift: float) -> float:
+    """Share of the top-10 slots that catalog-only items take for these intents, their logits moved."""
+    vectors, n_warm = shifted_vectors(bundle, new_item_shift)
     taken = 0
-    for start in range(0, len(histories), SCORE_BATCH):
-        rows = [vocab.encode(h)[0][-(bundle.max_len - 1):] for h in histories[start:start + SCORE_BATCH]]
-        scores = encoder.intents(rows) @ vectors.T
-        scores[:, n_warm:] += shift
+    for start in range(0, len(intents), SCORE_BATCH):
+        scores = intents[start:start + SCORE_BATCH] @ vectors.T
         taken += int((np.argpartition(-scores, 10, axis=1)[:, :10] >= n_warm).sum())
-    return taken / (10 * len(histories))
+    return taken / (10 * len(intents))
 
 
 def exposure_tradeoff(bundle: Bundle, events: list[tuple[list[str], str]]) -> list[dict]:
     """Cold HR@10, warm test NDCG@10 and catalog-only items' share of the validation top-10s as the new-item
-    bias moves away from its calibrated value."""
+    bias moves away from its calibrated value (every history is encoded once)."""
     warm = warm_test_events(bundle)
-    valid = [history[:-1] for history, _ in warm if len(history) >= 2]  # the trainer's validation inputs
-    rows = []
-    for shift in SHIFTS:
-        rows.append({"shift": shift, "cold": ranking_metrics(model_ranks(bundle, events, shift)),
-                     "warm": ranking_metrics(model_ranks(bundle, warm, shift)),
-                     "catalog_only_top10_share": catalog_only_share(bundle, valid, shift)})
-    return rows
+    valid = [(history[:-1], history[-1]) for history, _ in warm if len(history) >= 2]  # the trainer's validation
+    cold_encoded, warm_encoded = encoded_events(bundle, events), encoded_events(bundle, warm)
+    valid_intents = encoded_events(bundle, valid)[1]
+    return [{"shift": shift,
+             "cold": ranking_metrics(model_ranks(bundle, events, shift, cold_encoded)),
+             "warm": ranking_metrics(model_ranks(bundle, warm, shift, warm_encoded)),
+             "catalog_only_top10_share": catalog_only_share(bundle, valid_intents, shift)} for shift in SHIFTS]
 
 
 def text_knn_ranks(bundle: Bundle, events: list[tuple[list[str], str]]) -> np.ndarray:
