@@ -19,19 +19,26 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from seqrec.services.trainer.evaluate import score_histories
 from seqrec.services.trainer.model import BERT4Rec
-from seqrec.shared.history import encode_histories
 
 NEWEST_SHARE = 0.10  # share of warm items, by first appearance, trained as stand-ins for new ones
 
 
-def first_seen(train: Sequence[np.ndarray], timestamps: Sequence[np.ndarray], n_indices: int) -> np.ndarray:
-    """(n_indices,) earliest training timestamp of each item index; +inf for indices never trained on."""
+def training_events(train: Sequence[np.ndarray], timestamps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(item indices, float64 timestamps) of every training interaction; `timestamps` may run past the
+    training prefixes (validation and test items follow them)."""
     items = np.concatenate([seq for seq in train if len(seq)] or [np.zeros(0, np.int64)])
     times = np.concatenate([ts[: len(seq)] for seq, ts in zip(train, timestamps, strict=True) if len(seq)]
                            or [np.zeros(0)])
+    return items, times.astype(np.float64)
+
+
+def first_seen(train: Sequence[np.ndarray], timestamps: Sequence[np.ndarray], n_indices: int) -> np.ndarray:
+    """(n_indices,) earliest training timestamp of each item index; +inf for indices never trained on."""
+    items, times = training_events(train, timestamps)
     first = np.full(n_indices, np.inf)
-    np.minimum.at(first, items, times.astype(np.float64))
+    np.minimum.at(first, items, times)
     return first
 
 
@@ -50,14 +57,11 @@ def newest_items(train: Sequence[np.ndarray], timestamps: Sequence[np.ndarray], 
 def recent_share(train: Sequence[np.ndarray], timestamps: Sequence[np.ndarray], newest: np.ndarray) -> float:
     """Share of the training interactions since the first newest item appeared that went to newest items:
     how much of current consumption new arrivals take."""
-    first = first_seen(train, timestamps, len(newest))
-    if not newest.any():
+    items, times = training_events(train, timestamps)
+    went_to_newest = newest[items]
+    if not went_to_newest.any():
         return 0.0
-    since = first[newest].min()
-    items = np.concatenate([seq for seq in train if len(seq)])
-    times = np.concatenate([ts[: len(seq)] for seq, ts in zip(train, timestamps, strict=True) if len(seq)])
-    recent = times >= since
-    return float(newest[items[recent]].mean()) if recent.any() else 0.0
+    return float(went_to_newest[times >= times[went_to_newest].min()].mean())  # since the first newest item
 
 
 def top_k_share(scores: torch.Tensor, is_new: torch.Tensor, boost: float, k: int) -> float:
@@ -74,15 +78,10 @@ def calibrate_exposure(model: BERT4Rec, histories: list[np.ndarray], mask_index:
     Scored as at serving (new items: catalog-only and the newest warm ones). Bisection over [0, 30] nats;
     0 when new items already take their share.
     """
-    model.eval()
-    vectors = model.item_vectors()[1:mask_index]
-    is_new = model.new_item[1:mask_index]
+    is_new = model.new_item[1:mask_index].cpu()
     if not is_new.any() or target <= 0:
         return 0.0
-    device = vectors.device
-    scores = torch.cat([model(torch.from_numpy(encode_histories(histories[start:start + 256], model.cfg.max_len,
-                                                                  mask_index)).to(device)) @ vectors.T
-                        for start in range(0, len(histories), 256)])
+    scores = torch.from_numpy(score_histories(model, histories, mask_index))
     low, high = 0.0, 30.0
     if top_k_share(scores, is_new, low, k) >= target:
         return 0.0

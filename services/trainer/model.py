@@ -215,8 +215,12 @@ class BERT4Rec(nn.Module):
         """(n_indices, content_dim): item texts as scored by content affinity (new items weigh 1 + new_content)."""
         if not self.hybrid:
             return self.content * self.content_scale[:, None]
+        return self.content * self._content_weight(keep)[:, None]
+
+    def _content_weight(self, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(n_indices,) weight of each item's text in content affinity: 1, or 1 + new_content for new items."""
         keep = self.id_known if keep is None else keep
-        return self.content * (1.0 + self._new_mark(keep) * GATE_SCALE * self.new_content)
+        return 1.0 + self._new_mark(keep).squeeze(-1) * GATE_SCALE * self.new_content
 
     def embed_items(self, ids: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Input item representations (B, T, C)."""
@@ -280,7 +284,7 @@ class BERT4Rec(nn.Module):
         state["out_bias"] = self.output_bias()
         plain.load_state_dict(state)
         if self.cfg.content_dim:
-            plain.content_scale.copy_(1.0 + self._new_mark(self.id_known).squeeze(-1) * GATE_SCALE * self.new_content)
+            plain.content_scale.copy_(self._content_weight())
         return plain.to(self.item_emb.weight.device).eval()
 
     @torch.no_grad()

@@ -153,10 +153,10 @@ def _calibrate_new_items(cfg: TrainConfig, model: BERT4Rec, data: Interactions, 
                          newest: np.ndarray) -> None:
     """Give new items their share of the top-10 slots (`freshness`): `new_item_exposure`, or when it is -1
     the share new arrivals took of recent consumption."""
-    chosen = cfg.hparams.new_item_exposure
-    target = recent_share(split.train, data.timestamps, newest) if chosen < 0 else chosen
+    measured = recent_share(split.train, data.timestamps, newest)
+    target = measured if cfg.hparams.new_item_exposure < 0 else cfg.hparams.new_item_exposure
     model.exposure_boost = calibrate_exposure(model, split.valid.inputs, data.vocab.mask_index, target)
-    data.stats["new_item_exposure"] = {"recent_share": round(recent_share(split.train, data.timestamps, newest), 4),
+    data.stats["new_item_exposure"] = {"recent_share": round(measured, 4),
                                        "target_share": round(target, 4), "bias_boost": round(model.exposure_boost, 4),
                                        "new_items": int(model.new_item.sum())}
     log.info("new-item exposure calibrated", extra=data.stats["new_item_exposure"])
