@@ -126,8 +126,8 @@ def catalog_only_share(bundle: Bundle, intents: np.ndarray, new_item_shift: floa
 
 
 def exposure_tradeoff(bundle: Bundle, events: list[tuple[list[str], str]]) -> list[dict]:
-    """Cold HR@10, warm test NDCG@10 and catalog-only items' share of the validation top-10s as the new-item
-    bias moves away from its calibrated value (every history is encoded once)."""
+    """Cold HR@10, warm test NDCG@10 and catalog-only items' share of the validation top-10s as their bias
+    moves away from its calibrated value (every history is encoded once)."""
     warm = warm_test_events(bundle)
     valid = [(history[:-1], history[-1]) for history, _ in warm if len(history) >= 2]  # the trainer's validation
     cold_encoded, warm_encoded = encoded_events(bundle, events), encoded_events(bundle, warm)
@@ -194,14 +194,16 @@ def write_report(results: dict, docs: Path, command: str) -> None:
     lines += ["", f"Hybrid cold HR@10 is {ratio:.2f}x text-only nearest neighbours (bar: 2x); hybrid warm "
               f"NDCG@10 {results['warm']['hybrid']['ndcg@10']:.4f} vs ID-only "
               f"{results['warm']['id_only']['ndcg@10']:.4f} (bar: no lower).",
-              f"New-item exposure (hybrid, `new_item_exposure` -1): new arrivals took {exposure['recent_share']:.1%} "
-              f"of recent training interactions, so new items get a bias boost of {exposure['bias_boost']:.2f}, "
-              f"which gives them {exposure['target_share']:.1%} of the top-10 slots on the validation histories.",
+              f"New-item exposure (hybrid, `new_item_exposure` -1): the {exposure['newest_items']} newest warm items "
+              f"took {exposure['recent_share']:.1%} of recent training interactions; at that rate per item the "
+              f"{exposure['catalog_only_items']} catalog-only items are expected to take "
+              f"{exposure['expected_share']:.1%} of the top-10 slots on the validation histories, which a bias boost "
+              f"of {exposure['bias_boost']:.2f} gives them.",
               f"Training: {results['hparams']}; hybrid {results['seconds']['hybrid']:.0f} s, "
               f"ID-only {results['seconds']['id_only']:.0f} s (2-core CPU).", "",
-              "Exposure trade-off (hybrid bundle, the new-item bias moved by Δ from its calibrated value; "
+              "Exposure trade-off (hybrid bundle, the bias of catalog-only items moved by Δ from its calibrated value; "
               "Δ = 0 is the row above):", "",
-              "| Δ new-item bias | cold HR@10 | cold NDCG@10 | warm test HR@10 | warm test NDCG@10 "
+              "| Δ catalog-only bias | cold HR@10 | cold NDCG@10 | warm test HR@10 | warm test NDCG@10 "
               "| catalog-only share of validation top-10s |",
               "|---|---|---|---|---|---|"]
     lines += [f"| {row['shift']:+.1f} | {row['cold']['hr@10']:.4f} | {row['cold']['ndcg@10']:.4f} | "

@@ -42,7 +42,7 @@ class Hyperparameters:
     patience: int = 5  # epochs without validation NDCG@10 gain before stopping
     eval_every: int = 0  # validate every N epochs; 0 = auto (about every 200 optimizer steps, at least each epoch)
     id_dropout: float = 0.3  # hybrid only: share of items whose id part is hidden each step (text alone stands in)
-    new_item_exposure: float = -1.0  # hybrid only: share of top-10 slots new items get (-1 = measured, 0 = no boost)
+    new_item_exposure: float = -1.0  # hybrid only: top-10 share of items with no interactions (-1 = measured, 0 = off)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from seqrec.services.trainer.freshness import (
+    UNSEEN_SHARE_CAP,
     calibrate_exposure,
+    expected_unseen_share,
     first_seen,
     newest_items,
     recent_share,
@@ -58,7 +60,16 @@ def test_recent_share_is_what_newest_items_took_since_they_appeared():
     assert recent_share(train, times, newest) == 0.5
 
 
-def test_exposure_boost_gives_new_items_their_share_of_the_top_slots():
+def test_unseen_items_are_expected_to_be_consumed_like_the_newest_ones_per_item():
+    assert expected_unseen_share(0.10, n_newest=100, n_unseen=50) == pytest.approx(0.05)
+    assert expected_unseen_share(0.10, n_newest=100, n_unseen=150) == pytest.approx(0.15)
+    assert expected_unseen_share(0.10, n_newest=100, n_unseen=10_000) == pytest.approx(UNSEEN_SHARE_CAP * 0.10)
+    assert expected_unseen_share(0.60, n_newest=10, n_unseen=10_000) == pytest.approx(0.99)
+    assert expected_unseen_share(0.10, n_newest=0, n_unseen=50) == 0.0
+    assert expected_unseen_share(0.10, n_newest=100, n_unseen=0) == 0.0
+
+
+def test_exposure_boost_gives_catalog_only_items_their_share_of_the_top_slots():
     torch.manual_seed(0)
     n_items = 40
     text = torch.randn(n_items + 2, 8)
@@ -75,7 +86,8 @@ def test_exposure_boost_gives_new_items_their_share_of_the_top_slots():
     assert boost > 0
     ids = torch.from_numpy(encode_histories(histories, 8, n_items + 1))
     scores = (model(ids) @ model.item_vectors()[1: n_items + 1].T).detach()
-    is_new = model.new_item[1: n_items + 1]
-    assert is_new.sum() == 15  # the 5 newest warm items and the 10 catalog-only ones
-    assert top_k_share(scores, is_new, boost, 5) == pytest.approx(0.4, abs=0.05)
-    assert top_k_share(scores, is_new, 0.0, 5) < 0.4
+    assert model.new_item[1: n_items + 1].sum() == 15  # new: the 5 newest warm items and the 10 catalog-only ones
+    unseen = model.catalog_only[1: n_items + 1]
+    assert unseen.sum() == 10  # the boost goes to the catalog-only ones: the newest warm items have a track record
+    assert top_k_share(scores, unseen, boost, 5) == pytest.approx(0.4, abs=0.05)
+    assert top_k_share(scores, unseen, 0.0, 5) < 0.4

@@ -13,6 +13,7 @@ from seqrec.proto.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from seqrec.services.embedder.server import EmbedderApp, EmbedderSettings
 from seqrec.services.ranker.publish import publish
 from seqrec.services.ranker.server import RankerApp
+from seqrec.services.trainer.freshness import expected_unseen_share
 from seqrec.services.trainer.model import GATE_SCALE, BERT4Rec, ModelConfig
 from seqrec.shared.bundle import ITEM_TO_ITEM, TEXT_EMBEDDINGS, TEXT_PROJECTION, Bundle
 from seqrec.shared.local_services import free_port
@@ -55,9 +56,12 @@ def test_text_projection_gives_the_vector_of_an_item_known_only_by_text():
     model = _hybrid_model().eval()
     projection = model.text_projection().numpy()
     vectors = model.item_vectors().detach().numpy()
-    for index in (5, 7, 8, 9):  # new items (the newest warm one and catalog-only): no id part
+    for index in (7, 8, 9):  # catalog-only items: no id part, no interactions
         got = text_only_vector(model.text[index: index + 1].numpy(), projection)[0]
         np.testing.assert_allclose(got, vectors[index], atol=1e-5)
+    stand_in = text_only_vector(model.text[5:6].numpy(), projection)[0]  # the newest warm item: no id part either,
+    np.testing.assert_allclose(stand_in[:-1], vectors[5, :-1], atol=1e-5)  # but its track record earns no boost
+    assert stand_in[-1] - vectors[5, -1] == pytest.approx(model.exposure_boost, abs=1e-5)
 
 
 def test_intent_carries_the_content_query_of_the_last_history_items():
@@ -79,8 +83,9 @@ def test_new_items_carry_the_new_item_marks_and_dropped_ids_do_not():
     assert model.new_item.nonzero().squeeze(1).tolist() == [5, 7, 8, 9]  # the newest warm item and catalog-only
     bias = model.output_bias().detach()
     plain = model.out_bias.detach() * model.id_known + model.text_bias(model.text).squeeze(-1).detach() * model.has_text
-    marks = (GATE_SCALE * model.new_bias + model.exposure_boost).detach().expand(4)
-    torch.testing.assert_close(bias[[5, 7, 8, 9]] - plain[[5, 7, 8, 9]], marks)  # new items carry the marks
+    marks = (GATE_SCALE * model.new_bias).detach() + torch.tensor([0.0, 1.0, 1.0, 1.0]) * model.exposure_boost
+    torch.testing.assert_close(bias[[5, 7, 8, 9]] - plain[[5, 7, 8, 9]], marks)  # new items carry the marks,
+    # and the exposure boost goes to those nobody has interacted with (catalog-only), not to the newest warm one
     torch.testing.assert_close(bias[[1, 2, 3, 4, 6]], plain[[1, 2, 3, 4, 6]])  # other warm items do not
     model.train()
     keep = model.id_known.clone()
@@ -88,7 +93,7 @@ def test_new_items_carry_the_new_item_marks_and_dropped_ids_do_not():
     marked = model.output_bias(keep).detach() - (model.out_bias.detach() * keep
                                                   + model.text_bias(model.text).squeeze(-1).detach() * model.has_text)
     assert marked[4] == pytest.approx(0.0, abs=1e-6)
-    assert marked[5] == pytest.approx(GATE_SCALE * model.new_bias.item() + model.exposure_boost)
+    assert marked[5] == pytest.approx(GATE_SCALE * model.new_bias.item())
 
 
 def test_id_dropout_hides_ids_only_while_training_and_only_for_items_with_text():
@@ -126,7 +131,9 @@ def test_catalog_only_items_get_text_only_vectors(cold_bundle):
     new = np.abs(scale - 1.0) > 1e-4  # new items (the newest warm ones and catalog-only) weigh their own
     assert new[np.array(cold) - 1].all() and 0 < new.sum() - len(cold) <= 0.11 * (vocab.n_items - len(cold)) + 1
     exposure = metrics["data"]["new_item_exposure"]
-    assert 0.0 < exposure["recent_share"] <= 1.0 and exposure["target_share"] == exposure["recent_share"]
+    assert 0.0 < exposure["recent_share"] <= 1.0 and exposure["catalog_only_items"] == len(cold)
+    assert exposure["target_share"] == exposure["expected_share"] == pytest.approx(
+        expected_unseen_share(exposure["recent_share"], exposure["newest_items"], len(cold)), abs=1e-4)
     assert exposure["bias_boost"] >= 0.0
 
 

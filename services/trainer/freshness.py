@@ -5,11 +5,13 @@ most recently introduced warm items — those whose first training interaction i
 `NEWEST_SHARE` of first appearances — as new items too (text and new-item marks, no id), in training
 and in the bundle.
 
-A model trained for likelihood ranks a new item low: it has no track record, and each one alone is
-rarely consumed, although together new arrivals take a steady share of what people consume. After
-training, `calibrate_exposure` sets a bias boost for new items so that they take that same share of the
-top-10 slots on the validation histories (what AWS Personalize calls exploration of new items, here
-measured from the data rather than set by hand).
+A model trained for likelihood ranks an item nobody has consumed yet low: it has no track record, and
+each one alone is rarely consumed, although together new arrivals take a steady share of what people
+consume. After training, `calibrate_exposure` gives the items with no interactions at all (catalog-only
+items, and items added online) a bias boost so that they take their expected share of the top-10 slots
+on the validation histories (what AWS Personalize calls exploration of new items, here measured from the
+data rather than set by hand). `expected_unseen_share` estimates that share: each unseen item is taken to
+be consumed like one of the newest warm items, whose recent share of interactions is measured.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from seqrec.services.trainer.evaluate import score_histories
 from seqrec.services.trainer.model import BERT4Rec
 
 NEWEST_SHARE = 0.10  # share of warm items, by first appearance, trained as stand-ins for new ones
+UNSEEN_SHARE_CAP = 2.0  # unseen items together get at most this multiple of the newest items' measured share:
+# a catalog can hold many items nobody will ever want, and the per-item estimate would hand them every slot
 
 
 def training_events(train: Sequence[np.ndarray], timestamps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -64,6 +68,15 @@ def recent_share(train: Sequence[np.ndarray], timestamps: Sequence[np.ndarray], 
     return float(went_to_newest[times >= times[went_to_newest].min()].mean())  # since the first newest item
 
 
+def expected_unseen_share(recent: float, n_newest: int, n_unseen: int) -> float:
+    """Share of the top-10 slots for `n_unseen` items with no interactions, if each is consumed like one of the
+    `n_newest` newest warm items, which together took `recent` of recent interactions (capped, see
+    UNSEEN_SHARE_CAP, and below 1)."""
+    if n_newest == 0 or n_unseen == 0:
+        return 0.0
+    return min(recent * n_unseen / n_newest, UNSEEN_SHARE_CAP * recent, 0.99)
+
+
 def top_k_share(scores: torch.Tensor, is_new: torch.Tensor, boost: float, k: int) -> float:
     """Share of the top-k slots (over all rows of `scores` [users, items]) that new items take at `boost`."""
     top = (scores + boost * is_new).topk(min(k, scores.shape[1]), dim=1).indices
@@ -73,12 +86,11 @@ def top_k_share(scores: torch.Tensor, is_new: torch.Tensor, boost: float, k: int
 @torch.no_grad()
 def calibrate_exposure(model: BERT4Rec, histories: list[np.ndarray], mask_index: int, target: float,
                        k: int = 10, steps: int = 30) -> float:
-    """The bias boost for new items that gives them `target` of the top-k slots on `histories`.
+    """The bias boost for catalog-only items that gives them `target` of the top-k slots on `histories`.
 
-    Scored as at serving (new items: catalog-only and the newest warm ones). Bisection over [0, 30] nats;
-    0 when new items already take their share.
+    Scored as at serving. Bisection over [0, 30] nats; 0 when they already take their share.
     """
-    is_new = model.new_item[1:mask_index].cpu()
+    is_new = model.catalog_only[1:mask_index].cpu()
     if not is_new.any() or target <= 0:
         return 0.0
     scores = torch.from_numpy(score_histories(model, histories, mask_index))

@@ -136,10 +136,13 @@ class BERT4Rec(nn.Module):
             id_known[1: n_warm + 1] = 1.0  # items seen in training ...
             id_known = id_known * (1.0 - new_item)  # ... unless they count as new
             id_known[cfg.n_indices - 1] = 1.0  # [MASK] is an id-only token
+            catalog_only = torch.zeros(cfg.n_indices)
+            catalog_only[n_warm + 1: cfg.n_indices - 1] = 1.0
             self.register_buffer("text", text.float(), persistent=False)
             self.register_buffer("has_text", has_text, persistent=False)
             self.register_buffer("id_known", id_known, persistent=False)
             self.register_buffer("new_item", new_item, persistent=False)
+            self.register_buffer("catalog_only", catalog_only, persistent=False)
             self.text_in = nn.Linear(cfg.text_dim, d)
             self.text_out = None if cfg.weight_tying else nn.Linear(cfg.text_dim, d)
             self.text_bias = nn.Linear(cfg.text_dim, 1)
@@ -148,7 +151,9 @@ class BERT4Rec(nn.Module):
             self.new_bias = nn.Parameter(torch.zeros(()))
             if cfg.content_dim:  # extra weight of content affinity for new items
                 self.new_content = nn.Parameter(torch.zeros(()))
-            self.exposure_boost = 0.0  # added to the bias of new items after training (`freshness.calibrate_exposure`)
+            # added after training to the bias of items nobody has interacted with yet: catalog-only items and
+            # items added online through `text_projection` (`freshness.calibrate_exposure`)
+            self.exposure_boost = 0.0
         self.apply(self._init)
 
     @staticmethod
@@ -209,7 +214,8 @@ class BERT4Rec(nn.Module):
             return self.out_bias
         keep = self.id_known if keep is None else keep
         return (self.out_bias * keep + self._text_part(self.text_bias).squeeze(-1)
-                + self._new_mark(keep).squeeze(-1) * (GATE_SCALE * self.new_bias + self.exposure_boost))
+                + self._new_mark(keep).squeeze(-1) * GATE_SCALE * self.new_bias
+                + self.catalog_only * self.exposure_boost)
 
     def output_content(self, keep: torch.Tensor | None = None) -> torch.Tensor:
         """(n_indices, content_dim): item texts as scored by content affinity (new items weigh 1 + new_content)."""

@@ -17,7 +17,12 @@ from seqrec.services.trainer import distributed
 from seqrec.services.trainer.data import Interactions, load_interactions
 from seqrec.services.trainer.evaluate import evaluate
 from seqrec.services.trainer.export import INPUT_NAME, OUTPUT_NAME, export_encoder
-from seqrec.services.trainer.freshness import calibrate_exposure, newest_items, recent_share
+from seqrec.services.trainer.freshness import (
+    calibrate_exposure,
+    expected_unseen_share,
+    newest_items,
+    recent_share,
+)
 from seqrec.services.trainer.model import BERT4Rec, ModelConfig
 from seqrec.services.trainer.report import markdown_report, plot_curves, training_warnings
 from seqrec.services.trainer.split import EvalSet, LeaveOneOut, leave_one_out, training_windows
@@ -151,12 +156,15 @@ def _run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool,
 
 def _calibrate_new_items(cfg: TrainConfig, model: BERT4Rec, data: Interactions, split: LeaveOneOut,
                          newest: np.ndarray) -> None:
-    """Give new items their share of the top-10 slots (`freshness`): `new_item_exposure`, or when it is -1
-    the share new arrivals took of recent consumption."""
+    """Give items nobody has interacted with yet their share of the top-10 slots (`freshness`):
+    `new_item_exposure`, or when it is -1 the share expected from how the newest warm items were consumed."""
     measured = recent_share(split.train, data.timestamps, newest)
-    target = measured if cfg.hparams.new_item_exposure < 0 else cfg.hparams.new_item_exposure
+    n_newest, n_unseen = int(newest.sum()), int(model.catalog_only.sum())
+    expected = expected_unseen_share(measured, n_newest, n_unseen)
+    target = expected if cfg.hparams.new_item_exposure < 0 else cfg.hparams.new_item_exposure
     model.exposure_boost = calibrate_exposure(model, split.valid.inputs, data.vocab.mask_index, target)
-    data.stats["new_item_exposure"] = {"recent_share": round(measured, 4),
+    data.stats["new_item_exposure"] = {"recent_share": round(measured, 4), "newest_items": n_newest,
+                                       "catalog_only_items": n_unseen, "expected_share": round(expected, 4),
                                        "target_share": round(target, 4), "bias_boost": round(model.exposure_boost, 4),
                                        "new_items": int(model.new_item.sum())}
     log.info("new-item exposure calibrated", extra=data.stats["new_item_exposure"])
