@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from markov_baseline import markov_test_metrics
 from prepare_data import prepare_beauty
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +66,9 @@ def report(results: list[dict], out: Path) -> None:
              "except the flags shown. Test metrics twice: with the items a user has already seen left in the "
              "ranking (ANCHORS.md's stated protocol) and with them excluded. The published rows come from code "
              "that excludes seen items (LlamaRec's `exclude_history=True`, Klenitskiy & Vasilev's "
-             "`filter_seen: True`), so they belong in the seen-excluded columns.", "",
+             "`filter_seen: True`), so they belong in the seen-excluded columns. The Markov chain "
+             "(bench/markov_baseline.py) ranks by how often an item followed the user's last item in the "
+             "training prefixes, ties by popularity.", "",
              "| dataset | model | valid NDCG@10 | test HR@10 | test NDCG@10 | test HR@10, seen excluded "
              "| test NDCG@10, seen excluded | epochs (best) | train time |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -77,6 +80,12 @@ def report(results: list[dict], out: Path) -> None:
                      f"{m['epochs']} ({m['best_epoch']}) | {m['train_seconds'] / 60:.1f} min |")
         pop = m["popularity_test"]
         lines.append(f"| {r['dataset']} | popularity | | {pop['hr@10']:.4f} | {pop['ndcg@10']:.4f} | | | | |")
+        if "markov" not in r:  # kept in the JSON, so --merge works once the bundle is gone
+            r["markov"] = markov_test_metrics(Path(r["bundle"]))
+        markov = r["markov"]
+        lines.append(f"| {r['dataset']} | first-order Markov chain (same split) | | {markov['test']['hr@10']:.4f} | "
+                     f"{markov['test']['ndcg@10']:.4f} | {markov['test_seen_excluded']['hr@10']:.4f} | "
+                     f"{markov['test_seen_excluded']['ndcg@10']:.4f} | | |")
         for anchor, hr, ndcg in ANCHORS[r["dataset"]]:
             lines.append(f"| {r['dataset']} | {anchor}, published | | | | {hr:.4f} | {ndcg:.4f} | | |")
     lines += ["", "Commands:", ""]
