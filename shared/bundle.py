@@ -195,6 +195,13 @@ class Bundle:
         return np.load(self.file(name), allow_pickle=False)
 
     @property
+    def model_dim(self) -> int:
+        """Leading columns of the item vectors that are the model's output item vectors (item-to-item
+        similarity uses them; content, transition and bias columns follow)."""
+        model = self.manifest.get("model") or {}
+        return int(model.get("hidden_size", int(self.manifest["dim"]) - 1))
+
+    @property
     def hybrid(self) -> bool:
         """Whether item text is part of the model (the bundle can then embed brand-new items)."""
         return self.has(TEXT_PROJECTION)

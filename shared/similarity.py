@@ -12,15 +12,15 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
-def item_to_item_vectors(item_vectors: np.ndarray, text: np.ndarray | None = None, content_dim: int = 0) -> np.ndarray:
-    """From item vectors [n, C + content_dim + 1] (the content columns and the bias dropped) and, for hybrid
-    models, text embeddings [n, 384].
+def item_to_item_vectors(item_vectors: np.ndarray, model_dim: int, text: np.ndarray | None = None) -> np.ndarray:
+    """From the first `model_dim` columns of item vectors (the output item vectors; content, transition and
+    bias columns follow) and, for hybrid models, text embeddings [n, 384].
 
     Id-only: cosine of the model's output item vectors. Hybrid: the mean of that cosine and the MiniLM
     cosine of the two texts (both halves unit length, scaled by 1/sqrt 2); a row without text keeps its
     model half at unit length, so every row has norm 1.
     """
-    model = unit_rows(item_vectors[:, : item_vectors.shape[1] - 1 - content_dim])
+    model = unit_rows(item_vectors[:, :model_dim])
     if text is None:
         return model
     has_text = np.linalg.norm(text, axis=1) > 0

@@ -19,16 +19,16 @@ from seqrec.shared.metrics import ranking_metrics
 def test_onnx_matches_torch_at_several_lengths_with_padding(tmp_path, tying, attn_mask):
     torch.manual_seed(0)
     model = BERT4Rec(ModelConfig(n_indices=202, max_len=16, hidden_size=32, heads=4, weight_tying=tying,
-                                 use_attention_mask=attn_mask)).eval()
+                                 use_attention_mask=attn_mask, transition_dim=16)).eval()
     path = export_encoder(model, tmp_path / "encoder.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    for lengths in ([1], [3, 7], [15, 2, 9], [40, 1]):
+    for lengths in ([1], [0, 3], [3, 7], [15, 2, 9], [40, 1]):
         histories = [rng.integers(1, 201, size=n).tolist() for n in lengths]
         ids = encode_histories(histories, 16, 201)
         onnx_out = session.run(["intent"], {"item_ids": ids})[0]
         torch_out = model(torch.from_numpy(ids)).detach().numpy()
-        assert onnx_out.shape == (len(lengths), 33)
+        assert onnx_out.shape == (len(lengths), 32 + 16 + 1)  # output vector, transition query, bias
         assert np.abs(onnx_out - torch_out).max() <= 1e-4
         if attn_mask:  # padding is invisible: each row scores the same alone, in a batch, or padded to max_len
             alone = np.concatenate([session.run(None, {"item_ids": encode_histories([h], 16, 201)})[0]
@@ -49,7 +49,7 @@ def test_bundle_contents(trained_bundle):
         assert name in m["files"] and len(m["files"][name]["sha256"]) == 64
     assert m["config"]["hparams"]["hidden_size"] == 32 and m["libraries"]["torch"]
     vectors = bundle.item_vectors()
-    assert m["hybrid"] and m["dim"] == 32 + 384 + 1  # output vector, item text (content affinity), bias
+    assert m["hybrid"] and m["dim"] == 32 + 384 + 32 + 1  # output vector, item text, transition vector, bias
     assert vectors.dtype == np.float32 and vectors.shape == (m["n_items"] + 2, m["dim"])
     assert bundle.popularity().shape == (m["n_items"] + 2,)
     on_disk = bundle.metrics()

@@ -30,12 +30,13 @@ def _hybrid_model(n_warm: int = 6, n_items: int = 9, tying: bool = False) -> BER
     text[0] = text[-1] = 0.0  # padding and [MASK] have no text
     text[3] = 0.0  # an item without text
     cfg = ModelConfig(n_indices=n_items + 2, max_len=8, hidden_size=16, heads=2, weight_tying=tying,
-                      text_dim=16, id_dropout=0.5, content_dim=16)
+                      text_dim=16, id_dropout=0.5, content_dim=16, transition_dim=8)
     newest = torch.zeros(n_items + 2, dtype=torch.bool)
     newest[5] = True  # a warm item that stands in for new ones in training
     model = BERT4Rec(cfg, text=text, n_warm=n_warm, newest=newest)
     with torch.no_grad():  # the new-item marks and content taps start at zero: make them count
-        for param in (model.new_in, model.new_out, model.new_bias, model.new_content, model.content_taps):
+        for param in (model.new_in, model.new_out, model.new_bias, model.new_content, model.content_taps,
+                      model.prev_emb.weight, model.next_emb.weight):
             if param is not None:
                 param.normal_()
     model.exposure_boost = 0.7
@@ -124,7 +125,7 @@ def test_catalog_only_items_get_text_only_vectors(cold_bundle):
     assert bundle.popularity()[cold].sum() == 0
     # content affinity: hybrid item vectors are [output vector, text, bias]; the encoder's intent matches
     hidden = bundle.manifest["model"]["hidden_size"]
-    assert vectors.shape[1] == bundle.manifest["dim"] == hidden + TEXT_DIM + 1
+    assert vectors.shape[1] == bundle.manifest["dim"] == hidden + TEXT_DIM + hidden + 1
     content = vectors[1:bundle.mask_index, hidden: hidden + TEXT_DIM]
     scale = (content * text[1:bundle.mask_index]).sum(1)  # texts are unit length: the weight of each row's text
     np.testing.assert_allclose(content, text[1:bundle.mask_index] * scale[:, None], atol=1e-5)

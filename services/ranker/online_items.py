@@ -68,7 +68,7 @@ class TextVectorizer:
     def __init__(self, bundle: Bundle, vocab: ItemVocab, item_vectors: np.ndarray):
         self.vocab = vocab
         self.projection = bundle.array(TEXT_PROJECTION)
-        self.content_dim = int(bundle.manifest["model"].get("content_dim", 0))  # text columns in item vectors
+        self.model_dim = bundle.model_dim  # leading item-vector columns used for item-to-item similarity
         self.text = bundle.array(TEXT_EMBEDDINGS)
         self.item_vectors = item_vectors
 
@@ -88,8 +88,8 @@ class TextVectorizer:
             old = self.text[index: index + 1]
             old_part = text_only_vector(old, self.projection)[0] if np.any(old) else 0.0
             out[row] = self.item_vectors[index] - old_part + out[row]
-        return keys, out.astype(np.float32), item_to_item_vectors(out, text, self.content_dim)
+        return keys, out.astype(np.float32), item_to_item_vectors(out, self.model_dim, text)
 
     def query_vector(self, text: np.ndarray) -> np.ndarray:
         """The item-to-item query vector [1, d] of an item known only by its text."""
-        return item_to_item_vectors(text_only_vector(text, self.projection), text, self.content_dim)
+        return item_to_item_vectors(text_only_vector(text, self.projection), self.model_dim, text)

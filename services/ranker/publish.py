@@ -41,7 +41,9 @@ def resolve_bundle(path: Path) -> Path:
 
 def bundle_item_to_item_vectors(bundle: Bundle, item_vectors: np.ndarray) -> np.ndarray:
     """The hybrid bundle's precomputed item-to-item vectors, or unit output embeddings for an id-only one."""
-    return bundle.array(ITEM_TO_ITEM) if bundle.has(ITEM_TO_ITEM) else item_to_item_vectors(item_vectors)
+    if bundle.has(ITEM_TO_ITEM):
+        return bundle.array(ITEM_TO_ITEM)
+    return item_to_item_vectors(item_vectors, bundle.model_dim)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -17,9 +17,15 @@ learned weighting of the raw MiniLM embeddings of the last `CONTENT_TAPS` histor
 only a coarse part of it), which is what ranks new items among themselves.
 `fused()` folds text and marks into plain embedding tables for export, so serving sees one architecture.
 
+Last-item transitions (`transition_dim` > 0): every score also holds `prev(last item) · next(item)`, a
+factorized first-order Markov chain (the "FMC" of Rendle et al.'s FPMC) learned jointly with the encoder.
+What follows what is a sparse, high-rank pattern that the 64-wide encoder compresses poorly: a plain
+first-order Markov chain beat the encoder alone on both benchmark datasets (docs/training_benchmark.md).
+
 Scoring contract shared with serving: `intent(ids)` [B, D] · `item_vectors()` [n_indices, D] is
 exactly the model's logit for every item. Columns: the output item vectors (hidden_size), then the
-item texts (content_dim; hybrid only), then the output bias (the intent carries a constant 1 there).
+item texts (content_dim; hybrid only), then the transition vectors (transition_dim), then the output
+bias (the intent carries a constant 1 there).
 """
 
 from __future__ import annotations
@@ -47,6 +53,12 @@ class ModelConfig:
     text_dim: int = 0  # > 0: hybrid model over frozen text embeddings of this width
     id_dropout: float = 0.0  # hybrid training: share of items (with text) whose id part is hidden per step
     content_dim: int = 0  # > 0: content affinity over frozen text embeddings of this width (hybrid and its export)
+    transition_dim: int = 0  # > 0: factorized last-item transitions of this width
+
+    @property
+    def vector_dim(self) -> int:
+        """Width of intents and item vectors: output vector, item text, transition vector, bias."""
+        return self.hidden_size + self.content_dim + self.transition_dim + 1
 
 
 CONTENT_TAPS = 8  # history items (newest first) whose text forms the content-affinity query
@@ -116,6 +128,9 @@ class BERT4Rec(nn.Module):
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
         self.out_emb = None if cfg.weight_tying else nn.Embedding(cfg.n_indices, d)
         self.out_bias = nn.Parameter(torch.zeros(cfg.n_indices))
+        if cfg.transition_dim:  # what an item leads to, and what leads to it
+            self.prev_emb = nn.Embedding(cfg.n_indices, cfg.transition_dim, padding_idx=PAD_INDEX)
+            self.next_emb = nn.Embedding(cfg.n_indices, cfg.transition_dim)
         if cfg.content_dim:
             if text is None or text.shape != (cfg.n_indices, cfg.content_dim):
                 raise ValueError(f"content affinity needs text embeddings of shape "
@@ -155,6 +170,9 @@ class BERT4Rec(nn.Module):
             # items added online through `text_projection` (`freshness.calibrate_exposure`)
             self.exposure_boost = 0.0
         self.apply(self._init)
+        if cfg.transition_dim:
+            with torch.no_grad():
+                self.prev_emb.weight[PAD_INDEX].zero_()  # nothing before the first item: no transition
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -264,16 +282,43 @@ class BERT4Rec(nn.Module):
         previous = ids[:, -1 - taps: -1].flip(1)  # (B, taps), newest first
         return torch.einsum("k,bkd->bd", GATE_SCALE * self.content_taps[:taps], self.content[previous])
 
+    @staticmethod
+    def previous_items(ids: torch.Tensor) -> torch.Tensor:
+        """(B, T): the item in the slot before each slot of left-padded ids (padding before the first)."""
+        return F.pad(ids[:, :-1], (1, 0), value=PAD_INDEX)
+
+    def transition_query(self, previous: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(…, transition_dim) transition queries of the items `previous` (…); items without an id part
+        (new items, and in hybrid training those whose id is dropped) have none."""
+        query = self.prev_emb(previous)
+        if not self.hybrid:
+            return query
+        keep = self.id_known if keep is None else keep
+        return query * keep[previous].unsqueeze(-1)
+
+    def transition_out(self, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(n_indices, transition_dim) transition vectors of the items as next items."""
+        if not self.hybrid:
+            return self.next_emb.weight
+        keep = self.id_known if keep is None else keep
+        return self.next_emb.weight * keep[:, None]
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Intent vectors (B, D) at the last slot ([MASK] at serving): the projected hidden state, the
-        content query (hybrid), and a constant 1 that carries the bias."""
+        content query (hybrid), the transition query of the last history item, and a constant 1 that
+        carries the bias."""
         h = self.project(self.encode(ids)[:, -1, :])
         parts = [h, self.content_query(ids)] if self.cfg.content_dim else [h]
+        if self.cfg.transition_dim:
+            parts.append(self.transition_query(self.previous_items(ids)[:, -1]))
         return torch.cat([*parts, torch.ones_like(h[:, :1])], dim=1)
 
     def item_vectors(self) -> torch.Tensor:
-        """(n_indices, D): output item vectors, item texts (hybrid), and the bias as the last column."""
+        """(n_indices, D): output item vectors, item texts (hybrid), transition vectors, and the bias as the
+        last column."""
         parts = [self.output_weight(), self.output_content()] if self.cfg.content_dim else [self.output_weight()]
+        if self.cfg.transition_dim:
+            parts.append(self.transition_out())
         return torch.cat([*parts, self.output_bias()[:, None]], dim=1)
 
     @torch.no_grad()
@@ -288,6 +333,9 @@ class BERT4Rec(nn.Module):
         if self.out_emb is not None:
             state["out_emb.weight"] = self.output_weight()
         state["out_bias"] = self.output_bias()
+        if self.cfg.transition_dim:  # new items' transition rows are zero, as the hybrid model scores them
+            state["prev_emb.weight"] = self.prev_emb.weight * self.id_known[:, None]
+            state["next_emb.weight"] = self.transition_out()
         plain.load_state_dict(state)
         if self.cfg.content_dim:
             plain.content_scale.copy_(self._content_weight())
@@ -295,12 +343,15 @@ class BERT4Rec(nn.Module):
 
     @torch.no_grad()
     def text_projection(self) -> torch.Tensor:
-        """(text_dim + 1, D): `[text, 1] @ P` is the item vector (content, bias) of a new, text-only item."""
+        """(text_dim + 1, D): `[text, 1] @ P` is the item vector (content, bias) of a new, text-only item
+        (no transition vector: nothing is known to lead to it)."""
         weight = self.text_out or self.text_in
         content = torch.eye(self.cfg.text_dim, self.cfg.content_dim, device=weight.weight.device)
         if self.cfg.content_dim:
             content = content * (1.0 + GATE_SCALE * self.new_content)  # a new item's text, weighed for new items
-        top = torch.cat([weight.weight.T, content, self.text_bias.weight.T], dim=1)
+        transition = content.new_zeros(self.cfg.text_dim, self.cfg.transition_dim)
+        top = torch.cat([weight.weight.T, content, transition, self.text_bias.weight.T], dim=1)
         bottom = torch.cat([weight.bias + self._new_out(), content.new_zeros(self.cfg.content_dim),
+                            content.new_zeros(self.cfg.transition_dim),
                             self.text_bias.bias + GATE_SCALE * self.new_bias + self.exposure_boost])[None, :]
         return torch.cat([top, bottom], dim=0)

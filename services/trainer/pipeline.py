@@ -67,7 +67,7 @@ def _write_bundle(writer: b.BundleWriter, cfg: TrainConfig, model: BERT4Rec, dat
     if text is not None:
         writer.write_array(b.TEXT_EMBEDDINGS, text)
         writer.write_array(b.TEXT_PROJECTION, model.text_projection().float().numpy())
-        writer.write_array(b.ITEM_TO_ITEM, item_to_item_vectors(item_vectors, text, model.cfg.content_dim))
+        writer.write_array(b.ITEM_TO_ITEM, item_to_item_vectors(item_vectors, model.cfg.hidden_size, text))
     data.vocab.save(writer.path(b.VOCAB))
     writer.write_array(b.POPULARITY, counts.astype(np.int64))
     if data.items:
@@ -140,7 +140,7 @@ def _run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool,
                                  depth=hp.depth, heads=hp.heads, dropout=hp.dropout, weight_tying=hp.weight_tying,
                                  use_attention_mask=hp.use_attention_mask,
                                  text_dim=0 if text is None else TEXT_DIM, id_dropout=hp.id_dropout,
-                                 content_dim=0 if text is None else TEXT_DIM),
+                                 content_dim=0 if text is None else TEXT_DIM, transition_dim=hp.hidden_size),
                     text=None if text is None else torch.from_numpy(text), n_warm=data.n_warm,
                     newest=None if newest is None else torch.from_numpy(newest))
     model.init_output_bias(torch.from_numpy(train_counts))
@@ -212,7 +212,7 @@ def _evaluate_and_write(cfg: TrainConfig, out_dir: str | Path, data: Interaction
             "mask_index": mask_index,
             "n_items": n_items,
             "n_users": len(data.user_ids),
-            "dim": hp.hidden_size + result.model.cfg.content_dim + 1,
+            "dim": result.model.cfg.vector_dim,
             "hybrid": text is not None,
             "n_catalog_only_items": n_items - data.n_warm,
             "text": None if text is None else {

@@ -132,6 +132,10 @@ class ClozeLoss(nn.Module):
         out = model.project(hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat))  # (P, C)
         targets = labels.view(-1).index_select(0, flat)
         weight, bias = model.output_weight(keep), model.output_bias(keep)
+        if model.cfg.transition_dim:  # the transition term joins the dot product: (P, C + R) · (n, C + R)
+            previous = model.previous_items(inputs).reshape(-1).index_select(0, flat)
+            out = torch.cat([out, model.transition_query(previous, keep)], dim=1)
+            weight = torch.cat([weight, model.transition_out(keep)], dim=1)
         content = self._content_term(inputs, flat, keep)
         if self.sampler is None:
             position_loss = full_softmax_loss(out, weight[: self.n_warm + 1], bias[: self.n_warm + 1], targets,
