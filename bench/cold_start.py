@@ -22,6 +22,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,7 @@ from seqrec.shared.bundle import TEXT_EMBEDDINGS, Bundle  # noqa: E402
 from seqrec.shared.config import DataConfig, TrainConfig, build_hparams  # noqa: E402
 from seqrec.shared.logs import configure_logging  # noqa: E402
 from seqrec.shared.metrics import ranking_metrics, target_ranks  # noqa: E402
+from seqrec.shared.sequence_prior import SequencePrior  # noqa: E402
 
 COLD_SHARE = 0.10  # the last tenth of the timeline
 META = ("genres", "tags")
@@ -64,11 +67,17 @@ def cold_events(ratings: pd.DataFrame, cold: set[str]) -> list[tuple[list[str], 
     return events
 
 
-def encoded_events(bundle: Bundle, events: list[tuple[list[str], str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(positions of the events the model can score, their intents through ONNX Runtime, their target columns).
+@dataclass(frozen=True)
+class EncodedEvents:
+    scored: np.ndarray  # positions of the events the model can score
+    histories: list[list[int]]  # their history windows (item indices)
+    intents: np.ndarray  # their intents through ONNX Runtime
+    targets: np.ndarray  # their target columns (item index - 1)
 
-    An event whose history has no known item, or whose target is outside the vocabulary, cannot be scored.
-    """
+
+def encoded_events(bundle: Bundle, events: list[tuple[list[str], str]]) -> EncodedEvents:
+    """The events the model can score, encoded once. An event whose history has no known item, or whose
+    target is outside the vocabulary, cannot be scored."""
     vocab, encoder = bundle.vocab(), OnnxEncoder(bundle)
     scored, histories, targets = [], [], []
     for n, (history, target) in enumerate(events):
@@ -78,9 +87,9 @@ def encoded_events(bundle: Bundle, events: list[tuple[list[str], str]]) -> tuple
             histories.append(ids)
             targets.append(index - 1)
     intents = [encoder.intents(histories[start:start + SCORE_BATCH]) for start in range(0, len(histories), SCORE_BATCH)]
-    return (np.array(scored, dtype=np.int64),
-            np.concatenate(intents) if intents else np.zeros((0, bundle.manifest["dim"]), dtype=np.float32),
-            np.array(targets, dtype=np.int64))
+    return EncodedEvents(np.array(scored, dtype=np.int64), histories,
+                         np.concatenate(intents) if intents else np.zeros((0, bundle.manifest["dim"]), np.float32),
+                         np.array(targets, dtype=np.int64))
 
 
 def shifted_vectors(bundle: Bundle, new_item_shift: float) -> tuple[np.ndarray, int]:
@@ -92,16 +101,27 @@ def shifted_vectors(bundle: Bundle, new_item_shift: float) -> tuple[np.ndarray, 
     return vectors, n_warm
 
 
+def score_blocks(bundle: Bundle, encoded: EncodedEvents, vectors: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+    """(block, full scores of its events over items 1..n_items) as the ranker scores: intent · vectors plus the
+    bundle's sequence prior."""
+    prior = SequencePrior.from_bundle(bundle)
+    for start in range(0, len(encoded.scored), SCORE_BATCH):
+        block = slice(start, start + SCORE_BATCH)
+        scores = encoded.intents[block] @ vectors.T
+        if prior is not None:
+            prior.add_to(scores, encoded.histories[block])
+        yield block, scores
+
+
 def model_ranks(bundle: Bundle, events: list[tuple[list[str], str]], new_item_shift: float = 0.0,
-                encoded: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                encoded: EncodedEvents | None = None) -> np.ndarray:
     """Full-catalog rank of each target (`encoded_events`, computed here unless given), the logits of
     catalog-only items moved by `new_item_shift`; a target the model cannot score is never found."""
-    scored, intents, targets = encoded_events(bundle, events) if encoded is None else encoded
+    encoded = encoded_events(bundle, events) if encoded is None else encoded
     vectors, _ = shifted_vectors(bundle, new_item_shift)
     ranks = np.full(len(events), bundle.manifest["n_items"], dtype=np.int64)
-    for start in range(0, len(scored), SCORE_BATCH):
-        block = slice(start, start + SCORE_BATCH)
-        ranks[scored[block]] = target_ranks(intents[block] @ vectors.T, targets[block])
+    for block, scores in score_blocks(bundle, encoded, vectors):
+        ranks[encoded.scored[block]] = target_ranks(scores, encoded.targets[block])
     return ranks
 
 
@@ -115,14 +135,12 @@ def warm_test_events(bundle: Bundle) -> list[tuple[list[str], str]]:
     return events
 
 
-def catalog_only_share(bundle: Bundle, intents: np.ndarray, new_item_shift: float) -> float:
-    """Share of the top-10 slots that catalog-only items take for these intents, their logits moved."""
+def catalog_only_share(bundle: Bundle, encoded: EncodedEvents, new_item_shift: float) -> float:
+    """Share of the top-10 slots that catalog-only items take for these events, their logits moved."""
     vectors, n_warm = shifted_vectors(bundle, new_item_shift)
-    taken = 0
-    for start in range(0, len(intents), SCORE_BATCH):
-        scores = intents[start:start + SCORE_BATCH] @ vectors.T
-        taken += int((np.argpartition(-scores, 10, axis=1)[:, :10] >= n_warm).sum())
-    return taken / (10 * len(intents))
+    taken = sum(int((np.argpartition(-scores, 10, axis=1)[:, :10] >= n_warm).sum())
+                for _, scores in score_blocks(bundle, encoded, vectors))
+    return taken / (10 * max(len(encoded.scored), 1))
 
 
 def exposure_tradeoff(bundle: Bundle, events: list[tuple[list[str], str]]) -> list[dict]:
@@ -131,11 +149,11 @@ def exposure_tradeoff(bundle: Bundle, events: list[tuple[list[str], str]]) -> li
     warm = warm_test_events(bundle)
     valid = [(history[:-1], history[-1]) for history, _ in warm if len(history) >= 2]  # the trainer's validation
     cold_encoded, warm_encoded = encoded_events(bundle, events), encoded_events(bundle, warm)
-    valid_intents = encoded_events(bundle, valid)[1]
+    valid_encoded = encoded_events(bundle, valid)
     return [{"shift": shift,
              "cold": ranking_metrics(model_ranks(bundle, events, shift, cold_encoded)),
              "warm": ranking_metrics(model_ranks(bundle, warm, shift, warm_encoded)),
-             "catalog_only_top10_share": catalog_only_share(bundle, valid_intents, shift)} for shift in SHIFTS]
+             "catalog_only_top10_share": catalog_only_share(bundle, valid_encoded, shift)} for shift in SHIFTS]
 
 
 def text_knn_ranks(bundle: Bundle, events: list[tuple[list[str], str]]) -> np.ndarray:

@@ -18,6 +18,11 @@ import numpy as np
 from seqrec.shared.vocab import PAD_INDEX
 
 
+def history_window(history: Sequence[int], keep: int) -> Sequence[int]:
+    """The last `keep` items of a history (oldest first): what the encoder reads, `keep` = max_len - 1."""
+    return history[max(len(history) - keep, 0):]
+
+
 def encode_histories(
     histories: Sequence[Sequence[int]],
     max_len: int,
@@ -31,8 +36,7 @@ def encode_histories(
     """
     if max_len < 2:
         raise ValueError(f"max_len must be at least 2, got {max_len}")
-    keep = max_len - 1
-    rows = [list(h[-keep:]) if len(h) > keep else list(h) for h in histories]
+    rows = [list(history_window(h, max_len - 1)) for h in histories]
     width = max((len(r) for r in rows), default=0) + 1
     if pad_to is not None:
         if not width <= pad_to <= max_len:

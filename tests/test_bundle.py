@@ -13,6 +13,7 @@ from seqrec.services.trainer.model import BERT4Rec, ModelConfig
 from seqrec.shared import bundle as b
 from seqrec.shared.history import encode_histories
 from seqrec.shared.metrics import ranking_metrics
+from seqrec.shared.sequence_prior import SequencePrior
 
 
 @pytest.mark.parametrize("tying,attn_mask", [(False, True), (True, False)])
@@ -69,7 +70,7 @@ def test_sequence_model_beats_popularity(trained_bundle):
 
 
 def test_metrics_reproduce_from_the_bundle_alone(trained_bundle):
-    """ONNX Runtime + item_vectors + histories (what serving reads) give the trainer's test metrics."""
+    """ONNX Runtime + item_vectors + sequence prior + histories (what serving reads) give the trainer's test metrics."""
     path, metrics = trained_bundle
     bundle = b.Bundle.open(path)
     vocab = bundle.vocab()
@@ -79,6 +80,9 @@ def test_metrics_reproduce_from_the_bundle_alone(trained_bundle):
     inputs, targets = [h[:-1] for h in histories], np.array([h[-1] for h in histories])
     intent = session.run(None, {"item_ids": encode_histories(inputs, bundle.max_len, bundle.mask_index)})[0]
     scores = intent @ bundle.item_vectors()[1:bundle.mask_index].T
+    prior = SequencePrior.from_bundle(bundle)
+    assert prior is not None, "the trainer writes a fitted sequence prior"
+    prior.add_to(scores, inputs)
     target_scores = scores[np.arange(len(targets)), targets - 1]
     ranks = (scores > target_scores[:, None] + 1e-5).sum(1)
     online = ranking_metrics(ranks)

@@ -23,6 +23,7 @@ from seqrec.services.ranker.server import RankerApp, RankerSettings
 from seqrec.shared.bundle import HISTORIES, Bundle
 from seqrec.shared.history import encode_histories
 from seqrec.shared.local_services import free_port, start_redis
+from seqrec.shared.sequence_prior import SequencePrior
 from seqrec.shared.settings import Env, SettingsError
 
 SERVICE = "seqrec.proto.v1.RankerService"
@@ -67,10 +68,12 @@ def ranker(published):
 
 
 def _offline_top_k(bundle: Bundle, histories: list[list[int]], k: int) -> list[list[int]]:
-    """The trainer-side answer computed straight from the bundle files: ONNX + item vectors + argsort."""
+    """The trainer-side answer computed straight from the bundle files: ONNX + item vectors + sequence prior
+    + argsort."""
     session = ort.InferenceSession(str(bundle.file("encoder.onnx")), providers=["CPUExecutionProvider"])
     intent = session.run(None, {"item_ids": encode_histories(histories, bundle.max_len, bundle.mask_index)})[0]
     scores = intent @ bundle.item_vectors()[1:bundle.mask_index].T
+    SequencePrior.from_bundle(bundle).add_to(scores, histories)
     return [list(np.argsort(-row, kind="stable")[:k] + 1) for row in scores]
 
 

@@ -42,8 +42,10 @@ from typing import Any
 
 import numpy as np
 
+from seqrec.services.ranker.prior_rescoring import overfetch, rescore
 from seqrec.shared.bundle import HISTORIES, Bundle
 from seqrec.shared.json_api import MAX_TOP_K, RequestError, parse_filters
+from seqrec.shared.sequence_prior import SequencePrior
 
 FORMAT = "seqrec-batch/1"
 MANIFEST = "_manifest.json"  # leading underscore: Parquet dataset readers skip it
@@ -173,20 +175,27 @@ class ExactSearch:
         self.column[candidates] = np.arange(len(candidates))
         self.matrix = np.ascontiguousarray(item_vectors[candidates].T, dtype=np.float32)  # [dim, n_candidates]
 
-    def search(self, intents: np.ndarray, top_k: int, excluded: Sequence[Sequence[int]]) -> list[IndexHits]:
-        """(item index, score) best first per query; ties by lower index, as a stable argsort."""
+    def search(self, intents: np.ndarray, top_k: int, excluded: Sequence[Sequence[int]],
+               added: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> list[IndexHits]:
+        """(item index, score) best first per query; ties by lower index, as a stable argsort. `added`: per
+        query, (item indices, score added to each): the sequence prior's terms."""
         n = len(self.candidates)
         rows = max(1, MAX_SCORE_CELLS // max(n, 1))
         out: list[IndexHits] = []
         for start in range(0, len(intents), rows):
-            out.extend(self._search(intents[start:start + rows], top_k, excluded[start:start + rows]))
+            out.extend(self._search(intents[start:start + rows], top_k, excluded[start:start + rows],
+                                    None if added is None else added[start:start + rows]))
         return out
 
-    def _search(self, intents: np.ndarray, top_k: int, excluded: Sequence[Sequence[int]]) -> list[IndexHits]:
+    def _search(self, intents: np.ndarray, top_k: int, excluded: Sequence[Sequence[int]],
+                added: Sequence[tuple[np.ndarray, np.ndarray]] | None) -> list[IndexHits]:
         n = len(self.candidates)
         if n == 0:
             return [[] for _ in range(len(intents))]
         scores = np.asarray(intents, dtype=np.float32) @ self.matrix
+        for row, (indices, bonus) in enumerate(added or ()):
+            cols = self.column[indices]
+            scores[row, cols[cols >= 0]] += bonus[cols >= 0]
         rows = np.repeat(np.arange(len(excluded)), [len(e) for e in excluded])
         if len(rows):
             cols = self.column[np.fromiter((i for e in excluded for i in e), dtype=np.int64, count=len(rows))]
@@ -247,9 +256,11 @@ class BatchRecommender:
                 DEFAULT_MAX_BATCH_TOKENS
         self.max_batch_tokens = max_batch_tokens
         self.exact = None
+        self.prior = SequencePrior.from_bundle(bundle)
+        self.item_vectors = bundle.item_vectors()
         if store is None:
             allowed = self.catalog.filter_mask(self.clauses) if self.clauses else None
-            self.exact = ExactSearch(bundle.item_vectors(), self.vocab.n_items, allowed)
+            self.exact = ExactSearch(self.item_vectors, self.vocab.n_items, allowed)
         popular = self.catalog.popular(top_k, self.clauses, set())
         self.popular = [(self.vocab.item_id(i), score, self.catalog.display_names[i]) for i, score in popular]
 
@@ -277,19 +288,26 @@ class BatchRecommender:
             rows = [encoded[n] for n in chunk]
             intents = self.encoder.intents(rows)
             excluded = [sorted(set(r)) if self.exclude_seen else [] for r in rows]
-            for n, items in zip(chunk, self._search(intents, excluded), strict=True):
+            for n, items in zip(chunk, self._search(rows, intents, excluded), strict=True):
                 results[n] = UserResult(users[n], items)
             if on_batch:
                 on_batch(len(chunk))
         return results  # type: ignore[return-value]
 
-    def _search(self, intents: np.ndarray, excluded: list[list[int]]) -> list[list[tuple[str, float, str | None]]]:
+    def _search(self, histories: list[list[int]], intents: np.ndarray,
+                excluded: list[list[int]]) -> list[list[tuple[str, float, str | None]]]:
+        """Top-k per history: exact in numpy, or the online search plus the prior as the ranker merges them."""
         if self.exact is not None:
             names = self.catalog.display_names
+            added = None if self.prior is None else [self.prior.terms(h) for h in histories]
             return [[(self.vocab.item_id(i), score, names[i]) for i, score in hits]
-                    for hits in self.exact.search(intents, self.top_k, excluded)]
-        hits = self.store.search(self.version, intents, self.top_k, self.expr, excluded)
-        return [[(item_id, score, display.get("display_name")) for _, score, item_id, display in row] for row in hits]
+                    for hits in self.exact.search(intents, self.top_k, excluded, added)]
+        limit = self.top_k + max(overfetch(self.prior, h, e) for h, e in zip(histories, excluded, strict=True))
+        found = self.store.search(self.version, intents, limit, self.expr, excluded)
+        rows = [rescore(self.prior, history, intent, hits, self.top_k, self.item_vectors, set(skip),
+                        lambda indices: self.catalog.filter_mask(self.clauses, indices), self.catalog.hit_record)
+                for history, intent, hits, skip in zip(histories, intents, found, excluded, strict=True)]
+        return [[(item_id, score, display.get("display_name")) for _, score, item_id, display in row] for row in rows]
 
 
 # ---- output -----------------------------------------------------------------------------------------

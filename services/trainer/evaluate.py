@@ -21,7 +21,8 @@ EVAL_BLOCK_CELLS = 50_000_000  # users × items scored at once (200 MB of float3
 @torch.no_grad()
 def score_histories(model: BERT4Rec, histories: list[np.ndarray], mask_index: int,
                     batch_size: int = 256) -> np.ndarray:
-    """Logits [len(histories), n_items] for items 1..n_items (column j is item index j + 1)."""
+    """Scores [len(histories), n_items] for items 1..n_items (column j is item index j + 1): the model's logits
+    plus its sequence prior once one is fitted (`model.sequence_prior`), exactly as the ranker scores."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -30,7 +31,10 @@ def score_histories(model: BERT4Rec, histories: list[np.ndarray], mask_index: in
     for start in range(0, len(histories), batch_size):
         ids = encode_histories(histories[start:start + batch_size], model.cfg.max_len, mask_index)
         intent = model(torch.from_numpy(ids).to(device))
-        out.append((intent @ vectors.T).float().cpu().numpy())
+        scores = (intent @ vectors.T).float().cpu().numpy()
+        if model.sequence_prior is not None:
+            model.sequence_prior.add_to(scores, histories[start:start + batch_size])
+        out.append(scores)
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, mask_index - 1), dtype=np.float32)
 

@@ -25,7 +25,8 @@ first-order Markov chain beat the encoder alone on both benchmark datasets (docs
 Scoring contract shared with serving: `intent(ids)` [B, D] · `item_vectors()` [n_indices, D] is
 exactly the model's logit for every item. Columns: the output item vectors (hidden_size), then the
 item texts (content_dim; hybrid only), then the transition vectors (transition_dim), then the output
-bias (the intent carries a constant 1 there).
+bias (the intent carries a constant 1 there). Once trained, a count-based sequence prior
+(`seqrec.shared.sequence_prior`, not a torch module) adds sparse terms to that logit, in evaluation and serving.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqrec.shared.sequence_prior import SequencePrior
 from seqrec.shared.vocab import PAD_INDEX
 
 
@@ -169,6 +171,8 @@ class BERT4Rec(nn.Module):
             # added after training to the bias of items nobody has interacted with yet: catalog-only items and
             # items added online through `text_projection` (`freshness.calibrate_exposure`)
             self.exposure_boost = 0.0
+        # count-based terms added to the logit, fitted on the validation split after training (`prior_fit`)
+        self.sequence_prior: SequencePrior | None = None
         self.apply(self._init)
         if cfg.transition_dim:
             with torch.no_grad():
@@ -339,6 +343,7 @@ class BERT4Rec(nn.Module):
         plain.load_state_dict(state)
         if self.cfg.content_dim:
             plain.content_scale.copy_(self._content_weight())
+        plain.sequence_prior = self.sequence_prior
         return plain.to(self.item_emb.weight.device).eval()
 
     @torch.no_grad()

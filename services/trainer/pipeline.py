@@ -24,6 +24,7 @@ from seqrec.services.trainer.freshness import (
     recent_share,
 )
 from seqrec.services.trainer.model import BERT4Rec, ModelConfig
+from seqrec.services.trainer.prior_fit import fit_sequence_prior
 from seqrec.services.trainer.report import markdown_report, plot_curves, training_warnings
 from seqrec.services.trainer.split import EvalSet, LeaveOneOut, leave_one_out, training_windows
 from seqrec.services.trainer.train import EpochRecord, TrainingError, TrainResult, history_as_dicts, train_model
@@ -64,6 +65,8 @@ def _write_bundle(writer: b.BundleWriter, cfg: TrainConfig, model: BERT4Rec, dat
     with torch.no_grad():
         item_vectors = model.item_vectors().float().numpy()
     writer.write_array(b.ITEM_VECTORS, item_vectors)
+    for name, array in model.sequence_prior.arrays().items():
+        writer.write_array(name, array)
     if text is not None:
         writer.write_array(b.TEXT_EMBEDDINGS, text)
         writer.write_array(b.TEXT_PROJECTION, model.text_projection().float().numpy())
@@ -174,16 +177,21 @@ def _evaluate_and_write(cfg: TrainConfig, out_dir: str | Path, data: Interaction
                         result: TrainResult, train_counts: np.ndarray,
                         text: np.ndarray | None, newest: np.ndarray | None) -> tuple[Path, dict[str, Any]]:
     """Test metrics, warnings and the verified bundle of a trained model (rank 0's job when data-parallel)."""
-    if newest is not None:
-        _calibrate_new_items(cfg, result.model, data, split, newest)
     hp = cfg.hparams
     n_items = data.vocab.n_items
     mask_index = data.vocab.mask_index
+    prior_fit = fit_sequence_prior(result.model, split.train, split.valid, mask_index, cfg.seed)
+    encoder_only = evaluate(result.model, split.test, mask_index)
+    result.model.sequence_prior = prior_fit.prior
+    log.info("sequence prior fitted", extra=prior_fit.summary())
+    if newest is not None:
+        _calibrate_new_items(cfg, result.model, data, split, newest)
     test = evaluate(result.model, split.test, mask_index, popularity=train_counts, seed=cfg.seed)
     metrics: dict[str, Any] = {
         "valid": evaluate(result.model, split.valid, mask_index),
         "test": test,
         "test_seen_excluded": evaluate(result.model, split.test, mask_index, exclude_seen=True),
+        "sequence_prior": {**prior_fit.summary(), "test_encoder_only": encoder_only},
         "popularity_test": popularity_metrics(train_counts, split.test),
         "epochs": len(result.history),
         "best_epoch": result.best_epoch,
@@ -220,10 +228,12 @@ def _evaluate_and_write(cfg: TrainConfig, out_dir: str | Path, data: Interaction
                 "name_column": cfg.data.name_col, "template": "name: <display name>; <column>: <value>; ...",
                 "item_vector": "[text_embedding, 1] @ text_projection for an item known only by its text"},
             "metadata_schema": data.stats["metadata_schema"],
+            "sequence_prior": result.model.sequence_prior.manifest_entry(),
             "encoder": {"input": INPUT_NAME, "input_dtype": "int64", "input_shape": ["batch", "length<=max_len"],
                         "output": OUTPUT_NAME, "output_dtype": "float32", "output_shape": ["batch", "dim"],
                         "layout": "history oldest→newest, then mask_index; left-padded with pad_index",
-                        "score": "intent · item_vectors[i] is the logit of item index i"},
+                        "score": "intent · item_vectors[i] is the logit of item index i; sequence_prior adds "
+                                 "its terms"},
             "libraries": _versions(),
         })
     except BaseException:

@@ -1,0 +1,76 @@
+"""Fit the sequence prior's two weights on the validation split, after the encoder is trained.
+
+The counts come from the training sequences alone (the validation and test transitions are not in them).
+The weights are the point of a small grid with the best validation NDCG@10 over the full catalog, seen
+items kept (the model's own ranking); ties go to the smaller weights. Test users are never looked at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from seqrec.services.trainer.evaluate import score_histories
+from seqrec.services.trainer.model import BERT4Rec
+from seqrec.services.trainer.split import EvalSet
+from seqrec.shared.metrics import ranking_metrics
+from seqrec.shared.sequence_prior import SequencePrior
+
+TRANSITION_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+REPEAT_BIASES = (0.0, -0.5, -1.0, -2.0, -4.0, -8.0, -16.0, -32.0)  # -32 nats: seen items go last
+CALIBRATION_USERS = 4096  # validation users the grid is scored on (all of them below this)
+BLOCK_CELLS = 50_000_000  # users × items scored at once
+
+
+@dataclass(frozen=True)
+class PriorFit:
+    prior: SequencePrior
+    encoder_ndcg: float  # validation NDCG@10 of the encoder alone, on the calibration users
+    ndcg: float  # ... with the fitted prior
+    users: int
+
+    def summary(self) -> dict[str, float | int]:
+        return {"transition_weight": self.prior.transition_weight, "repeat_bias": self.prior.repeat_bias,
+                "valid_ndcg@10_encoder_only": round(self.encoder_ndcg, 4), "valid_ndcg@10": round(self.ndcg, 4),
+                "calibration_users": self.users, "transition_pairs": len(self.prior.successors)}
+
+
+def _grid_ranks(scores: np.ndarray, histories: Sequence[np.ndarray], targets: np.ndarray,
+                prior: SequencePrior) -> np.ndarray:
+    """Ranks [len(TRANSITION_WEIGHTS), len(REPEAT_BIASES), users] of the targets (columns target - 1)."""
+    parts = [prior.components(history) for history in histories]
+    rows = np.repeat(np.arange(len(parts)), [len(p[0]) for p in parts])
+    cols = np.concatenate([p[0] for p in parts]) - 1
+    log_counts = np.concatenate([p[1] for p in parts])
+    seen = np.concatenate([p[2] for p in parts])
+    inside = (cols >= 0) & (cols < scores.shape[1])
+    rows, cols, log_counts, seen = rows[inside], cols[inside], log_counts[inside], seen[inside]
+    base = scores[rows, cols].copy()
+    user = np.arange(len(targets))
+    out = np.empty((len(TRANSITION_WEIGHTS), len(REPEAT_BIASES), len(targets)), dtype=np.int64)
+    for a, weight in enumerate(TRANSITION_WEIGHTS):
+        for b, bias in enumerate(REPEAT_BIASES):
+            scores[rows, cols] = base + weight * log_counts + bias * seen
+            out[a, b] = (scores > scores[user, targets - 1][:, None]).sum(axis=1)
+    scores[rows, cols] = base
+    return out
+
+
+def fit_sequence_prior(model: BERT4Rec, train: Sequence[np.ndarray], valid: EvalSet, mask_index: int,
+                       seed: int = 0) -> PriorFit:
+    """Transition counts over `train` and the grid point that ranks `valid` best with the model's scores."""
+    prior = SequencePrior.from_sequences(train, mask_index + 1, model.cfg.max_len - 1)
+    users = valid.sample(CALIBRATION_USERS, seed) if len(valid) > CALIBRATION_USERS else valid
+    block = max(1, BLOCK_CELLS // max(mask_index - 1, 1))
+    ranks = []
+    for start in range(0, len(users), block):
+        histories, targets = users.inputs[start:start + block], users.targets[start:start + block]
+        scores = score_histories(model, histories, mask_index)
+        ranks.append(_grid_ranks(scores, histories, targets, prior))
+    grid = np.concatenate(ranks, axis=2)
+    ndcg = np.array([[ranking_metrics(r, cutoffs=(10,))["ndcg@10"] for r in row] for row in grid])
+    a, b = np.unravel_index(np.argmax(ndcg), ndcg.shape)  # first maximum: the smallest weights
+    return PriorFit(prior.weighted(TRANSITION_WEIGHTS[a], REPEAT_BIASES[b]), float(ndcg[0, 0]), float(ndcg[a, b]),
+                    len(users))

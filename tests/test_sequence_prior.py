@@ -1,0 +1,98 @@
+"""The count-based sequence prior: counts, terms, the serving merge (exact against brute force) and its fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from seqrec.services.ranker.prior_rescoring import overfetch, rescore
+from seqrec.services.trainer.model import BERT4Rec, ModelConfig
+from seqrec.services.trainer.prior_fit import fit_sequence_prior
+from seqrec.services.trainer.split import leave_one_out
+from seqrec.shared.sequence_prior import SequencePrior
+
+
+def _prior(sequences, n_indices=8, window=3, max_successors=256, weight=1.0, bias=0.0) -> SequencePrior:
+    seqs = [np.array(s, dtype=np.int64) for s in sequences]
+    return SequencePrior.from_sequences(seqs, n_indices, window, max_successors).weighted(weight, bias)
+
+
+def test_counts_most_frequent_successors_first_and_truncated():
+    prior = _prior([[1, 2, 1, 3, 1, 3], [1, 4, 2, 5]], max_successors=2)
+    start, stop = prior.indptr[1], prior.indptr[2]
+    assert prior.successors[start:stop].tolist() == [3, 2]  # 1→3 twice; 1→2 and 1→4 once: the lower index
+    assert prior.log_counts[start:stop] == pytest.approx(np.log1p([2, 1]))
+    assert prior.successors[prior.indptr[2]:prior.indptr[3]].tolist() == [1, 5]
+    assert prior.indptr[7] == prior.indptr[8] == len(prior.successors)  # items that lead nowhere
+
+
+def test_terms_add_transitions_of_the_last_item_and_the_repeat_bias_on_the_window():
+    prior = _prior([[1, 2], [1, 2], [1, 3], [4, 1]], weight=2.0, bias=-5.0)
+    indices, bonus = prior.terms([6, 4, 5, 2, 1])  # window (3): 5, 2, 1; last item 1 leads to 2 (x2), 3 (x1)
+    got = dict(zip(indices.tolist(), bonus.tolist(), strict=True))
+    assert got == pytest.approx({1: -5.0, 2: 2 * np.log(3) - 5.0, 3: 2 * np.log(2), 5: -5.0})
+    assert [len(part) for part in prior.terms([])] == [0, 0]
+
+
+def test_add_to_matches_terms():
+    prior = _prior([[1, 2, 3, 1, 4, 6], [2, 3, 5]], bias=-1.0)
+    histories = [[1, 2], [3], [6, 6, 2]]
+    scores = np.zeros((3, 6), dtype=np.float32)
+    prior.add_to(scores, histories)
+    for row, history in enumerate(histories):
+        expected = np.zeros(6, dtype=np.float32)
+        indices, bonus = prior.terms(history)
+        expected[indices - 1] = bonus
+        assert scores[row] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("repeat_bias", [-8.0, 0.0, 3.0])
+def test_serving_merge_is_the_exact_top_k(repeat_bias):
+    """A top-(k + overfetch) search, merged with the prior's items, equals ranking every item by the full score."""
+    rng = np.random.default_rng(0)
+    n_items, dim, k = 300, 6, 10
+    vectors = rng.normal(size=(n_items + 2, dim)).astype(np.float32)
+    sequences = [rng.integers(1, n_items + 1, size=40) for _ in range(200)]
+    prior = _prior(sequences, n_indices=n_items + 2, window=12, max_successors=30, weight=1.5, bias=repeat_bias)
+    allowed_mask = rng.random(n_items + 2) < 0.7
+    for trial in range(30):
+        history = rng.integers(1, n_items + 1, size=rng.integers(1, 20)).tolist()
+        intent = rng.normal(size=dim).astype(np.float32)
+        exclude = set(rng.choice(np.arange(1, n_items + 1), size=5).tolist()) | ({history[0]} if trial % 2 else set())
+        base = vectors[1:n_items + 1] @ intent
+        searchable = [i for i in range(1, n_items + 1) if allowed_mask[i] and i not in exclude]
+        limit = k + overfetch(prior, history, exclude)
+        hits = [(i, float(base[i - 1]), f"i{i}", {}) for i in sorted(searchable, key=lambda i: -base[i - 1])[:limit]]
+        got = rescore(prior, history, intent, hits, k, vectors, exclude, lambda idx: allowed_mask[idx],
+                      lambda i: (i, 0.0, f"i{i}", {}))
+        full = base.copy()
+        prior.add_to(full[None, :], [history])
+        want = sorted(searchable, key=lambda i: (-full[i - 1], i))[:k]
+        assert [hit[0] for hit in got] == want
+        assert [hit[1] for hit in got] == pytest.approx([full[i - 1] for i in want], abs=1e-4)
+
+
+def test_no_prior_or_no_history_leaves_the_hits_alone():
+    hits = [(3, 2.0, "c", {}), (1, 1.0, "a", {})]
+    vectors = np.zeros((6, 2), dtype=np.float32)
+    assert rescore(None, [1], np.zeros(2), hits, 1, vectors, set(), lambda i: i > 0, None) == hits[:1]
+    prior = _prior([[1, 2]], n_indices=6)
+    assert rescore(prior, [], np.zeros(2), hits, 2, vectors, set(), lambda i: i > 0, None) == hits
+    assert overfetch(prior.weighted(1.0, -4.0), [1, 1, 2, 5], {5}) == 2
+
+
+def test_fit_leans_on_counts_when_the_encoder_knows_nothing():
+    """Every user walks a cycle of the catalog from a random start. An untrained encoder knows nothing, so the
+    fit must lean on the counts."""
+    rng = np.random.default_rng(1)
+    n_items = 40
+    sequences = [np.array([(start + step) % n_items + 1 for step in range(int(rng.integers(6, 30)))])
+                 for start in rng.integers(0, n_items, size=150)]
+    split = leave_one_out(sequences)
+    torch.manual_seed(0)
+    model = BERT4Rec(ModelConfig(n_indices=n_items + 2, max_len=12, hidden_size=16, heads=2)).eval()
+    fit = fit_sequence_prior(model, split.train, split.valid, n_items + 1)
+    assert fit.prior.transition_weight > 0
+    assert fit.ndcg > 0.9 > fit.encoder_ndcg
+    assert fit.users == len(split.valid)
