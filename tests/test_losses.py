@@ -87,3 +87,20 @@ def test_content_term_reaches_the_sampled_softmax():
     without = sampled_softmax_loss(out, weight, bias, labels, sampler, 7, draw())
     assert torch.equal(with_content[[0, 2, 3]], without[[0, 2, 3]])
     assert not torch.allclose(with_content[[1, 4]], without[[1, 4]])
+
+
+def test_sampled_softmax_shares_one_draw_of_negatives_across_positions():
+    """Each position's softmax: its positive and the step's N negatives (minus accidental hits), log-Q corrected."""
+    torch.manual_seed(2)
+    n_items, n_negatives = 12, 9
+    counts = torch.cat([torch.zeros(1), torch.arange(1, n_items + 1).float(), torch.zeros(1)])
+    sampler = NegativeSampler(counts, n_items)
+    out, weight, bias = torch.randn(6, 4), torch.randn(n_items + 2, 4), torch.randn(n_items + 2)
+    labels = torch.randint(1, n_items + 1, (6,))
+    loss = sampled_softmax_loss(out, weight, bias, labels, sampler, n_negatives, torch.Generator().manual_seed(5))
+    negatives = sampler.sample((n_negatives,), torch.Generator().manual_seed(5))
+    for p in range(6):
+        kept = negatives[negatives != labels[p]]
+        candidates = torch.cat([labels[p:p + 1], kept])
+        logits = weight[candidates] @ out[p] + bias[candidates] - sampler.log_q[candidates]
+        assert loss[p].item() == pytest.approx(-torch.log_softmax(logits, 0)[0].item(), abs=1e-5)

@@ -61,19 +61,22 @@ def sampled_softmax_loss(out: torch.Tensor, weight: torch.Tensor, bias: torch.Te
                          generator: torch.Generator | None = None, content: ContentTerm | None = None) -> torch.Tensor:
     """Softmax over the positive and `n_negatives` sampled negatives per position, log-Q corrected.
 
-    A negative that happens to equal its positive ("accidental hit") is removed from the softmax.
-    Candidate rows are gathered with `F.embedding`, whose backward is a fast scatter-add.
+    The negatives are drawn once per step and shared by every position: their logits are one matrix
+    product (P, C) @ (C, N). Drawing them per position meant gathering a (P, N, C) tensor, a memory-bound
+    step that took 258 ms where the shared product takes 5 ms (P = 3,840, N = 100, C = 129, measured on this
+    2-core CPU). A negative that happens to equal a position's positive ("accidental hit") is removed from
+    that position's softmax.
     """
-    negatives = sampler.sample((labels.shape[0], n_negatives), generator)  # (P, N)
-    candidates = torch.cat([labels[:, None], negatives], dim=1)  # (P, 1+N)
-    vectors = F.embedding(candidates, weight)  # (P, 1+N, C)
-    logits = torch.einsum("pc,pnc->pn", out, vectors) + F.embedding(candidates, bias[:, None]).squeeze(2)
+    negatives = sampler.sample((n_negatives,), generator)  # (N,)
+    positive = (out * weight[labels]).sum(1) + bias[labels]  # (P,)
+    negative = out @ weight[negatives].T + bias[negatives]  # (P, N)
     if content is not None:
-        texts = F.embedding(candidates.index_select(0, content.positions), content.table)  # (Q, 1+N, D)
-        logits = logits.index_add(0, content.positions, torch.einsum("qd,qnd->qn", content.query, texts))
-    logits = logits - sampler.log_q[candidates]
-    hit = torch.zeros_like(candidates, dtype=torch.bool)
-    hit[:, 1:] = negatives == labels[:, None]
+        query = content.query
+        positive = positive.index_add(0, content.positions,
+                                      (query * content.table[labels.index_select(0, content.positions)]).sum(1))
+        negative = negative.index_add(0, content.positions, query @ content.table[negatives].T)
+    logits = torch.cat([(positive - sampler.log_q[labels])[:, None], negative - sampler.log_q[negatives]], dim=1)
+    hit = F.pad(negatives[None, :] == labels[:, None], (1, 0), value=False)
     logits = logits.masked_fill(hit, float("-inf"))
     return F.cross_entropy(logits, torch.zeros_like(labels), reduction="none")
 
