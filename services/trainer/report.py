@@ -115,8 +115,11 @@ def markdown_report(version: str, cfg: TrainConfig, stats: dict[str, Any], metri
              f"Data: `{cfg.data.data}` — {stats['users']} users, {stats['items']} items, "
              f"{stats['rows_used']} interactions used of {stats['rows_read']} read.", "",
              "| split | HR@1 | HR@5 | HR@10 | HR@20 | NDCG@5 | NDCG@10 | NDCG@20 | MRR |", "|---|" + "---|" * 8]
-    for split in ("valid", "test", "test_seen_excluded", "popularity_test"):
-        m = metrics.get(split) or {}
+    splits = {"valid": metrics.get("valid"), "test": metrics.get("test"),
+              "test_seen_excluded": metrics.get("test_seen_excluded"),
+              "test, encoder alone": (metrics.get("sequence_prior") or {}).get("test_encoder_only"),
+              "popularity_test": metrics.get("popularity_test")}
+    for split, m in splits.items():
         if m:
             lines.append(f"| {split} | " + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in
                          ("hr@1", "hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")) + " |")
@@ -125,6 +128,13 @@ def markdown_report(version: str, cfg: TrainConfig, stats: dict[str, Any], metri
         lines += ["", f"Secondary (sampled, 100 popularity negatives; inflates numbers, for comparison with the "
                       f"BERT4Rec paper only): test HR@10 {metrics['test']['sampled100_hr@10']:.4f}, "
                       f"NDCG@10 {sampled:.4f}."]
+    prior = metrics.get("sequence_prior")
+    if prior:
+        lines += ["", f"Sequence prior (fitted on validation): transition weight {prior['transition_weight']}, "
+                      f"repeat bias {prior['repeat_bias']}; validation NDCG@10 "
+                      f"{prior['valid_ndcg@10_encoder_only']:.4f} for the encoder alone, "
+                      f"{prior['valid_ndcg@10']:.4f} with the prior "
+                      f"({prior['calibration_users']} users)."]
     lines += ["", f"Epochs run: {metrics['epochs']} (best {metrics['best_epoch']}), training time "
                   f"{metrics['train_seconds']:.1f} s on {metrics['device']}.", "", "## Warnings", ""]
     lines += [f"- {w}" for w in warnings] or ["- none"]
