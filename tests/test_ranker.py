@@ -122,6 +122,35 @@ def test_sequential_skips_unknown_items_and_predicts_the_next_episode(ranker):
     assert list(none_known.unknown_items) == ["x", "y"]
 
 
+@pytest.mark.parametrize("transition_weight, repeat_bias", [(2.0, -32.0), (0.5, 4.0)])
+def test_the_sequence_prior_merges_exactly_into_the_milvus_search(ranker, published, transition_weight, repeat_bias):
+    """With other prior weights too (seen items pushed last or lifted), the online answer, filtered or not,
+    is the brute-force ranking of the full score over every item the filter accepts."""
+    app, stub, _ = ranker
+    bundle = Bundle.open(published[0])
+    vocab = bundle.vocab()
+    genre = {row["item_id"]: (row.get("meta") or {}).get("genre") for row in bundle.iter_jsonl("items.jsonl")}
+    fitted = app.recommender.prior
+    app.recommender.prior = prior = fitted.weighted(transition_weight, repeat_bias)
+    try:
+        drama = _clause("meta.genre", equals=common_pb2.MetadataValue(string_value="drama"))
+        session = ort.InferenceSession(str(bundle.file("encoder.onnx")), providers=["CPUExecutionProvider"])
+        for row in list(bundle.iter_jsonl(HISTORIES))[:12]:
+            items = row["items"][-6:] + row["items"][-6:-5]  # ends on a repeat: the first item again
+            history = vocab.encode(items)[0]
+            intent = session.run(None, {"item_ids": encode_histories([history], bundle.max_len, bundle.mask_index)})[0]
+            scores = intent @ bundle.item_vectors()[1:bundle.mask_index].T
+            prior.add_to(scores, [history])
+            order = [int(i) + 1 for i in np.argsort(-scores[0], kind="stable")]
+            dramas = [i for i in order if genre.get(vocab.item_id(i)) == "drama"]
+            for filters, want in (([], order[:10]), ([drama], dramas[:10])):
+                got = stub.Sequential(ranker_pb2.SequentialRequest(session_items=items, filters=filters, top_k=10,
+                                                                   exclude_seen=False))
+                assert [i.item_id for i in got.items] == vocab.decode(want)
+    finally:
+        app.recommender.prior = fitted
+
+
 def test_contextual_appends_the_current_item(ranker):
     _, stub, _ = ranker
     got = stub.Contextual(ranker_pb2.ContextualRequest(user_id="nobody", item_id="s7e4", top_k=3))
