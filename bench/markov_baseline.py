@@ -15,6 +15,7 @@ import numpy as np
 
 from seqrec.shared.bundle import Bundle
 from seqrec.shared.metrics import ranking_metrics, target_ranks
+from seqrec.shared.sequence_prior import SequencePrior
 
 BLOCK_CELLS = 50_000_000  # users × items scored at once
 
@@ -26,20 +27,14 @@ def _sequences(bundle: Bundle) -> list[np.ndarray]:
             for line in (bundle.path / "histories.jsonl").read_text().splitlines()]
 
 
-def _transition_counts(train: list[np.ndarray], n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted pair codes previous * n_items + next, their counts) over the training prefixes."""
-    pairs = [seq[:-1] * n_items + seq[1:] for seq in train if len(seq) >= 2]
-    codes = np.concatenate(pairs) if pairs else np.zeros(0, dtype=np.int64)
-    return np.unique(codes, return_counts=True)
-
-
 def markov_test_metrics(path: Path) -> dict[str, dict[str, float]]:
     """Test metrics of the Markov chain, seen items kept (`test`) and excluded (`test_seen_excluded`)."""
     bundle = Bundle.open(path)
     n_items = bundle.manifest["n_items"]
     sequences = [seq for seq in _sequences(bundle) if len(seq) >= 3]
     train = [seq[:-2] for seq in sequences]
-    codes, counts = _transition_counts(train, n_items)
+    # the trainer's own transition counts (as columns: previous index = column + 1), every successor kept
+    prior = SequencePrior.from_sequences([seq + 1 for seq in train], n_items + 2, 1, max_successors=n_items)
     popularity = np.bincount(np.concatenate(train), minlength=n_items).astype(np.float64)
     tie_break = popularity / (popularity.max() + 1.0)  # below one transition count
     block = max(1, BLOCK_CELLS // n_items)
@@ -48,8 +43,10 @@ def markov_test_metrics(path: Path) -> dict[str, dict[str, float]]:
         users = sequences[start:start + block]
         scores = np.tile(tie_break, (len(users), 1))
         for row, seq in enumerate(users):
-            lo, hi = np.searchsorted(codes, [seq[-2] * n_items, (seq[-2] + 1) * n_items])
-            scores[row, codes[lo:hi] - seq[-2] * n_items] += counts[lo:hi]
+            previous = seq[-2] + 1
+            successors = prior.successors[prior.indptr[previous]:prior.indptr[previous + 1]]
+            counts = np.rint(np.expm1(prior.log_counts[prior.indptr[previous]:prior.indptr[previous + 1]]))
+            scores[row, successors - 1] += counts
         targets = np.array([seq[-1] for seq in users])
         kept.append(target_ranks(scores, targets))
         for row, seq in enumerate(users):
