@@ -73,6 +73,7 @@ class EncodedEvents:
     histories: list[list[int]]  # their history windows (item indices)
     intents: np.ndarray  # their intents through ONNX Runtime
     targets: np.ndarray  # their target columns (item index - 1)
+    prior: SequencePrior | None  # the bundle's sequence prior, added to every score
 
 
 def encoded_events(bundle: Bundle, events: list[tuple[list[str], str]]) -> EncodedEvents:
@@ -89,7 +90,7 @@ def encoded_events(bundle: Bundle, events: list[tuple[list[str], str]]) -> Encod
     intents = [encoder.intents(histories[start:start + SCORE_BATCH]) for start in range(0, len(histories), SCORE_BATCH)]
     return EncodedEvents(np.array(scored, dtype=np.int64), histories,
                          np.concatenate(intents) if intents else np.zeros((0, bundle.manifest["dim"]), np.float32),
-                         np.array(targets, dtype=np.int64))
+                         np.array(targets, dtype=np.int64), SequencePrior.from_bundle(bundle))
 
 
 def shifted_vectors(bundle: Bundle, new_item_shift: float) -> tuple[np.ndarray, int]:
@@ -101,15 +102,14 @@ def shifted_vectors(bundle: Bundle, new_item_shift: float) -> tuple[np.ndarray, 
     return vectors, n_warm
 
 
-def score_blocks(bundle: Bundle, encoded: EncodedEvents, vectors: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+def score_blocks(encoded: EncodedEvents, vectors: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
     """(block, full scores of its events over items 1..n_items) as the ranker scores: intent · vectors plus the
     bundle's sequence prior."""
-    prior = SequencePrior.from_bundle(bundle)
     for start in range(0, len(encoded.scored), SCORE_BATCH):
         block = slice(start, start + SCORE_BATCH)
         scores = encoded.intents[block] @ vectors.T
-        if prior is not None:
-            prior.add_to(scores, encoded.histories[block])
+        if encoded.prior is not None:
+            encoded.prior.add_to(scores, encoded.histories[block])
         yield block, scores
 
 
@@ -120,7 +120,7 @@ def model_ranks(bundle: Bundle, events: list[tuple[list[str], str]], new_item_sh
     encoded = encoded_events(bundle, events) if encoded is None else encoded
     vectors, _ = shifted_vectors(bundle, new_item_shift)
     ranks = np.full(len(events), bundle.manifest["n_items"], dtype=np.int64)
-    for block, scores in score_blocks(bundle, encoded, vectors):
+    for block, scores in score_blocks(encoded, vectors):
         ranks[encoded.scored[block]] = target_ranks(scores, encoded.targets[block])
     return ranks
 
@@ -139,7 +139,7 @@ def catalog_only_share(bundle: Bundle, encoded: EncodedEvents, new_item_shift: f
     """Share of the top-10 slots that catalog-only items take for these events, their logits moved."""
     vectors, n_warm = shifted_vectors(bundle, new_item_shift)
     taken = sum(int((np.argpartition(-scores, 10, axis=1)[:, :10] >= n_warm).sum())
-                for _, scores in score_blocks(bundle, encoded, vectors))
+                for _, scores in score_blocks(encoded, vectors))
     return taken / (10 * max(len(encoded.scored), 1))
 
 

@@ -195,7 +195,8 @@ class ExactSearch:
         scores = np.asarray(intents, dtype=np.float32) @ self.matrix
         for row, (indices, bonus) in enumerate(added or ()):
             cols = self.column[indices]
-            scores[row, cols[cols >= 0]] += bonus[cols >= 0]
+            searchable = cols >= 0
+            scores[row, cols[searchable]] += bonus[searchable]
         rows = np.repeat(np.arange(len(excluded)), [len(e) for e in excluded])
         if len(rows):
             cols = self.column[np.fromiter((i for e in excluded for i in e), dtype=np.int64, count=len(rows))]

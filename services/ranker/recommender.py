@@ -73,11 +73,10 @@ class Recommender:
         self.histories = histories
         self.embedder = embedder
         self.default_top_k = bundle.top_k
-        item_vectors = bundle.item_vectors()
-        self.item_vectors = item_vectors
+        self.item_vectors = bundle.item_vectors()
         self.prior = SequencePrior.from_bundle(bundle)
-        self.i2i_vectors = bundle_item_to_item_vectors(bundle, item_vectors)
-        self.text_vectors = TextVectorizer(bundle, self.vocab, item_vectors) if bundle.hybrid else None
+        self.i2i_vectors = bundle_item_to_item_vectors(bundle, self.item_vectors)
+        self.text_vectors = TextVectorizer(bundle, self.vocab, self.item_vectors) if bundle.hybrid else None
         self.text_columns: list[str] = list((bundle.manifest.get("text") or {}).get("columns") or [])
 
     # ---- helpers -------------------------------------------------------------------------------
