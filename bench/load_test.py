@@ -85,7 +85,7 @@ def load_catalog(bundle_path: Path) -> Catalog:
     if not users:
         raise SystemExit(f"{bundle_path}: the bundle has no user histories to draw ids from")
     items = [item for history in histories for item in history]
-    schema = bundle.manifest.get("metadata_schema") or {}
+    schema = bundle.manifest.metadata_schema
     filters: list[dict[str, Any]] = []
     try:
         values: dict[str, set[Any]] = {col: set() for col, kind in schema.items() if kind == "string"}

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_query_arguments(query)
     query.set_defaults(func=run_query)
 
-    from seqrec.services.ranker.batch import add_batch_arguments, run_batch_cli
+    from seqrec.services.ranker.batch_cli import add_batch_arguments, run_batch_cli
 
     batch = sub.add_parser("batch-recommend", help="user_to_item top-k for every user (or a list) into Parquet, "
                                                    "resumably")
@@ -79,7 +79,7 @@ def run_verify(args: argparse.Namespace) -> int:
     except BundleError as exc:
         print(f"seqrec verify: {exc}", file=sys.stderr)
         return 1
-    print(f"ok: bundle {bundle.version}, {len(bundle.manifest['files'])} files verified")
+    print(f"ok: bundle {bundle.version}, {len(bundle.manifest.files)} files verified")
     return 0
 
 

@@ -126,7 +126,7 @@ def _examples(bundle_path: Path) -> list[dict[str, Any]]:
     bundle = Bundle.open(resolve_bundle(bundle_path), verify=False)
     row = next(r for r in bundle.iter_jsonl(HISTORIES) if len(r["items"]) >= 3)
     user, items = row["user_id"], row["items"]
-    schema = bundle.manifest.get("metadata_schema") or {}
+    schema = bundle.manifest.metadata_schema
     filters = {"meta.in_stock": True} if schema.get("in_stock") == "bool" else {}
     return [
         {"query_type": "item_to_item", "item_id": items[0], "top_k": 5, **({"filters": filters} if filters else {})},

@@ -1,13 +1,14 @@
 """Model bundles: the only thing the trainer hands to serving.
 
 A bundle is a directory `<out>/<version>/` holding the ONNX encoder, item vectors, vocabulary,
-popularity, metadata, user histories, metrics and the training report, plus `manifest.json` with
-the sha256 of every file. Nothing in it is pickled: arrays are `.npy` read with
+popularity, metadata, user histories, metrics and the training report, plus `manifest.json` (typed:
+`shared/manifest.py`) with the sha256 of every file. Nothing in it is pickled: arrays are `.npy` read with
 `allow_pickle=False`, everything else is JSON or ONNX.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -21,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from seqrec.shared.vocab import PAD_INDEX, ItemVocab
+from seqrec.shared.manifest import FORMAT_VERSION, Manifest, ManifestError
+from seqrec.shared.vocab import ItemVocab
 
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ENCODER = "encoder.onnx"
 ITEM_VECTORS = "item_vectors.npy"
@@ -34,7 +35,9 @@ HISTORIES = "histories.jsonl"
 METRICS = "metrics.json"
 # Hybrid bundles only:
 TEXT_EMBEDDINGS = "text_embeddings.npy"  # [n_indices, 384] MiniLM embeddings of item text (zero rows: no text)
-TEXT_PROJECTION = "text_projection.npy"  # [385, dim]: `[text, 1] @ P` is a text-only item's output vector
+ITEM_ID_PARTS = "item_id_parts.npy"  # [n_indices, id_width]: what each item's id contributes to its row
+ITEM_FLAGS = "item_flags.npy"  # uint8 [n_indices]: scoring.NEW_ITEM | scoring.UNSEEN
+TEXT_HEAD = "text_head.npy"  # [385 + 1, model + 1]: how text enters a row (scoring.TextHead)
 ITEM_TO_ITEM = "item_to_item.npy"  # [n_indices, d] unit rows: inner product = item_to_item similarity
 
 
@@ -88,15 +91,14 @@ class BundleWriter:
         np.save(path, np.ascontiguousarray(array), allow_pickle=False)
         return path
 
-    def commit(self, manifest: dict[str, Any]) -> Path:
+    def commit(self, manifest: Manifest) -> Path:
         """Hash every staged file into the manifest and move the bundle into place."""
         files = {}
         for path in sorted(p for p in self.dir.iterdir() if p.is_file() and p.name != MANIFEST):
             files[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-        full = {"format_version": FORMAT_VERSION, "bundle_version": self.version,
-                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **manifest,
-                "files": files}
-        (self.dir / MANIFEST).write_text(json.dumps(full, indent=2, default=_json_default))
+        full = dataclasses.replace(manifest, bundle_version=self.version, files=files, format_version=FORMAT_VERSION,
+                                   created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        (self.dir / MANIFEST).write_text(json.dumps(full.to_dict(), indent=2, default=_json_default))
         os.replace(self.dir, self.final_dir)
         return self.final_dir
 
@@ -119,7 +121,7 @@ class Bundle:
     """A verified bundle on disk; arrays and tables are read on demand."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @classmethod
     def open(cls, path: str | Path, verify: bool = True) -> Bundle:
@@ -129,19 +131,20 @@ class Bundle:
         if not manifest_path.is_file():
             raise BundleError(f"{path}: not a bundle (no {MANIFEST})")
         try:
-            manifest = json.loads(manifest_path.read_text())
+            raw = json.loads(manifest_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"{manifest_path}: unreadable manifest ({exc})") from exc
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise BundleError(f"{path}: bundle format {manifest.get('format_version')!r} is not supported "
-                              f"(this seqrec reads format {FORMAT_VERSION}); retrain or upgrade seqrec")
+        try:
+            manifest = Manifest.from_dict(raw if isinstance(raw, dict) else {})
+        except ManifestError as exc:
+            raise BundleError(f"{path}: {exc}") from exc
         bundle = cls(path=path, manifest=manifest)
         if verify:
             bundle.verify()
         return bundle
 
     def verify(self) -> None:
-        files = self.manifest.get("files") or {}
+        files = self.manifest.files
         for required in (ENCODER, ITEM_VECTORS, VOCAB):
             if required not in files:
                 raise BundleError(f"{self.path}: manifest lists no {required}")
@@ -159,31 +162,31 @@ class Bundle:
 
     @property
     def version(self) -> str:
-        return str(self.manifest["bundle_version"])
+        return self.manifest.bundle_version
 
     @property
     def max_len(self) -> int:
-        return int(self.manifest["max_len"])
+        return self.manifest.max_len
 
     @property
     def mask_index(self) -> int:
-        return int(self.manifest["mask_index"])
+        return self.manifest.mask_index
 
     @property
     def pad_index(self) -> int:
-        return int(self.manifest.get("pad_index", PAD_INDEX))
+        return self.manifest.pad_index
 
     @property
     def top_k(self) -> int:
-        return int(self.manifest["config"]["hparams"]["top_k"])
+        return self.manifest.top_k
 
     def file(self, name: str) -> Path:
-        if name not in self.manifest["files"]:
+        if name not in self.manifest.files:
             raise BundleError(f"{self.path}: bundle has no {name}")
         return self.path / name
 
     def has(self, name: str) -> bool:
-        return name in self.manifest["files"]
+        return name in self.manifest.files
 
     def vocab(self) -> ItemVocab:
         return ItemVocab.load(self.file(VOCAB))
@@ -194,17 +197,14 @@ class Bundle:
     def array(self, name: str) -> np.ndarray:
         return np.load(self.file(name), allow_pickle=False)
 
-    @property
-    def model_dim(self) -> int:
-        """Leading columns of the item vectors that are the model's output item vectors (item-to-item
-        similarity uses them; content, transition and bias columns follow)."""
-        model = self.manifest.get("model") or {}
-        return int(model.get("hidden_size", int(self.manifest["dim"]) - 1))
+    def item_flags(self) -> np.ndarray | None:
+        """uint8 [n_indices] NEW_ITEM | UNSEEN bits (hybrid bundles; None for id-only ones)."""
+        return self.array(ITEM_FLAGS) if self.has(ITEM_FLAGS) else None
 
     @property
     def hybrid(self) -> bool:
         """Whether item text is part of the model (the bundle can then embed brand-new items)."""
-        return self.has(TEXT_PROJECTION)
+        return self.manifest.hybrid and self.has(TEXT_HEAD)
 
     def popularity(self) -> np.ndarray:
         return np.load(self.file(POPULARITY), allow_pickle=False)

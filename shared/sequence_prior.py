@@ -11,8 +11,7 @@
   model that learns that puts seen items last; a shop where people reorder learns a bias near zero.
 
 Both weights are fitted on the validation split after training (`services/trainer/prior_fit.py`).
-`terms` is the one definition of the prior: training evaluation adds it to dense score matrices and the
-ranker adds it to search candidates (plus the successors and seen items a vector search cannot know of).
+`terms` is the one definition of the prior; `shared/scoring.py` adds it to every score.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from seqrec.shared.history import history_window
+from seqrec.shared.manifest import PriorSpec
 
 MAX_SUCCESSORS = 256  # successors kept per item, the most frequent first (ties: lower index)
 INDPTR, SUCCESSORS, LOG_COUNTS = "prior_indptr.npy", "prior_successors.npy", "prior_log_counts.npy"
@@ -82,28 +82,18 @@ class SequencePrior:
         indices, log_counts, seen = self.components(history)
         return indices, self.transition_weight * log_counts + self.repeat_bias * seen
 
-    def add_to(self, scores: np.ndarray, histories: Sequence[Sequence[int]]) -> None:
-        """Add the prior in place to `scores` [len(histories), n_items] (column j is item index j + 1)."""
-        for row, history in enumerate(histories):
-            indices, bonus = self.terms(history)
-            inside = (indices >= 1) & (indices <= scores.shape[1])
-            scores[row, indices[inside] - 1] += bonus[inside]
-
     # ---- bundle files -------------------------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:
         return {INDPTR: self.indptr, SUCCESSORS: self.successors, LOG_COUNTS: self.log_counts}
 
-    def manifest_entry(self) -> dict[str, Any]:
-        return {"transition_weight": self.transition_weight, "repeat_bias": self.repeat_bias, "window": self.window,
-                "max_successors": MAX_SUCCESSORS, "files": sorted(self.arrays()),
-                "score": "intent · item_vectors[i] + transition_weight · log_counts[successor i of the last "
-                         "history item] + repeat_bias · [i among the last `window` history items]"}
+    def spec(self) -> PriorSpec:
+        return PriorSpec(self.transition_weight, self.repeat_bias, self.window, MAX_SUCCESSORS)
 
     @classmethod
     def from_bundle(cls, bundle: Any) -> SequencePrior | None:
-        """The bundle's prior; None for bundles trained before it existed."""
-        entry = bundle.manifest.get("sequence_prior")
-        if not entry:
+        """The bundle's prior (None when it has none)."""
+        spec = bundle.manifest.scoring.prior
+        if spec is None:
             return None
-        return cls(bundle.array(INDPTR), bundle.array(SUCCESSORS), bundle.array(LOG_COUNTS), int(entry["window"]),
-                   float(entry["transition_weight"]), float(entry["repeat_bias"]))
+        return cls(bundle.array(INDPTR), bundle.array(SUCCESSORS), bundle.array(LOG_COUNTS), spec.window,
+                   spec.transition_weight, spec.repeat_bias)

@@ -26,9 +26,3 @@ def item_to_item_vectors(item_vectors: np.ndarray, model_dim: int, text: np.ndar
     has_text = np.linalg.norm(text, axis=1) > 0
     scale = np.where(has_text, np.float32(np.sqrt(0.5)), np.float32(1.0))[:, None]
     return np.ascontiguousarray(np.concatenate([model * scale, unit_rows(text) * scale], axis=1), dtype=np.float32)
-
-
-def text_only_vector(text: np.ndarray, projection: np.ndarray) -> np.ndarray:
-    """Output vectors [n, C+1] (bias folded) of items known only by their text embeddings [n, 384]."""
-    text = np.asarray(text, dtype=np.float32)
-    return np.concatenate([text, np.ones((len(text), 1), dtype=np.float32)], axis=1) @ projection

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from seqrec.services.ranker import batch
+from seqrec.services.ranker import batch, batch_output
 from seqrec.services.ranker.batch import BatchError, BatchOptions, batch_key, run_batch
 from seqrec.services.ranker.encoder import OnnxEncoder
 from seqrec.services.ranker.filters import FilterError
@@ -185,7 +185,7 @@ def test_batch_shapes_do_not_change_the_answer(published, all_users, tmp_path):
 def test_a_crash_leaves_nothing_half_written(published, all_users, tmp_path, monkeypatch, crash_in):
     """Killed while renaming the third part into place, or right after (before the manifest knew)."""
     path, out = published[0], tmp_path / "crash"
-    real = batch._replace_durably
+    real = batch_output.replace_durably
     calls = {"parts": 0}
 
     def crash_on_third_part(tmp: Path, final: Path) -> None:
@@ -196,7 +196,7 @@ def test_a_crash_leaves_nothing_half_written(published, all_users, tmp_path, mon
             raise OSError("killed")
         real(tmp, final)
 
-    monkeypatch.setattr(batch, "_replace_durably", crash_on_third_part)
+    monkeypatch.setattr(batch_output, "replace_durably", crash_on_third_part)
     with pytest.raises(OSError, match="killed"):
         _run(path, out, part_size=60)
     parts = sorted(p.name for p in out.glob("part-*.parquet"))
@@ -204,7 +204,7 @@ def test_a_crash_leaves_nothing_half_written(published, all_users, tmp_path, mon
     assert len(json.loads((out / batch.MANIFEST).read_text())["parts"]) == 2
     if crash_in == "part":
         assert list(out.glob(".part-00002.parquet.tmp"))  # the torn write never became a part
-    monkeypatch.setattr(batch, "_replace_durably", real)
+    monkeypatch.setattr(batch_output, "replace_durably", real)
     resumed = _run(path, out, part_size=60)
     n_parts = -(-len(all_users) // 60)
     assert resumed.complete and resumed.parts_written == n_parts - len(parts) and not list(out.glob(".*.tmp"))

@@ -12,7 +12,9 @@ from seqrec.services.trainer.export import export_encoder
 from seqrec.services.trainer.model import BERT4Rec, ModelConfig
 from seqrec.shared import bundle as b
 from seqrec.shared.history import encode_histories
+from seqrec.shared.manifest import FORMAT_VERSION, Layout
 from seqrec.shared.metrics import ranking_metrics
+from seqrec.shared.scoring import ItemParts, Scorer
 from seqrec.shared.sequence_prior import SequencePrior
 
 
@@ -43,23 +45,26 @@ def test_bundle_contents(trained_bundle):
     path, metrics = trained_bundle
     bundle = b.Bundle.open(path)
     m = bundle.manifest
-    assert m["format_version"] == b.FORMAT_VERSION and m["bundle_version"] == path.name
-    assert m["pad_index"] == 0 and m["mask_index"] == m["n_items"] + 1 and m["max_len"] == 12
+    assert m.format_version == FORMAT_VERSION == 2 and m.bundle_version == path.name
+    assert m.pad_index == 0 and m.mask_index == m.n_items + 1 and m.max_len == 12
     for name in (b.ENCODER, b.ITEM_VECTORS, b.VOCAB, b.POPULARITY, b.ITEMS, b.HISTORIES, b.METRICS,
-                 "report.md", "training_curves.png"):
-        assert name in m["files"] and len(m["files"][name]["sha256"]) == 64
-    assert m["config"]["hparams"]["hidden_size"] == 32 and m["libraries"]["torch"]
+                 b.ITEM_ID_PARTS, b.ITEM_FLAGS, b.TEXT_HEAD, "report.md", "training_curves.png"):
+        assert name in m.files and len(m.files[name]["sha256"]) == 64
+    assert m.config["hparams"]["hidden_size"] == 32 and m.libraries["torch"]
     vectors = bundle.item_vectors()
-    assert m["hybrid"] and m["dim"] == 32 + 384 + 32 + 1  # output vector, item text, transition vector, bias
-    assert vectors.dtype == np.float32 and vectors.shape == (m["n_items"] + 2, m["dim"])
-    assert bundle.popularity().shape == (m["n_items"] + 2,)
+    assert m.hybrid and m.scoring.layout == Layout(model=32, content=384, transition=32)
+    assert m.dim == 32 + 384 + 32 + 1  # output vector, item text, transition vector, bias
+    assert vectors.dtype == np.float32 and vectors.shape == (m.n_items + 2, m.dim)
+    assert bundle.popularity().shape == (m.n_items + 2,)
+    raw = json.loads((path / b.MANIFEST).read_text())
+    assert raw["scoring"]["layout"] == {"model": 32, "content": 384, "transition": 32} and raw["dim"] == m.dim
     on_disk = bundle.metrics()
     assert set(on_disk) >= {"valid", "test", "epochs", "train_seconds"}
     assert on_disk["test"]["ndcg@10"] == pytest.approx(metrics["test"]["ndcg@10"])
     items = {row["item_id"]: row for row in bundle.iter_jsonl(b.ITEMS)}
     assert items["s0e0"]["display_name"] == "Series 0 episode 1"
     assert items["s0e0"]["meta"] == {"genre": "drama", "in_stock": False}
-    assert m["metadata_schema"] == {"genre": "string", "in_stock": "bool"}
+    assert m.metadata_schema == {"genre": "string", "in_stock": "bool"}
     assert not list(path.glob("*.pkl")) and not list(path.glob("*.pt"))
 
 
@@ -69,8 +74,14 @@ def test_sequence_model_beats_popularity(trained_bundle):
     assert metrics["test"]["ndcg@10"] > 2 * metrics["popularity_test"]["ndcg@10"]
 
 
+def test_item_rows_rebuild_from_the_bundle_parts(trained_bundle):
+    """The rows the bundle ships are `item_rows` of the parts it ships (what UpsertItems rebuilds from)."""
+    bundle = b.Bundle.open(trained_bundle[0])
+    np.testing.assert_allclose(ItemParts.from_bundle(bundle).rows(), bundle.item_vectors(), atol=1e-6)
+
+
 def test_metrics_reproduce_from_the_bundle_alone(trained_bundle):
-    """ONNX Runtime + item_vectors + sequence prior + histories (what serving reads) give the trainer's test metrics."""
+    """ONNX Runtime + the bundle's scorer + histories (what serving reads) give the trainer's test metrics."""
     path, metrics = trained_bundle
     bundle = b.Bundle.open(path)
     vocab = bundle.vocab()
@@ -79,10 +90,8 @@ def test_metrics_reproduce_from_the_bundle_alone(trained_bundle):
     histories = [h for h in histories if len(h) >= 3]
     inputs, targets = [h[:-1] for h in histories], np.array([h[-1] for h in histories])
     intent = session.run(None, {"item_ids": encode_histories(inputs, bundle.max_len, bundle.mask_index)})[0]
-    scores = intent @ bundle.item_vectors()[1:bundle.mask_index].T
-    prior = SequencePrior.from_bundle(bundle)
-    assert prior is not None, "the trainer writes a fitted sequence prior"
-    prior.add_to(scores, inputs)
+    assert SequencePrior.from_bundle(bundle) is not None, "the trainer writes a fitted sequence prior"
+    scores = Scorer.from_bundle(bundle).scores(intent, inputs)
     target_scores = scores[np.arange(len(targets)), targets - 1]
     ranks = (scores > target_scores[:, None] + 1e-5).sum(1)
     online = ranking_metrics(ranks)
@@ -119,7 +128,11 @@ def test_verification_rejects_missing_file_and_wrong_format(bundle_copy):
     (bundle_copy / b.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(b.BundleError, match="format 999 is not supported"):
         b.Bundle.open(bundle_copy)
-    manifest["format_version"] = b.FORMAT_VERSION
+    manifest["format_version"] = 1  # bundles of earlier seqrec versions: one clear error, naming both versions
+    (bundle_copy / b.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(b.BundleError, match=r"bundle format 1 is not supported \(this seqrec reads format 2\)"):
+        b.Bundle.open(bundle_copy)
+    manifest["format_version"] = FORMAT_VERSION
     (bundle_copy / b.MANIFEST).write_text(json.dumps(manifest))
     (bundle_copy / b.VOCAB).unlink()
     with pytest.raises(b.BundleError, match="vocab.json is missing"):

@@ -15,10 +15,10 @@ from seqrec.services.ranker.publish import publish
 from seqrec.services.ranker.server import RankerApp
 from seqrec.services.trainer.freshness import expected_unseen_share
 from seqrec.services.trainer.model import GATE_SCALE, BERT4Rec, ModelConfig
-from seqrec.shared.bundle import ITEM_TO_ITEM, TEXT_EMBEDDINGS, TEXT_PROJECTION, Bundle
+from seqrec.shared.bundle import ITEM_TO_ITEM, TEXT_EMBEDDINGS, Bundle
 from seqrec.shared.local_services import free_port
+from seqrec.shared.scoring import NEW_ITEM, UNSEEN, ItemParts, item_rows
 from seqrec.shared.settings import Env
-from seqrec.shared.similarity import text_only_vector
 from seqrec.shared.text import TEXT_DIM, item_text
 from tests.conftest import COLD_SERIES, EPISODES, make_item_table
 from tests.test_ranker import _settings, _wait_health
@@ -39,8 +39,10 @@ def _hybrid_model(n_warm: int = 6, n_items: int = 9, tying: bool = False) -> BER
                       model.prev_emb.weight, model.next_emb.weight):
             if param is not None:
                 param.normal_()
-    model.exposure_boost = 0.7
     return model
+
+
+EXPOSURE = 0.7  # an exposure boost, as freshness.calibrate_exposure would fit one
 
 
 @pytest.mark.parametrize("tying", [False, True])
@@ -50,19 +52,36 @@ def test_fused_model_is_the_same_function(tying):
     fused = model.fused()
     assert not fused.hybrid
     torch.testing.assert_close(fused(ids), model(ids), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(fused.item_vectors(), model.item_vectors(), atol=1e-6, rtol=1e-5)
 
 
-def test_text_projection_gives_the_vector_of_an_item_known_only_by_text():
+@pytest.mark.parametrize("tying", [False, True])
+def test_item_rows_of_the_model_parts_are_the_model_logits(tying):
+    """The scoring contract's rows, built torch-free from `item_parts`, are the model's own item vectors (the
+    training logits) exactly; the exposure boost moves only the bias of items nobody has interacted with."""
+    model = _hybrid_model(tying=tying).eval()
+    parts = model.item_parts()
+    np.testing.assert_allclose(parts.rows(), model.item_vectors().detach().numpy(), atol=1e-5)
+    assert ((parts.flags & NEW_ITEM) > 0).nonzero()[0].tolist() == [5, 7, 8, 9]
+    assert ((parts.flags & UNSEEN) > 0).nonzero()[0].tolist() == [7, 8, 9]  # catalog-only
+    boosted = parts.with_exposure(EXPOSURE).rows() - parts.rows()
+    np.testing.assert_allclose(boosted[:, :-1], 0.0)
+    np.testing.assert_allclose(boosted[:, -1], np.where(np.isin(np.arange(11), [7, 8, 9]), EXPOSURE, 0.0), atol=1e-6)
+
+
+def test_a_text_only_row_is_what_a_catalog_only_item_gets():
+    """An item known only by its text (catalog-only, or added online) gets exactly the row a catalog-only item has;
+    the newest warm items are new too (no id part, the marks) but their track record earns no exposure boost."""
     model = _hybrid_model().eval()
-    projection = model.text_projection().numpy()
-    vectors = model.item_vectors().detach().numpy()
-    for index in (7, 8, 9):  # catalog-only items: no id part, no interactions
-        got = text_only_vector(model.text[index: index + 1].numpy(), projection)[0]
-        np.testing.assert_allclose(got, vectors[index], atol=1e-5)
-    stand_in = text_only_vector(model.text[5:6].numpy(), projection)[0]  # the newest warm item: no id part either,
-    np.testing.assert_allclose(stand_in[:-1], vectors[5, :-1], atol=1e-5)  # but its track record earns no boost
-    assert stand_in[-1] - vectors[5, -1] == pytest.approx(model.exposure_boost, abs=1e-5)
+    parts = model.item_parts().with_exposure(EXPOSURE)
+    rows = parts.rows()
+    no_id = np.zeros((1, parts.layout.id_width), dtype=np.float32)
+    for index in (7, 8, 9):
+        got = item_rows(parts.layout, no_id, np.array([NEW_ITEM | UNSEEN]), parts.text[index:index + 1], parts.head,
+                        EXPOSURE)
+        np.testing.assert_allclose(got[0], rows[index], atol=1e-5)
+    stand_in = item_rows(parts.layout, no_id, np.array([NEW_ITEM | UNSEEN]), parts.text[5:6], parts.head, EXPOSURE)[0]
+    np.testing.assert_allclose(stand_in[:-1], rows[5, :-1], atol=1e-5)
+    assert stand_in[-1] - rows[5, -1] == pytest.approx(EXPOSURE, abs=1e-5)
 
 
 def test_intent_carries_the_content_query_of_the_last_history_items():
@@ -84,9 +103,8 @@ def test_new_items_carry_the_new_item_marks_and_dropped_ids_do_not():
     assert model.new_item.nonzero().squeeze(1).tolist() == [5, 7, 8, 9]  # the newest warm item and catalog-only
     bias = model.output_bias().detach()
     plain = model.out_bias.detach() * model.id_known + model.text_bias(model.text).squeeze(-1).detach() * model.has_text
-    marks = (GATE_SCALE * model.new_bias).detach() + torch.tensor([0.0, 1.0, 1.0, 1.0]) * model.exposure_boost
-    torch.testing.assert_close(bias[[5, 7, 8, 9]] - plain[[5, 7, 8, 9]], marks)  # new items carry the marks,
-    # and the exposure boost goes to those nobody has interacted with (catalog-only), not to the newest warm one
+    marks = (GATE_SCALE * model.new_bias).detach().expand(4)
+    torch.testing.assert_close(bias[[5, 7, 8, 9]] - plain[[5, 7, 8, 9]], marks)  # new items carry the marks
     torch.testing.assert_close(bias[[1, 2, 3, 4, 6]], plain[[1, 2, 3, 4, 6]])  # other warm items do not
     model.train()
     keep = model.id_known.clone()
@@ -114,18 +132,22 @@ def test_catalog_only_items_get_text_only_vectors(cold_bundle):
     path, metrics = cold_bundle
     bundle = Bundle.open(path)
     vocab = bundle.vocab()
-    assert bundle.hybrid and bundle.manifest["n_catalog_only_items"] == len(COLD_SERIES) * EPISODES
+    assert bundle.hybrid and bundle.manifest.n_catalog_only_items == len(COLD_SERIES) * EPISODES
     assert metrics["data"]["catalog_only_items"] == len(COLD_SERIES) * EPISODES
     cold = [vocab.index(f"s{s}e{e}") for s in COLD_SERIES for e in range(EPISODES)]
     assert min(cold) > vocab.n_items - len(cold)  # catalog-only items come after the warm ones
     text, vectors = bundle.array(TEXT_EMBEDDINGS), bundle.item_vectors()
-    np.testing.assert_allclose(text_only_vector(text[cold], bundle.array(TEXT_PROJECTION)), vectors[cold], atol=1e-5)
+    parts = ItemParts.from_bundle(bundle)
+    assert (parts.flags[cold] == NEW_ITEM | UNSEEN).all() and not parts.id_rows[cold].any()
+    no_id = np.zeros((len(cold), parts.layout.id_width), dtype=np.float32)
+    np.testing.assert_allclose(item_rows(parts.layout, no_id, parts.flags[cold], text[cold], parts.head,
+                                         parts.exposure_boost), vectors[cold], atol=1e-5)
     i2i = bundle.array(ITEM_TO_ITEM)
     assert np.allclose(np.linalg.norm(i2i[1:bundle.mask_index], axis=1), 1.0, atol=1e-5)
     assert bundle.popularity()[cold].sum() == 0
     # content affinity: hybrid item vectors are [output vector, text, bias]; the encoder's intent matches
-    hidden = bundle.manifest["model"]["hidden_size"]
-    assert vectors.shape[1] == bundle.manifest["dim"] == hidden + TEXT_DIM + hidden + 1
+    hidden = bundle.manifest.scoring.layout.model
+    assert vectors.shape[1] == bundle.manifest.dim == hidden + TEXT_DIM + hidden + 1
     content = vectors[1:bundle.mask_index, hidden: hidden + TEXT_DIM]
     scale = (content * text[1:bundle.mask_index]).sum(1)  # texts are unit length: the weight of each row's text
     np.testing.assert_allclose(content, text[1:bundle.mask_index] * scale[:, None], atol=1e-5)

@@ -23,6 +23,7 @@ from seqrec.services.ranker.server import RankerApp, RankerSettings
 from seqrec.shared.bundle import HISTORIES, Bundle
 from seqrec.shared.history import encode_histories
 from seqrec.shared.local_services import free_port, start_redis
+from seqrec.shared.scoring import Scorer
 from seqrec.shared.sequence_prior import SequencePrior
 from seqrec.shared.settings import Env, SettingsError
 
@@ -68,12 +69,10 @@ def ranker(published):
 
 
 def _offline_top_k(bundle: Bundle, histories: list[list[int]], k: int) -> list[list[int]]:
-    """The trainer-side answer computed straight from the bundle files: ONNX + item vectors + sequence prior
-    + argsort."""
+    """The answer computed straight from the bundle files: ONNX + the scoring contract + a stable argsort."""
     session = ort.InferenceSession(str(bundle.file("encoder.onnx")), providers=["CPUExecutionProvider"])
     intent = session.run(None, {"item_ids": encode_histories(histories, bundle.max_len, bundle.mask_index)})[0]
-    scores = intent @ bundle.item_vectors()[1:bundle.mask_index].T
-    SequencePrior.from_bundle(bundle).add_to(scores, histories)
+    scores = Scorer.from_bundle(bundle).scores(intent, histories)
     return [list(np.argsort(-row, kind="stable")[:k] + 1) for row in scores]
 
 
@@ -130,8 +129,9 @@ def test_the_sequence_prior_merges_exactly_into_the_milvus_search(ranker, publis
     bundle = Bundle.open(published[0])
     vocab = bundle.vocab()
     genre = {row["item_id"]: (row.get("meta") or {}).get("genre") for row in bundle.iter_jsonl("items.jsonl")}
-    fitted = app.recommender.prior
-    app.recommender.prior = prior = fitted.weighted(transition_weight, repeat_bias)
+    fitted = app.recommender.scorer
+    app.recommender.scorer = scorer = fitted.with_prior(SequencePrior.from_bundle(bundle).weighted(transition_weight,
+                                                                                                    repeat_bias))
     try:
         drama = _clause("meta.genre", equals=common_pb2.MetadataValue(string_value="drama"))
         session = ort.InferenceSession(str(bundle.file("encoder.onnx")), providers=["CPUExecutionProvider"])
@@ -139,8 +139,7 @@ def test_the_sequence_prior_merges_exactly_into_the_milvus_search(ranker, publis
             items = row["items"][-6:] + row["items"][-6:-5]  # ends on a repeat: the first item again
             history = vocab.encode(items)[0]
             intent = session.run(None, {"item_ids": encode_histories([history], bundle.max_len, bundle.mask_index)})[0]
-            scores = intent @ bundle.item_vectors()[1:bundle.mask_index].T
-            prior.add_to(scores, [history])
+            scores = scorer.scores(intent, [history])
             order = [int(i) + 1 for i in np.argsort(-scores[0], kind="stable")]
             dramas = [i for i in order if genre.get(vocab.item_id(i)) == "drama"]
             for filters, want in (([], order[:10]), ([drama], dramas[:10])):
@@ -148,7 +147,7 @@ def test_the_sequence_prior_merges_exactly_into_the_milvus_search(ranker, publis
                                                                    exclude_seen=False))
                 assert [i.item_id for i in got.items] == vocab.decode(want)
     finally:
-        app.recommender.prior = fitted
+        app.recommender.scorer = fitted
 
 
 def test_contextual_appends_the_current_item(ranker):

@@ -1,4 +1,5 @@
-"""The count-based sequence prior: counts, terms, the serving merge (exact against brute force) and its fit."""
+"""The count-based sequence prior and the scoring contract around it: counts, terms, dense scores, the serving
+merge and the exact top-k (both against brute force), and the prior's fit."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from seqrec.services.ranker.prior_rescoring import overfetch, rescore
+from seqrec.services.trainer.evaluate import model_scorer
 from seqrec.services.trainer.model import BERT4Rec, ModelConfig
 from seqrec.services.trainer.prior_fit import fit_sequence_prior
 from seqrec.services.trainer.split import leave_one_out
+from seqrec.shared.scoring import Scorer
 from seqrec.shared.sequence_prior import SequencePrior
 
 
@@ -35,51 +37,65 @@ def test_terms_add_transitions_of_the_last_item_and_the_repeat_bias_on_the_windo
     assert [len(part) for part in prior.terms([])] == [0, 0]
 
 
-def test_add_to_matches_terms():
+def test_dense_scores_are_the_dot_product_plus_the_terms():
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(8, 3)).astype(np.float32)
     prior = _prior([[1, 2, 3, 1, 4, 6], [2, 3, 5]], bias=-1.0)
     histories = [[1, 2], [3], [6, 6, 2]]
-    scores = np.zeros((3, 6), dtype=np.float32)
-    prior.add_to(scores, histories)
+    intents = rng.normal(size=(3, 3)).astype(np.float32)
+    scores = Scorer(rows, prior).scores(intents, histories)
     for row, history in enumerate(histories):
-        expected = np.zeros(6, dtype=np.float32)
+        expected = intents[row] @ rows[1:7].T
         indices, bonus = prior.terms(history)
-        expected[indices - 1] = bonus
-        assert scores[row] == pytest.approx(expected)
+        expected[indices - 1] += bonus
+        assert scores[row] == pytest.approx(expected, abs=1e-5)
+
+
+def _brute_force(rows, prior, intent, history, allowed, exclude, k):
+    full = Scorer(rows, prior).scores(intent[None, :], [history])[0]
+    candidates = [i for i in range(1, len(rows) - 1) if allowed[i] and i not in exclude]
+    want = sorted(candidates, key=lambda i: (-full[i - 1], i))[:k]
+    return want, [float(full[i - 1]) for i in want]
 
 
 @pytest.mark.parametrize("repeat_bias", [-8.0, 0.0, 3.0])
-def test_serving_merge_is_the_exact_top_k(repeat_bias):
-    """A top-(k + overfetch) search, merged with the prior's items, equals ranking every item by the full score."""
+def test_serving_merge_and_exact_search_are_the_exact_top_k(repeat_bias):
+    """A top-(k + overfetch) search merged with the items the prior lifts (`Scorer.merge`, the ranker), and
+    `ExactSearch` (batch), both equal ranking every allowed, not excluded item by the full score."""
     rng = np.random.default_rng(0)
     n_items, dim, k = 300, 6, 10
-    vectors = rng.normal(size=(n_items + 2, dim)).astype(np.float32)
+    rows = rng.normal(size=(n_items + 2, dim)).astype(np.float32)
+    rows[5] = rows[4]  # a tie: the lower index comes first
     sequences = [rng.integers(1, n_items + 1, size=40) for _ in range(200)]
     prior = _prior(sequences, n_indices=n_items + 2, window=12, max_successors=30, weight=1.5, bias=repeat_bias)
-    allowed_mask = rng.random(n_items + 2) < 0.7
+    scorer = Scorer(rows, prior)
+    allowed = rng.random(n_items + 2) < 0.7
+    exact = scorer.searcher(allowed)
+    lookup = lambda indices: {i: (rows[i], f"i{i}", {}) for i in indices if allowed[i]}  # noqa: E731
     for trial in range(30):
         history = rng.integers(1, n_items + 1, size=rng.integers(1, 20)).tolist()
         intent = rng.normal(size=dim).astype(np.float32)
         exclude = set(rng.choice(np.arange(1, n_items + 1), size=5).tolist()) | ({history[0]} if trial % 2 else set())
-        base = vectors[1:n_items + 1] @ intent
-        searchable = [i for i in range(1, n_items + 1) if allowed_mask[i] and i not in exclude]
-        limit = k + overfetch(prior, history, exclude)
+        want, want_scores = _brute_force(rows, prior, intent, history, allowed, exclude, k)
+        base = rows[1:n_items + 1] @ intent
+        searchable = [i for i in range(1, n_items + 1) if allowed[i] and i not in exclude]
+        limit = k + scorer.overfetch(history, exclude)
         hits = [(i, float(base[i - 1]), f"i{i}", {}) for i in sorted(searchable, key=lambda i: -base[i - 1])[:limit]]
-        got = rescore(prior, history, intent, hits, k, vectors, exclude, lambda idx: allowed_mask[idx],
-                      lambda i: (i, 0.0, f"i{i}", {}))
-        full = base.copy()
-        prior.add_to(full[None, :], [history])
-        want = sorted(searchable, key=lambda i: (-full[i - 1], i))[:k]
+        got = scorer.merge(history, intent, hits, k, exclude, lookup)
         assert [hit[0] for hit in got] == want
-        assert [hit[1] for hit in got] == pytest.approx([full[i - 1] for i in want], abs=1e-4)
+        assert [hit[1] for hit in got] == pytest.approx(want_scores, abs=1e-4)
+        got_exact = exact.top_k(intent[None, :], [history], k, [exclude])[0]
+        assert [i for i, _ in got_exact] == want
+        assert [score for _, score in got_exact] == pytest.approx(want_scores, abs=1e-4)
 
 
 def test_no_prior_or_no_history_leaves_the_hits_alone():
     hits = [(3, 2.0, "c", {}), (1, 1.0, "a", {})]
-    vectors = np.zeros((6, 2), dtype=np.float32)
-    assert rescore(None, [1], np.zeros(2), hits, 1, vectors, set(), lambda i: i > 0, None) == hits[:1]
+    rows = np.zeros((6, 2), dtype=np.float32)
+    assert Scorer(rows).merge([1], np.zeros(2), hits, 1, set(), dict) == hits[:1]
     prior = _prior([[1, 2]], n_indices=6)
-    assert rescore(prior, [], np.zeros(2), hits, 2, vectors, set(), lambda i: i > 0, None) == hits
-    assert overfetch(prior.weighted(1.0, -4.0), [1, 1, 2, 5], {5}) == 2
+    assert Scorer(rows, prior).merge([], np.zeros(2), hits, 2, set(), dict) == hits
+    assert Scorer(rows, prior.weighted(1.0, -4.0)).overfetch([1, 1, 2, 5], {5}) == 2
 
 
 def test_fit_leans_on_counts_when_the_encoder_knows_nothing():
@@ -92,7 +108,7 @@ def test_fit_leans_on_counts_when_the_encoder_knows_nothing():
     split = leave_one_out(sequences)
     torch.manual_seed(0)
     model = BERT4Rec(ModelConfig(n_indices=n_items + 2, max_len=12, hidden_size=16, heads=2)).eval()
-    fit = fit_sequence_prior(model, split.train, split.valid, n_items + 1)
+    fit = fit_sequence_prior(model, model_scorer(model), split.train, split.valid, n_items + 1)
     assert fit.prior.transition_weight > 0
     assert fit.ndcg > 0.9 > fit.encoder_ndcg
     assert fit.users == len(split.valid)

@@ -23,7 +23,7 @@ def test_intent_carries_the_transition_query_of_the_last_history_item():
     torch.testing.assert_close(transition[1], model.prev_emb.weight[7])
     assert transition[2].abs().sum() == 0  # no history: nothing to transition from
     vectors = model.item_vectors()
-    assert vectors.shape == (N_ITEMS + 2, model.cfg.vector_dim) == (N_ITEMS + 2, 16 + 4 + 1)
+    assert vectors.shape == (N_ITEMS + 2, model.cfg.layout.dim) == (N_ITEMS + 2, 16 + 4 + 1)
     torch.testing.assert_close(vectors[:, 16:20], model.next_emb.weight)
 
 

@@ -20,7 +20,7 @@ from seqrec.shared.vocab import ItemVocab
 class Catalog:
     def __init__(self, bundle: Bundle, vocab: ItemVocab):
         self.vocab = vocab
-        self.schema: dict[str, str] = dict(bundle.manifest.get("metadata_schema") or {})
+        self.schema: dict[str, str] = dict(bundle.manifest.metadata_schema)
         n = vocab.n_indices
         counts = bundle.popularity().astype(np.float64)
         counts[0] = counts[vocab.mask_index] = -1.0  # never recommend padding or [MASK]

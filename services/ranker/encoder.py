@@ -35,8 +35,8 @@ class OnnxEncoder:
         self.session = ort.InferenceSession(str(bundle.file(ENCODER)), options, providers=pick_providers(provider))
         self.max_len = bundle.max_len
         self.mask_index = bundle.mask_index
-        self.input_name = bundle.manifest["encoder"]["input"]
-        self.output_name = bundle.manifest["encoder"]["output"]
+        self.input_name = bundle.manifest.encoder.input
+        self.output_name = bundle.manifest.encoder.output
 
     @property
     def provider(self) -> str:

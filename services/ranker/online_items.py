@@ -1,10 +1,11 @@
-"""Catalog items added or changed online (UpsertItems): text → vectors with the bundle's own projection.
+"""Catalog items added or changed online (UpsertItems): text → rows through the scoring contract.
 
-A brand-new item's output vector is `[MiniLM(text), 1] @ text_projection`, exactly what the trainer
-gives a catalog item without interactions; its item-to-item vector mixes that with the text
-embedding the way the bundle's precomputed ones do. Rows go to Milvus (shared by every ranker
-replica, durable), keyed by a primary key derived from the item id, so replicas agree without
-coordination and repeating an upsert replaces the row.
+Rows come from `shared.scoring.item_rows`, the function the trainer's export calls: a brand-new item is
+built like a catalog item without interactions (no id part, new and unseen); a bundle item keeps its id
+part and its flags and takes the new text (a warm item that had no text does not become a new one). Its
+item-to-item vector mixes the row with the text embedding the way the bundle's precomputed ones do.
+Rows go to Milvus (shared by every ranker replica, durable), keyed by a primary key derived from the item
+id, so replicas agree without coordination and repeating an upsert replaces the row.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from seqrec.shared.bundle import TEXT_EMBEDDINGS, TEXT_PROJECTION, Bundle
-from seqrec.shared.similarity import item_to_item_vectors, text_only_vector
+from seqrec.shared.bundle import Bundle
+from seqrec.shared.scoring import NEW_ITEM, UNSEEN, ItemParts, item_rows
+from seqrec.shared.similarity import item_to_item_vectors
 from seqrec.shared.vocab import ItemVocab
 
 ONLINE_PK_BASE = 1 << 62  # bundle items use their model index (< n_indices); online-only items live above
@@ -63,33 +65,31 @@ def check_entry(n: int, entry: CatalogEntry, schema: dict[str, str]) -> None:
 
 
 class TextVectorizer:
-    """Vectors for items described by text, consistent with the bundle's trained vectors."""
+    """Rows for items described by text, built exactly as the bundle's own rows were."""
 
-    def __init__(self, bundle: Bundle, vocab: ItemVocab, item_vectors: np.ndarray):
+    def __init__(self, bundle: Bundle, vocab: ItemVocab):
         self.vocab = vocab
-        self.projection = bundle.array(TEXT_PROJECTION)
-        self.model_dim = bundle.model_dim  # leading item-vector columns used for item-to-item similarity
-        self.text = bundle.array(TEXT_EMBEDDINGS)
-        self.item_vectors = item_vectors
+        self.parts = ItemParts.from_bundle(bundle)
+
+    def _rows(self, indices: list[int | None], text: np.ndarray) -> np.ndarray:
+        """Rows of items with new text: bundle items (an index) keep their id part and flags, new ones (None)
+        have no id part and are new and unseen."""
+        parts = self.parts
+        id_rows = np.zeros((len(indices), parts.layout.id_width), dtype=np.float32)
+        flags = np.full(len(indices), NEW_ITEM | UNSEEN, dtype=np.uint8)
+        for row, index in enumerate(indices):
+            if index is not None:
+                id_rows[row], flags[row] = parts.id_rows[index], parts.flags[index]
+        return item_rows(parts.layout, id_rows, flags, text, parts.head, parts.exposure_boost)
 
     def vectors(self, item_ids: list[str], text: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(primary keys, output vectors, item-to-item vectors) for items with new text embeddings.
-
-        A bundle item keeps its learned id part and swaps its text part; a new item is text only.
-        """
-        out = text_only_vector(text, self.projection)
-        keys = np.empty(len(item_ids), dtype=np.int64)
-        for row, item_id in enumerate(item_ids):
-            index = self.vocab.get(item_id)
-            if index is None:
-                keys[row] = online_pk(item_id)
-                continue
-            keys[row] = index
-            old = self.text[index: index + 1]
-            old_part = text_only_vector(old, self.projection)[0] if np.any(old) else 0.0
-            out[row] = self.item_vectors[index] - old_part + out[row]
-        return keys, out.astype(np.float32), item_to_item_vectors(out, self.model_dim, text)
+        """(primary keys, rows, item-to-item vectors) for items with new text embeddings."""
+        indices = [self.vocab.get(item_id) for item_id in item_ids]
+        keys = np.array([online_pk(i) if n is None else n for i, n in zip(item_ids, indices, strict=True)],
+                        dtype=np.int64)
+        rows = self._rows(indices, text)
+        return keys, rows, item_to_item_vectors(rows, self.parts.layout.model, text)
 
     def query_vector(self, text: np.ndarray) -> np.ndarray:
         """The item-to-item query vector [1, d] of an item known only by its text."""
-        return item_to_item_vectors(text_only_vector(text, self.projection), self.model_dim, text)
+        return item_to_item_vectors(self._rows([None], text), self.parts.layout.model, text)

@@ -43,7 +43,7 @@ def bundle_item_to_item_vectors(bundle: Bundle, item_vectors: np.ndarray) -> np.
     """The hybrid bundle's precomputed item-to-item vectors, or unit output embeddings for an id-only one."""
     if bundle.has(ITEM_TO_ITEM):
         return bundle.array(ITEM_TO_ITEM)
-    return item_to_item_vectors(item_vectors, bundle.model_dim)
+    return item_to_item_vectors(item_vectors, bundle.manifest.scoring.layout.model)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -81,7 +81,7 @@ def publish(bundle_path: Path, redis_url: str, milvus_uri: str, milvus_token: st
     n_users = histories.merge_bulk(
         ((row["user_id"], row["items"], [int(round(t * TIME_SCALE_MS)) for t in row["timestamps"]])
          for row in bundle.iter_jsonl(HISTORIES)),
-        total=bundle.manifest.get("n_users"), progress=progress)
+        total=bundle.manifest.n_users, progress=progress)
     store.set_live(bundle.version)
     _record_live(bundle)
     log.info("published", extra={"bundle": bundle.version, "items": vocab.n_items, "users": n_users})

@@ -25,13 +25,12 @@ from seqrec.services.ranker.online_items import (
     check_entry,
     online_pk,
 )
-from seqrec.services.ranker.prior_rescoring import overfetch, rescore
 from seqrec.services.ranker.publish import I2I_SUFFIX, bundle_item_to_item_vectors
 from seqrec.services.ranker.vector_store import MilvusItemStore
 from seqrec.shared.bundle import Bundle
 from seqrec.shared.json_api import MAX_LIST_ITEMS as MAX_EXCLUDED
 from seqrec.shared.json_api import MAX_TOP_K
-from seqrec.shared.sequence_prior import SequencePrior
+from seqrec.shared.scoring import Scorer
 from seqrec.shared.text import item_text
 
 
@@ -73,11 +72,11 @@ class Recommender:
         self.histories = histories
         self.embedder = embedder
         self.default_top_k = bundle.top_k
-        self.item_vectors = bundle.item_vectors()
-        self.prior = SequencePrior.from_bundle(bundle)
-        self.i2i_vectors = bundle_item_to_item_vectors(bundle, self.item_vectors)
-        self.text_vectors = TextVectorizer(bundle, self.vocab, self.item_vectors) if bundle.hybrid else None
-        self.text_columns: list[str] = list((bundle.manifest.get("text") or {}).get("columns") or [])
+        self.scorer = Scorer.from_bundle(bundle)
+        self.i2i_vectors = bundle_item_to_item_vectors(bundle, self.scorer.rows)
+        self.text_vectors = TextVectorizer(bundle, self.vocab) if bundle.hybrid else None
+        text = bundle.manifest.text
+        self.text_columns: list[str] = list(text.columns) if text is not None else []
 
     # ---- helpers -------------------------------------------------------------------------------
     def _top_k(self, requested: int) -> int:
@@ -113,16 +112,17 @@ class Recommender:
 
     def _from_history(self, history: list[int], top_k: int, clauses: Sequence[common_pb2.FilterClause],
                       expr: str, exclude: set[int], unknown: list[str]) -> Recommendation:
-        """Encode the history, search item vectors by inner product and add the bundle's sequence prior;
-        popularity when the history is empty."""
+        """Encode the history, search item rows by inner product and merge in the bundle's sequence prior
+        (`Scorer.merge`: the items it lifts are read from Milvus, filtered as the search is); popularity when the
+        history is empty."""
         history = history[-(self.encoder.max_len - 1):]
         if not history:
             return self._popularity(top_k, clauses, exclude, unknown)
         intent = self.encoder.intents([history])
-        limit = top_k + overfetch(self.prior, history, exclude)
+        limit = top_k + self.scorer.overfetch(history, exclude)
         hits = self.items.search(self.version, intent, limit, expr, [sorted(exclude)])[0]
-        hits = rescore(self.prior, history, intent, hits, top_k, self.item_vectors, exclude,
-                       lambda indices: self.catalog.filter_mask(clauses, indices), self.catalog.hit_record)
+        hits = self.scorer.merge(history, intent, hits, top_k, exclude,
+                                 lambda indices: self.items.rows(self.version, indices, expr))
         items = [(item_id, score, *_display(display)) for _, score, item_id, display in hits]
         return Recommendation(items, self.version, common_pb2.FALLBACK_NONE, unknown, len(history))
 

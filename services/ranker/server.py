@@ -167,9 +167,9 @@ class RankerApp:
         m = self.bundle.manifest
         metrics = {f"test_{k}": float(v) for k, v in (self.bundle.metrics().get("test") or {}).items()}
         return common_pb2.ModelInfo(
-            bundle_version=self.bundle.version, hybrid=self.bundle.hybrid, num_items=m["n_items"],
-            num_users=int(m.get("n_users", 0)), max_len=m["max_len"], hidden_size=m["model"]["hidden_size"],
-            metadata_columns=list(m.get("metadata_schema") or {}), metrics=common_pb2.Metrics(values=metrics),
+            bundle_version=self.bundle.version, hybrid=self.bundle.hybrid, num_items=m.n_items,
+            num_users=m.n_users, max_len=m.max_len, hidden_size=m.scoring.layout.model,
+            metadata_columns=list(m.metadata_schema), metrics=common_pb2.Metrics(values=metrics),
             runtime=f"onnxruntime:{self.recommender.encoder.provider}", default_top_k=self.bundle.top_k)
 
     def start(self) -> None:

@@ -385,7 +385,7 @@ class MilvusItemStore:
         for hits, skip in zip(results, excluded, strict=True):
             found = [(int(hit.id), float(hit.distance), hit["entity"]["item_id"], json.loads(hit["entity"]["display"]))
                      for hit in hits if int(hit.id) not in skip]
-            found.sort(key=lambda h: -h[1])
+            found.sort(key=lambda h: (-h[1], h[0]))  # the scoring contract's tie rule
             out.append(found[:top_k])
         return out
 
@@ -407,6 +407,20 @@ class MilvusItemStore:
         for start in range(0, len(keys), GET_BATCH):
             rows = self._read(f"get {name}", "get", name, ids=keys[start:start + GET_BATCH], output_fields=["vector"])
             out.update({int(r[PRIMARY_KEY]): np.asarray(r["vector"], dtype=np.float32) for r in rows})
+        return out
+
+    def rows(self, version: str, indices: Sequence[int], expr: str = "") -> dict[int, tuple[np.ndarray, str, dict]]:
+        """(vector, item_id, display) of the given primary keys whose stored row passes the filter `expr`: what a
+        search would score them with and whether it could return them (rows changed online included)."""
+        name = collection_name(version)
+        keys = sorted({int(i) for i in indices})
+        out: dict[int, tuple[np.ndarray, str, dict]] = {}
+        for start in range(0, len(keys), GET_BATCH):
+            chunk = keys[start:start + GET_BATCH]
+            where = f"{PRIMARY_KEY} in {chunk}" + (f" and ({expr})" if expr else "")
+            rows = self._read(f"query {name}", "query", name, filter=where, output_fields=["vector", *_OUTPUT])
+            out.update({int(r[PRIMARY_KEY]): (np.asarray(r["vector"], dtype=np.float32), r["item_id"],
+                                              json.loads(r["display"])) for r in rows})
         return out
 
     def ping(self) -> bool:

@@ -1,7 +1,8 @@
 """Full-ranking evaluation: every catalog item is scored for every user (no sampled negatives).
 
-Inputs go through `seqrec.shared.history.encode_histories`, the function the ranker serves with,
-so offline metrics measure exactly what serving computes.
+Inputs go through `seqrec.shared.history.encode_histories`, the function the ranker serves with, and
+scores through `seqrec.shared.scoring.Scorer`, the contract the ranker serves with, so offline metrics
+measure exactly what serving computes.
 """
 
 from __future__ import annotations
@@ -13,30 +14,38 @@ from seqrec.services.trainer.model import BERT4Rec
 from seqrec.services.trainer.split import EvalSet
 from seqrec.shared.history import encode_histories
 from seqrec.shared.metrics import ranking_metrics, target_ranks
+from seqrec.shared.scoring import Scorer
 
 SAMPLED_NEGATIVES = 100
 EVAL_BLOCK_CELLS = 50_000_000  # users × items scored at once (200 MB of float32)
 
 
 @torch.no_grad()
-def score_histories(model: BERT4Rec, histories: list[np.ndarray], mask_index: int,
-                    batch_size: int = 256) -> np.ndarray:
-    """Scores [len(histories), n_items] for items 1..n_items (column j is item index j + 1): the model's logits
-    plus its sequence prior once one is fitted (`model.sequence_prior`), exactly as the ranker scores."""
+def intents(model: BERT4Rec, histories: list[np.ndarray], mask_index: int, batch_size: int = 256) -> np.ndarray:
+    """Intents [len(histories), dim] of item-index histories, as the exported encoder computes them."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    vectors = model.item_vectors()[1:mask_index]  # items only: no padding, no [MASK]
-    out = []
+    out = [np.zeros((0, model.cfg.layout.dim), dtype=np.float32)]
     for start in range(0, len(histories), batch_size):
         ids = encode_histories(histories[start:start + batch_size], model.cfg.max_len, mask_index)
-        intent = model(torch.from_numpy(ids).to(device))
-        scores = (intent @ vectors.T).float().cpu().numpy()
-        if model.sequence_prior is not None:
-            model.sequence_prior.add_to(scores, histories[start:start + batch_size])
-        out.append(scores)
+        out.append(model(torch.from_numpy(ids).to(device)).float().cpu().numpy())
     model.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, mask_index - 1), dtype=np.float32)
+    return np.concatenate(out)
+
+
+def model_scorer(model: BERT4Rec) -> Scorer:
+    """The scoring contract over the model's own item rows, with nothing added after training (no prior, no
+    exposure boost): what validation during training scores with."""
+    return Scorer.from_parts(model.item_parts())
+
+
+def score_histories(model: BERT4Rec, histories: list[np.ndarray], mask_index: int, scorer: Scorer | None = None,
+                    batch_size: int = 256) -> np.ndarray:
+    """Scores [len(histories), n_items] for items 1..n_items (column j is item index j + 1) through `scorer`
+    (default: `model_scorer`), exactly as the ranker scores."""
+    scorer = model_scorer(model) if scorer is None else scorer
+    return scorer.scores(intents(model, histories, mask_index, batch_size), histories)
 
 
 def _sampled_ranks(scores: np.ndarray, eval_set: EvalSet, popularity: np.ndarray,
@@ -72,10 +81,10 @@ def _sampled_ranks(scores: np.ndarray, eval_set: EvalSet, popularity: np.ndarray
     return ranks
 
 
-def _block_ranks(model: BERT4Rec, block: EvalSet, mask_index: int, exclude_seen: bool, batch_size: int,
+def _block_ranks(model: BERT4Rec, scorer: Scorer, block: EvalSet, mask_index: int, exclude_seen: bool, batch_size: int,
                  popularity: np.ndarray | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
     """Full-ranking ranks (and sampled-100 ranks) of one block of users."""
-    scores = score_histories(model, block.inputs, mask_index, batch_size)
+    scores = score_histories(model, block.inputs, mask_index, scorer, batch_size)
     target_cols = block.targets - 1
     if exclude_seen:
         rows = np.arange(len(block))
@@ -88,8 +97,10 @@ def _block_ranks(model: BERT4Rec, block: EvalSet, mask_index: int, exclude_seen:
 
 
 def evaluate(model: BERT4Rec, eval_set: EvalSet, mask_index: int, exclude_seen: bool = False,
-             popularity: np.ndarray | None = None, seed: int = 0, batch_size: int = 256) -> dict[str, float]:
-    """HR@{1,5,10,20}, NDCG@{1,5,10,20} and MRR by full ranking; `sampled_*` with `popularity` given.
+             popularity: np.ndarray | None = None, seed: int = 0, batch_size: int = 256,
+             scorer: Scorer | None = None) -> dict[str, float]:
+    """HR@{1,5,10,20}, NDCG@{1,5,10,20} and MRR by full ranking; `sampled_*` with `popularity` given. Scores
+    through `scorer` (the bundle's: prior and exposure boost included), by default `model_scorer(model)`.
 
     Users are scored in blocks whose score matrix stays under EVAL_BLOCK_CELLS floats, so evaluation
     memory does not grow with users × catalog (a 1M-item catalog scored 10k users at once needed ~100 GB).
@@ -97,11 +108,12 @@ def evaluate(model: BERT4Rec, eval_set: EvalSet, mask_index: int, exclude_seen: 
     if len(eval_set) == 0:
         return {}
     rng = np.random.default_rng(seed)  # drawn block after block: the same draws as scoring all at once
+    scorer = model_scorer(model) if scorer is None else scorer
     block_users = max(1, EVAL_BLOCK_CELLS // max(mask_index - 1, 1))
     full, sampled = [], []
     for start in range(0, len(eval_set), block_users):
         block = EvalSet(eval_set.inputs[start:start + block_users], eval_set.targets[start:start + block_users])
-        ranks, sampled_ranks = _block_ranks(model, block, mask_index, exclude_seen, batch_size, popularity, rng)
+        ranks, sampled_ranks = _block_ranks(model, scorer, block, mask_index, exclude_seen, batch_size, popularity, rng)
         full.append(ranks)
         if sampled_ranks is not None:
             sampled.append(sampled_ranks)

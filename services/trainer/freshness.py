@@ -7,11 +7,11 @@ and in the bundle.
 
 A model trained for likelihood ranks an item nobody has consumed yet low: it has no track record, and
 each one alone is rarely consumed, although together new arrivals take a steady share of what people
-consume. After training, `calibrate_exposure` gives the items with no interactions at all (catalog-only
-items, and items added online) a bias boost so that they take their expected share of the top-10 slots
-on the validation histories (what AWS Personalize calls exploration of new items, here measured from the
-data rather than set by hand). `expected_unseen_share` estimates that share: each unseen item is taken to
-be consumed like one of the newest warm items, whose recent share of interactions is measured.
+consume. After training, `calibrate_exposure` finds the exposure boost (`shared/scoring.py`) with which the
+items nobody has interacted with (catalog-only items, and items added online) take their expected share of
+the top-10 slots on the validation histories (what AWS Personalize calls exploration of new items, here
+measured from the data rather than set by hand). `expected_unseen_share` estimates that share: each unseen
+item is taken to be consumed like one of the newest warm items, whose recent share of interactions is measured.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from seqrec.services.trainer.evaluate import score_histories
 from seqrec.services.trainer.model import BERT4Rec
+from seqrec.shared.scoring import Scorer
 
 NEWEST_SHARE = 0.10  # share of warm items, by first appearance, trained as stand-ins for new ones
 UNSEEN_SHARE_CAP = 2.0  # unseen items together get at most this multiple of the newest items' measured share:
@@ -77,27 +77,27 @@ def expected_unseen_share(recent: float, n_newest: int, n_unseen: int) -> float:
     return min(recent * n_unseen / n_newest, UNSEEN_SHARE_CAP * recent, 0.99)
 
 
-def top_k_share(scores: torch.Tensor, is_new: torch.Tensor, boost: float, k: int) -> float:
-    """Share of the top-k slots (over all rows of `scores` [users, items]) that new items take at `boost`."""
-    top = (scores + boost * is_new).topk(min(k, scores.shape[1]), dim=1).indices
+def top_k_share(scores: np.ndarray, is_new: np.ndarray, k: int) -> float:
+    """Share of the top-k slots (over all rows of `scores` [users, items]) that the items `is_new` take."""
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.arange(scores.shape[1])
     return float(is_new[top].mean())
 
 
-@torch.no_grad()
-def calibrate_exposure(model: BERT4Rec, histories: list[np.ndarray], mask_index: int, target: float,
+def calibrate_exposure(model: BERT4Rec, scorer: Scorer, histories: list[np.ndarray], mask_index: int, target: float,
                        k: int = 10, steps: int = 30) -> float:
-    """The bias boost for catalog-only items that gives them `target` of the top-k slots on `histories`.
-
-    Scored as at serving. Bisection over [0, 30] nats; 0 when they already take their share.
-    """
-    is_new = model.catalog_only[1:mask_index].cpu()
+    """The exposure boost that gives the items nobody has interacted with `target` of the top-k slots on
+    `histories`, scored through `scorer` (the bundle's, prior included). Bisection over [0, 30] nats; 0 when
+    they already take their share. Returns the boost; nothing is changed."""
+    is_new = scorer.unseen[1:mask_index]
     if not is_new.any() or target <= 0:
         return 0.0
-    scores = torch.from_numpy(score_histories(model, histories, mask_index))
+    scores = score_histories(model, histories, mask_index, scorer)
     low, high = 0.0, 30.0
-    if top_k_share(scores, is_new, low, k) >= target:
+    if top_k_share(scores, is_new, k) >= target:
         return 0.0
     for _ in range(steps):
         middle = (low + high) / 2
-        low, high = (middle, high) if top_k_share(scores, is_new, middle, k) < target else (low, middle)
+        share = top_k_share(scorer.shift_unseen(scores, middle), is_new, k)
+        low, high = (middle, high) if share < target else (low, middle)
     return high

@@ -22,11 +22,9 @@ factorized first-order Markov chain (the "FMC" of Rendle et al.'s FPMC) learned 
 What follows what is a sparse, high-rank pattern that the 64-wide encoder compresses poorly: a plain
 first-order Markov chain beat the encoder alone on both benchmark datasets (docs/training_benchmark.md).
 
-Scoring contract shared with serving: `intent(ids)` [B, D] · `item_vectors()` [n_indices, D] is
-exactly the model's logit for every item. Columns: the output item vectors (hidden_size), then the
-item texts (content_dim; hybrid only), then the transition vectors (transition_dim), then the output
-bias (the intent carries a constant 1 there). Once trained, a count-based sequence prior
-(`seqrec.shared.sequence_prior`, not a torch module) adds sparse terms to that logit, in evaluation and serving.
+Scoring: `intent(ids)` [B, D] · `item_vectors()` [n_indices, D] is exactly the model's logit for every item
+(columns: `shared.manifest.Layout`). Export hands `item_parts()` to the torch-free scoring contract
+(`seqrec.shared.scoring`), which rebuilds the same rows and owns every term added after training.
 """
 
 from __future__ import annotations
@@ -34,11 +32,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqrec.shared.sequence_prior import SequencePrior
+from seqrec.shared.manifest import Layout
+from seqrec.shared.scoring import NEW_ITEM, UNSEEN, ItemParts, TextHead
 from seqrec.shared.vocab import PAD_INDEX
 
 
@@ -58,9 +58,9 @@ class ModelConfig:
     transition_dim: int = 0  # > 0: factorized last-item transitions of this width
 
     @property
-    def vector_dim(self) -> int:
-        """Width of intents and item vectors: output vector, item text, transition vector, bias."""
-        return self.hidden_size + self.content_dim + self.transition_dim + 1
+    def layout(self) -> Layout:
+        """Column groups of intents and item vectors: output vector, item text, transition vector, bias."""
+        return Layout(self.hidden_size, self.content_dim, self.transition_dim)
 
 
 CONTENT_TAPS = 8  # history items (newest first) whose text forms the content-affinity query
@@ -138,7 +138,6 @@ class BERT4Rec(nn.Module):
                 raise ValueError(f"content affinity needs text embeddings of shape "
                                  f"({cfg.n_indices}, {cfg.content_dim})")
             self.register_buffer("content", text.float(), persistent=False)
-            self.register_buffer("content_scale", torch.ones(cfg.n_indices), persistent=False)  # set by fused()
             self.content_taps = nn.Parameter(torch.zeros(CONTENT_TAPS))
         if cfg.text_dim:
             if text is None or text.shape != (cfg.n_indices, cfg.text_dim):
@@ -168,11 +167,6 @@ class BERT4Rec(nn.Module):
             self.new_bias = nn.Parameter(torch.zeros(()))
             if cfg.content_dim:  # extra weight of content affinity for new items
                 self.new_content = nn.Parameter(torch.zeros(()))
-            # added after training to the bias of items nobody has interacted with yet: catalog-only items and
-            # items added online through `text_projection` (`freshness.calibrate_exposure`)
-            self.exposure_boost = 0.0
-        # count-based terms added to the logit, fitted on the validation split after training (`prior_fit`)
-        self.sequence_prior: SequencePrior | None = None
         self.apply(self._init)
         if cfg.transition_dim:
             with torch.no_grad():
@@ -236,13 +230,12 @@ class BERT4Rec(nn.Module):
             return self.out_bias
         keep = self.id_known if keep is None else keep
         return (self.out_bias * keep + self._text_part(self.text_bias).squeeze(-1)
-                + self._new_mark(keep).squeeze(-1) * GATE_SCALE * self.new_bias
-                + self.catalog_only * self.exposure_boost)
+                + self._new_mark(keep).squeeze(-1) * GATE_SCALE * self.new_bias)
 
     def output_content(self, keep: torch.Tensor | None = None) -> torch.Tensor:
         """(n_indices, content_dim): item texts as scored by content affinity (new items weigh 1 + new_content)."""
         if not self.hybrid:
-            return self.content * self.content_scale[:, None]
+            return self.content
         return self.content * self._content_weight(keep)[:, None]
 
     def _content_weight(self, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -327,7 +320,8 @@ class BERT4Rec(nn.Module):
 
     @torch.no_grad()
     def fused(self) -> BERT4Rec:
-        """An id-only model with identical outputs: text folded into the embedding tables (for export)."""
+        """An id-only model with identical intents: text folded into the embedding tables (for export; item rows
+        come from `item_parts`)."""
         if not self.hybrid:
             return self
         plain = BERT4Rec(dataclasses.replace(self.cfg, text_dim=0, id_dropout=0.0),
@@ -341,22 +335,28 @@ class BERT4Rec(nn.Module):
             state["prev_emb.weight"] = self.prev_emb.weight * self.id_known[:, None]
             state["next_emb.weight"] = self.transition_out()
         plain.load_state_dict(state)
-        if self.cfg.content_dim:
-            plain.content_scale.copy_(self._content_weight())
-        plain.sequence_prior = self.sequence_prior
         return plain.to(self.item_emb.weight.device).eval()
 
     @torch.no_grad()
-    def text_projection(self) -> torch.Tensor:
-        """(text_dim + 1, D): `[text, 1] @ P` is the item vector (content, bias) of a new, text-only item
-        (no transition vector: nothing is known to lead to it)."""
-        weight = self.text_out or self.text_in
-        content = torch.eye(self.cfg.text_dim, self.cfg.content_dim, device=weight.weight.device)
-        if self.cfg.content_dim:
-            content = content * (1.0 + GATE_SCALE * self.new_content)  # a new item's text, weighed for new items
-        transition = content.new_zeros(self.cfg.text_dim, self.cfg.transition_dim)
-        top = torch.cat([weight.weight.T, content, transition, self.text_bias.weight.T], dim=1)
-        bottom = torch.cat([weight.bias + self._new_out(), content.new_zeros(self.cfg.content_dim),
-                            content.new_zeros(self.cfg.transition_dim),
-                            self.text_bias.bias + GATE_SCALE * self.new_bias + self.exposure_boost])[None, :]
-        return torch.cat([top, bottom], dim=0)
+    def item_parts(self) -> ItemParts:
+        """The parts every item's row is built from (`shared.scoring.item_rows`), as the model scores in eval mode:
+        `item_rows(parts)` equals `item_vectors()`."""
+        n, layout = self.cfg.n_indices, self.cfg.layout
+        keep = self.id_known if self.hybrid else torch.ones(n, device=self.out_bias.device)
+        base = self.item_emb.weight if self.out_emb is None else self.out_emb.weight
+        parts = [base * keep[:, None]]
+        if self.cfg.transition_dim:
+            parts.append(self.next_emb.weight * keep[:, None])
+        parts.append((self.out_bias * keep)[:, None])
+        id_rows = torch.cat(parts, dim=1).float().cpu().numpy()
+        if not self.hybrid:
+            return ItemParts(layout, id_rows, np.zeros(n, dtype=np.uint8))
+        new = self._new_mark(keep).squeeze(-1).cpu().numpy() > 0
+        flags = (new * NEW_ITEM | (self.catalog_only.cpu().numpy() > 0) * UNSEEN).astype(np.uint8)
+        text_weight = self.text_out or self.text_in
+        weights = torch.cat([torch.cat([text_weight.weight.T, self.text_bias.weight.T], dim=1),
+                             torch.cat([text_weight.bias, self.text_bias.bias])[None, :]])
+        new_item = torch.cat([self._new_out(), (GATE_SCALE * self.new_bias)[None]])
+        content_weight = float(1.0 + GATE_SCALE * self.new_content) if self.cfg.content_dim else 1.0
+        head = TextHead(weights.float().cpu().numpy(), new_item.float().cpu().numpy(), content_weight)
+        return ItemParts(layout, id_rows, flags, self.text.float().cpu().numpy(), head)

@@ -308,7 +308,7 @@ class BundleStore:
                 bundles.append(Bundle.open(path, verify=False))
             except BundleError as exc:
                 log.warning("skipping unreadable bundle", extra={"path": str(path), "error": str(exc)})
-        return sorted(bundles, key=lambda b: (str(b.manifest.get("created_at", "")), b.version), reverse=True)
+        return sorted(bundles, key=lambda b: (b.manifest.created_at, b.version), reverse=True)
 
     def info(self, bundle: Bundle, live: str, job_id: str = "") -> trainer_pb2.BundleInfo:
         m = bundle.manifest
@@ -316,15 +316,13 @@ class BundleStore:
             metrics = flatten_metrics(json.loads((bundle.path / "metrics.json").read_text()))
         except (OSError, ValueError):
             metrics = {}
-        created = _created_at(m, bundle.path)
-        text_model = str(m.get("text_model") or (m.get("text") or {}).get("model") or "")
-        hparams = (m.get("config") or {}).get("hparams") or {}
+        created = _created_at(m.created_at, bundle.path)
+        text_model = m.text.model if m.text is not None else ""
         model = common_pb2.ModelInfo(
-            bundle_version=bundle.version, created_at=created, hybrid=bool(m.get("hybrid") or text_model),
-            num_items=int(m.get("n_items", 0)), num_users=int(m.get("n_users", 0)), max_len=int(m.get("max_len", 0)),
-            hidden_size=int((m.get("model") or {}).get("hidden_size", hparams.get("hidden_size", 0))),
-            metadata_columns=list(m.get("metadata_schema") or {}), text_model=text_model,
-            metrics=common_pb2.Metrics(values=metrics), default_top_k=int(hparams.get("top_k", 0)))
+            bundle_version=bundle.version, created_at=created, hybrid=m.hybrid, num_items=m.n_items,
+            num_users=m.n_users, max_len=m.max_len, hidden_size=m.scoring.layout.model,
+            metadata_columns=list(m.metadata_schema), text_model=text_model,
+            metrics=common_pb2.Metrics(values=metrics), default_top_k=m.top_k)
         return trainer_pb2.BundleInfo(version=bundle.version, path=str(bundle.path), created_at=created,
                                       metrics=common_pb2.Metrics(values=metrics), live=bundle.version == live,
                                       job_id=job_id, model=model)
@@ -364,13 +362,13 @@ def _store_errors(what: str) -> Iterator[None]:
         raise StoreUnavailable(f"{what}: {exc}") from exc
 
 
-def _created_at(manifest: dict[str, Any], path: Path) -> Timestamp:
+def _created_at(created_at: str, path: Path) -> Timestamp:
     try:
-        when = dt.datetime.fromisoformat(str(manifest["created_at"]))
+        when = dt.datetime.fromisoformat(created_at)
         if when.tzinfo is None:
             when = when.replace(tzinfo=dt.UTC)
         return timestamp(when.timestamp())
-    except (KeyError, ValueError):
+    except ValueError:
         return timestamp(path.stat().st_mtime)
 
 
