@@ -207,7 +207,7 @@ def main() -> None:
     peer = "skipped (--no-peer)" if args.no_peer else run_recbole(args)
     print(json.dumps({"seqrec": rows, "recbole": peer}), file=sys.stderr)
 
-    hp = bundle.manifest["config"]["hparams"]
+    hp = bundle.manifest.config["hparams"]
     lines = [
         START,
         "## Speed",

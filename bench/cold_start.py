@@ -11,7 +11,7 @@ and the full catalog is ranked. Compared, on the same events:
 - the ID-only model (cold movies are outside its vocabulary: it cannot rank them),
 - the hybrid model (id + text with id dropout, new-item marks learned on the newest warm items, content
   affinity to the last items' text, new-item exposure calibrated on validation), through the bundle's
-  ONNX encoder and item vectors.
+  ONNX encoder and its scoring contract (`shared/scoring.py`), as the ranker serves it.
 Warm quality is each model's ordinary leave-one-out test on the training data (seen items not excluded).
 Writes docs/cold_start.md and docs/cold_start.json.
 """
@@ -38,6 +38,7 @@ from seqrec.shared.bundle import TEXT_EMBEDDINGS, Bundle  # noqa: E402
 from seqrec.shared.config import DataConfig, TrainConfig, build_hparams  # noqa: E402
 from seqrec.shared.logs import configure_logging  # noqa: E402
 from seqrec.shared.metrics import ranking_metrics, target_ranks  # noqa: E402
+from seqrec.shared.scoring import ItemParts, Scorer  # noqa: E402
 from seqrec.shared.sequence_prior import SequencePrior  # noqa: E402
 
 COLD_SHARE = 0.10  # the last tenth of the timeline
@@ -73,7 +74,6 @@ class EncodedEvents:
     histories: list[list[int]]  # their history windows (item indices)
     intents: np.ndarray  # their intents through ONNX Runtime
     targets: np.ndarray  # their target columns (item index - 1)
-    prior: SequencePrior | None  # the bundle's sequence prior, added to every score
 
 
 def encoded_events(bundle: Bundle, events: list[tuple[list[str], str]]) -> EncodedEvents:
@@ -89,28 +89,25 @@ def encoded_events(bundle: Bundle, events: list[tuple[list[str], str]]) -> Encod
             targets.append(index - 1)
     intents = [encoder.intents(histories[start:start + SCORE_BATCH]) for start in range(0, len(histories), SCORE_BATCH)]
     return EncodedEvents(np.array(scored, dtype=np.int64), histories,
-                         np.concatenate(intents) if intents else np.zeros((0, bundle.manifest["dim"]), np.float32),
-                         np.array(targets, dtype=np.int64), SequencePrior.from_bundle(bundle))
+                         np.concatenate(intents) if intents else np.zeros((0, bundle.manifest.dim), np.float32),
+                         np.array(targets, dtype=np.int64))
 
 
-def shifted_vectors(bundle: Bundle, new_item_shift: float) -> tuple[np.ndarray, int]:
-    """(item vectors of items 1..n_items with the logits of catalog-only items moved by `new_item_shift`,
-    the column of the first catalog-only item)."""
-    vectors = bundle.item_vectors()[1:bundle.mask_index].copy()
-    n_warm = bundle.manifest["n_items"] - bundle.manifest.get("n_catalog_only_items", 0)
-    vectors[n_warm:, -1] += new_item_shift  # the bias column
-    return vectors, n_warm
+def shifted_scorer(bundle: Bundle, new_item_shift: float) -> Scorer:
+    """The bundle's scorer (the scoring contract the ranker serves with), the exposure boost of items nobody has
+    interacted with (catalog-only) moved by `new_item_shift`."""
+    if not new_item_shift:
+        return Scorer.from_bundle(bundle)
+    parts = ItemParts.from_bundle(bundle)
+    return Scorer.from_parts(parts.with_exposure(parts.exposure_boost + new_item_shift),
+                             SequencePrior.from_bundle(bundle))
 
 
-def score_blocks(encoded: EncodedEvents, vectors: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
-    """(block, full scores of its events over items 1..n_items) as the ranker scores: intent · vectors plus the
-    bundle's sequence prior."""
+def score_blocks(encoded: EncodedEvents, scorer: Scorer) -> Iterator[tuple[slice, np.ndarray]]:
+    """(block, full scores of its events over items 1..n_items) as the ranker scores them."""
     for start in range(0, len(encoded.scored), SCORE_BATCH):
         block = slice(start, start + SCORE_BATCH)
-        scores = encoded.intents[block] @ vectors.T
-        if encoded.prior is not None:
-            encoded.prior.add_to(scores, encoded.histories[block])
-        yield block, scores
+        yield block, scorer.scores(encoded.intents[block], encoded.histories[block])
 
 
 def model_ranks(bundle: Bundle, events: list[tuple[list[str], str]], new_item_shift: float = 0.0,
@@ -118,9 +115,8 @@ def model_ranks(bundle: Bundle, events: list[tuple[list[str], str]], new_item_sh
     """Full-catalog rank of each target (`encoded_events`, computed here unless given), the logits of
     catalog-only items moved by `new_item_shift`; a target the model cannot score is never found."""
     encoded = encoded_events(bundle, events) if encoded is None else encoded
-    vectors, _ = shifted_vectors(bundle, new_item_shift)
-    ranks = np.full(len(events), bundle.manifest["n_items"], dtype=np.int64)
-    for block, scores in score_blocks(encoded, vectors):
+    ranks = np.full(len(events), bundle.manifest.n_items, dtype=np.int64)
+    for block, scores in score_blocks(encoded, shifted_scorer(bundle, new_item_shift)):
         ranks[encoded.scored[block]] = target_ranks(scores, encoded.targets[block])
     return ranks
 
@@ -137,9 +133,10 @@ def warm_test_events(bundle: Bundle) -> list[tuple[list[str], str]]:
 
 def catalog_only_share(bundle: Bundle, encoded: EncodedEvents, new_item_shift: float) -> float:
     """Share of the top-10 slots that catalog-only items take for these events, their logits moved."""
-    vectors, n_warm = shifted_vectors(bundle, new_item_shift)
-    taken = sum(int((np.argpartition(-scores, 10, axis=1)[:, :10] >= n_warm).sum())
-                for _, scores in score_blocks(encoded, vectors))
+    scorer = shifted_scorer(bundle, new_item_shift)
+    unseen = scorer.unseen[1:bundle.mask_index]
+    taken = sum(int(unseen[np.argpartition(-scores, 10, axis=1)[:, :10]].sum())
+                for _, scores in score_blocks(encoded, scorer))
     return taken / (10 * max(len(encoded.scored), 1))
 
 
@@ -273,7 +270,7 @@ def main() -> None:
                "exposure_tradeoff": exposure_tradeoff(hybrid, events),
                "warm": {"hybrid": hybrid.metrics()["test"], "id_only": id_only.metrics()["test"]},
                "hparams": {"max_len": args.max_len, "epochs": args.epochs, "patience": args.patience,
-                           "other": "spec defaults", "id_dropout": hybrid.manifest["config"]["hparams"]["id_dropout"]},
+                           "other": "spec defaults", "id_dropout": hybrid.manifest.config["hparams"]["id_dropout"]},
                "seconds": seconds, "bundles": {"hybrid": str(hybrid.path), "id_only": str(id_only.path)}}
     args.docs.mkdir(parents=True, exist_ok=True)
     write_report(results, args.docs, "python " + " ".join(sys.argv))

@@ -23,9 +23,10 @@ in its own child process (so its peak RSS is its own, read from /proc/self/statu
    ranker searches), then one query at a time through `MilvusItemStore.search` top-10: p50/p99 latency,
    HNSW recall@10 against FLAT, FLAT against numpy exact, and milvus-lite's peak RSS.
 
-`train_model` is the trainer's own loop; the bench only replaces, in its child processes, the
-epoch's batch plan (a random slice of it) and the validation function (blocked, 1,000 users), so that
-a "epoch" is a bounded number of steps. Writes --out (Markdown), and .json and .png beside it.
+`train_model` is the trainer's own loop and model (`model_config`: the architecture that ships), bounded
+through its `LoopLimits` (an "epoch" is a slice of --steps batches of the shuffled plan; validation is the
+trainer's own `evaluate` on 1,000 users, or none in the `steps` phase); nothing in it is replaced.
+Writes --out (Markdown), and .json and .png beside it.
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ sys.path.insert(0, str(BENCH))
 DEFAULT_SIZES = ("10k:100k", "100k:1M", "1M:10M")
 GROWTH_ZIPF = 0.8  # series popularity exponent: ~84% of a 1M catalog gets interactions with 10M rows
 VALID_SAMPLE = 1000  # validation users scored in the `useful` phase
-SCORE_BLOCK_CELLS = 2 ** 24  # users x items per scoring block (64 MB of float32)
 USEFUL_FACTOR, USEFUL_MARGIN = 2.0, 0.01
 START, END = "<!-- bench/growth.py: start -->", "<!-- bench/growth.py: end -->"
 
@@ -139,7 +139,8 @@ def _prepare_training(a: dict[str, Any], negatives: int, epochs: int, eval_every
     """(split, hparams, model, train counts, n_items) from the cached sequences, as pipeline.py builds them."""
     import torch
 
-    from seqrec.services.trainer.model import BERT4Rec, ModelConfig
+    from seqrec.services.trainer.bundle_builder import model_config
+    from seqrec.services.trainer.model import BERT4Rec
     from seqrec.services.trainer.split import leave_one_out
     from seqrec.shared.config import build_hparams
 
@@ -152,69 +153,9 @@ def _prepare_training(a: dict[str, Any], negatives: int, epochs: int, eval_every
     hp = build_hparams(max_len=a["max_len"], batch_size=a["batch_size"], negative_samples=negatives,
                        epochs=epochs, eval_every=eval_every, patience=10 ** 6)
     counts = np.bincount(np.concatenate(split.train), minlength=n_items + 2)
-    model = BERT4Rec(ModelConfig(n_indices=n_items + 2, max_len=hp.max_len, hidden_size=hp.hidden_size,
-                                 depth=hp.depth, heads=hp.heads, dropout=hp.dropout, weight_tying=hp.weight_tying,
-                                 use_attention_mask=hp.use_attention_mask))
+    model = BERT4Rec(model_config(hp, n_items + 2, hybrid=False))  # the architecture the trainer ships
     model.init_output_bias(torch.from_numpy(counts))
     return split, hp, model, counts, n_items
-
-
-class _Limits:
-    """Patches of the trainer module for a bounded run: each epoch is a random slice of `steps` batches of
-    the full plan; counts sequences, item positions and masked positions (in total and per epoch; the masked
-    count is summed on the training device, read once per epoch, so it adds no host sync per step)."""
-
-    def __init__(self, steps: int):
-        from seqrec.services.trainer import train as trainer
-
-        self.trainer, self.steps = trainer, steps
-        self.sequences = self.positions = self.batches = 0
-        self.epochs: list[dict[str, int]] = []  # per epoch: batches, sequences, positions, masked before it
-        self._masked: Any = 0
-        plan, mask = trainer.batch_plan, trainer.cloze_mask
-
-        def limited_plan(lengths: np.ndarray, batch_size: int, rng: np.random.Generator):
-            chosen = plan(lengths, batch_size, rng)[:self.steps]
-            epoch = {"batches": len(chosen), "sequences": sum(len(rows) for rows, _ in chosen),
-                     "positions": int(sum(lengths[rows].sum() for rows, _ in chosen)), "masked_before": self.masked}
-            self.epochs.append(epoch)
-            self.batches += epoch["batches"]
-            self.sequences += epoch["sequences"]
-            self.positions += epoch["positions"]
-            return chosen
-
-        def counting_mask(*args: Any, **kwargs: Any):
-            inputs, labels = mask(*args, **kwargs)
-            self._masked = self._masked + (labels != 0).sum()
-            return inputs, labels
-
-        trainer.batch_plan, trainer.cloze_mask = limited_plan, counting_mask
-
-    @property
-    def masked(self) -> int:
-        return int(self._masked)
-
-
-def blocked_metrics(model: Any, eval_set: Any, mask_index: int) -> dict[str, float]:
-    """Full-catalog ranking metrics, scored in blocks of users (the trainer's `evaluate` keeps the whole
-    users x items score matrix: 40 GB for 10,000 users at 1M items)."""
-    import torch
-
-    from seqrec.shared.history import encode_histories
-    from seqrec.shared.metrics import ranking_metrics, target_ranks
-
-    was_training = model.training
-    model.eval()
-    ranks = []
-    with torch.no_grad():
-        vectors = model.item_vectors()[1:mask_index]
-        rows = int(max(8, min(256, SCORE_BLOCK_CELLS // len(vectors))))
-        for start in range(0, len(eval_set), rows):
-            ids = encode_histories(eval_set.inputs[start:start + rows], model.cfg.max_len, mask_index)
-            scores = (model(torch.from_numpy(ids)) @ vectors.T).numpy()
-            ranks.append(target_ranks(scores, eval_set.targets[start:start + rows] - 1))
-    model.train(was_training)
-    return ranking_metrics(np.concatenate(ranks))
 
 
 def worker_steps(a: dict[str, Any]) -> dict[str, Any]:
@@ -231,7 +172,6 @@ def worker_steps(a: dict[str, Any]) -> dict[str, Any]:
 
     warmup = int(a.get("warmup_epochs", 0))
     split, hp, model, counts, n_items = _prepare_training(a, a["negatives"], epochs=1 + warmup)
-    limits = _Limits(a["steps"])
     marks: dict[str, Any] = {}
 
     def no_validation(*_args: Any, **_kwargs: Any) -> dict[str, float]:
@@ -239,7 +179,7 @@ def worker_steps(a: dict[str, Any]) -> dict[str, Any]:
             marks["peak_mb"] = proc_status().get("VmHWM")
         return {}
 
-    trainer.evaluate = no_validation
+    limits = trainer.LoopLimits(steps_per_epoch=a["steps"], validate=no_validation)
     params = sum(p.numel() for p in model.parameters())
     before = proc_status().get("VmRSS")
     marks["reset"] = reset_peak_rss()
@@ -249,19 +189,18 @@ def worker_steps(a: dict[str, Any]) -> dict[str, Any]:
         if a.get("sync_debug") and device.type == "cuda":
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
-        result = trainer.train_model(model, split, hp, n_items, counts, a["seed"], progress=False)
+        result = trainer.train_model(model, split, hp, n_items, counts, a["seed"], progress=False, limits=limits)
         if device.type == "cuda":
             torch.cuda.set_sync_debug_mode(0)
     for w in caught:
         if "synchroniz" in str(w.message):
             syncs[f"{Path(w.filename).name}:{w.lineno}"] += 1
-    last = limits.epochs[-1]
-    seconds = result.history[-1].seconds
-    masked = limits.masked - last["masked_before"]
-    out = {"mode": "sampled" if a["negatives"] else "full", "negatives": a["negatives"], "steps": last["batches"],
-           "seconds": seconds, "sequences_per_s": last["sequences"] / seconds,
-           "positions_per_s": last["positions"] / seconds, "steps_per_s": last["batches"] / seconds,
-           "masked_per_step": masked / max(last["batches"], 1),
+    last = result.history[-1]  # the last slice: no start-up costs after warm-up
+    seconds = last.seconds
+    out = {"mode": "sampled" if a["negatives"] else "full", "negatives": a["negatives"], "steps": last.steps,
+           "seconds": seconds, "sequences_per_s": last.sequences / seconds,
+           "positions_per_s": last.positions / seconds, "steps_per_s": last.steps / seconds,
+           "masked_per_step": last.masked / max(last.steps, 1),
            "params": params, "param_state_mb": 4 * 4 * params / 2 ** 20,  # weights, grads, 2 AdamW moments
            "rss_before_mb": before, "peak_rss_mb": marks.get("peak_mb"), "peak_reset": marks["reset"],
            "threads": torch.get_num_threads(), "loss": result.history[-1].loss, "device": result.device,
@@ -286,15 +225,17 @@ def worker_useful(a: dict[str, Any]) -> dict[str, Any]:
 
     from seqrec.services.trainer import train as trainer
     from seqrec.services.trainer.evaluate import evaluate as trainer_evaluate
+    from seqrec.services.trainer.evaluate import model_scorer
     from seqrec.services.trainer.pipeline import popularity_metrics
     from seqrec.shared.history import encode_histories
 
     max_slices = max(1, a["useful_max_steps"] // a["eval_steps"])
     split, hp, model, counts, n_items = _prepare_training(a, a["negatives"], epochs=max_slices, eval_every=1)
-    limits = _Limits(a["eval_steps"])
-    trainer.VALID_USERS, trainer.PROBE_USERS = VALID_SAMPLE, 1
+    validate = lambda m, eval_set, mi: trainer_evaluate(m, eval_set, mi) if len(eval_set) > 1 else {}  # noqa: E731
+    limits = trainer.LoopLimits(steps_per_epoch=a["eval_steps"], validate=validate, valid_users=VALID_SAMPLE,
+                                probe_users=1)  # no train probe: one user is skipped
     mask_index = n_items + 1
-    trainer.evaluate = lambda m, eval_set, mi, **_: blocked_metrics(m, eval_set, mi) if len(eval_set) > 1 else {}
+    steps = 0
     valid = split.valid.sample(VALID_SAMPLE, a["seed"])  # the sample train_model validates on
     popularity = popularity_metrics(counts, valid)
     goal = max(USEFUL_FACTOR * popularity["hr@10"], popularity["hr@10"] + USEFUL_MARGIN)
@@ -303,19 +244,21 @@ def worker_useful(a: dict[str, Any]) -> dict[str, Any]:
     train_s = 0.0
 
     def on_epoch(record: Any) -> None:
-        nonlocal train_s
+        nonlocal train_s, steps
         train_s += record.seconds
+        steps += record.steps
         hr = record.valid.get("hr@10", 0.0)
-        curve.append({"steps": limits.batches, "wall_s": time.perf_counter() - started, "train_s": train_s,
+        curve.append({"steps": steps, "wall_s": time.perf_counter() - started, "train_s": train_s,
                       "hr@10": hr, "ndcg@10": record.valid.get("ndcg@10", 0.0), "loss": record.loss})
         if hr > goal or time.perf_counter() - started > a["useful_seconds"]:
             raise _Useful
 
     with torch.no_grad():  # the step-0 model (output bias = log popularity) for the curve
-        curve.append({"steps": 0, "wall_s": 0.0, "train_s": 0.0, **{k: blocked_metrics(model, valid, mask_index)[k]
+        curve.append({"steps": 0, "wall_s": 0.0, "train_s": 0.0, **{k: trainer_evaluate(model, valid, mask_index)[k]
                                                                      for k in ("hr@10", "ndcg@10")}, "loss": None})
     try:
-        trainer.train_model(model, split, hp, n_items, counts, a["seed"], on_epoch=on_epoch, progress=False)
+        trainer.train_model(model, split, hp, n_items, counts, a["seed"], on_epoch=on_epoch, progress=False,
+                            limits=limits)
     except _Useful:
         pass
     reached = next((c for c in curve if c["hr@10"] > goal), None)
@@ -325,11 +268,10 @@ def worker_useful(a: dict[str, Any]) -> dict[str, Any]:
     with torch.no_grad():
         ids = encode_histories([split.test.inputs[i] for i in picks], hp.max_len, mask_index)
         intents = model(torch.from_numpy(ids)).numpy().astype(np.float32)
-        vectors = model.item_vectors()[1:mask_index].numpy().astype(np.float32)
+    vectors = model_scorer(model).rows[1:mask_index]  # the scoring contract's rows
     np.savez(a["vectors"], vectors=vectors, intents=intents)
     del vectors, intents
-    # The trainer's own `evaluate` keeps a users x items float32 score matrix (and a concatenated copy):
-    # measure its peak on a few users, to extrapolate to the 10,000 validation users and the full test set.
+    # The trainer's own `evaluate` scores users in blocks of its score matrix: measure its peak on a few users.
     probe = split.valid.sample(a["eval_probe_users"], a["seed"])
     before = proc_status().get("VmRSS")
     reset_peak_rss()
@@ -343,7 +285,7 @@ def worker_useful(a: dict[str, Any]) -> dict[str, Any]:
             "reached": reached is not None,
             "reached_wall_s": reached["wall_s"] if reached else None,
             "train_s": reached["train_s"] if reached else None,
-            "steps": reached["steps"] if reached else None, "steps_run": limits.batches,
+            "steps": reached["steps"] if reached else None, "steps_run": steps,
             "wall_run_s": time.perf_counter() - started, "final": curve[-1], "curve": curve,
             "peak_rss_mb": proc_status().get("VmHWM")}
 

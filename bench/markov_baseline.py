@@ -30,7 +30,7 @@ def _sequences(bundle: Bundle) -> list[np.ndarray]:
 def markov_test_metrics(path: Path) -> dict[str, dict[str, float]]:
     """Test metrics of the Markov chain, seen items kept (`test`) and excluded (`test_seen_excluded`)."""
     bundle = Bundle.open(path)
-    n_items = bundle.manifest["n_items"]
+    n_items = bundle.manifest.n_items
     sequences = [seq for seq in _sequences(bundle) if len(seq) >= 3]
     train = [seq[:-2] for seq in sequences]
     # the trainer's own transition counts (as columns: previous index = column + 1), every successor kept

@@ -270,7 +270,7 @@ def measure_floor(bundle: Bundle, requests: dict[str, list[Any]], histories: lis
     store = connected_store(milvus_uri)
     redis_store = RedisHistoryStore(redis_url)
     intents = encoder.intents(long)
-    i2i = item_to_item_vectors(bundle.item_vectors(), bundle.model_dim)
+    i2i = item_to_item_vectors(bundle.item_vectors(), bundle.manifest.scoring.layout.model)
     seen = [sorted(set(h)) for h in long]
     users = [r.user_id for r in requests["user_to_item"]]
     version, k, q, n_items = bundle.version, top_k, len(long), vocab.n_items

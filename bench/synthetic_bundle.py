@@ -2,26 +2,26 @@
 
     python bench/synthetic_bundle.py --items 10000 --users 10000 --out /tmp/seqrec-bench/bundles
 
-The encoder is a randomly initialised BERT4Rec (output bias at the log item frequency, as the
-trainer starts it) exported with the trainer's `export_encoder`; item popularity follows a Zipf
-law; every item carries typed metadata (`category` string, `in_stock` bool, `price` double).
-The files and manifest keys are the ones `services/trainer/pipeline.py` writes, so `Bundle.open`,
-`seqrec publish` and the ranker accept it. Answers are meaningless; costs are realistic.
+The encoder is a randomly initialised BERT4Rec of the architecture the trainer builds (`model_config`:
+transition columns included; output bias at the log item frequency, as the trainer starts it), and the
+bundle is written by the trainer's own bundle builder (`services/trainer/bundle_builder.py`) with the
+transition counts of the synthetic histories as its sequence prior at weights (1, -8), so serving pays
+for every term it pays for in production. Item popularity follows a Zipf law; every item carries typed
+metadata (`category` string, `in_stock` bool, `price` double). Answers are meaningless; costs are realistic.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from seqrec.shared import bundle as b
 from seqrec.shared.config import DataConfig, TrainConfig, build_hparams
-from seqrec.shared.vocab import PAD_INDEX, ItemVocab
+from seqrec.shared.sequence_prior import SequencePrior
+from seqrec.shared.vocab import ItemVocab
 
 ZIPF_EXPONENT = 1.0  # popularity of the item at rank r is proportional to r ** -ZIPF_EXPONENT
 N_CATEGORIES = 20
@@ -69,13 +69,17 @@ def item_rows(ids: list[str], rng: np.random.Generator) -> Iterator[dict[str, An
                         "price": float(prices[n])}}
 
 
+PRIOR_WEIGHTS = (1.0, -8.0)  # transition weight, repeat bias: active, as a fitted prior is on real data
+
+
 def make_bundle(out_dir: str | Path, n_items: int, n_users: int, max_len: int = 50, hidden: int = 64,
                 seed: int = 0) -> Path:
     """Write a verified synthetic bundle under `out_dir` and return its path (`out_dir/<version>`)."""
     import torch  # only to build the encoder; serving never imports torch
 
-    from seqrec.services.trainer.export import INPUT_NAME, OUTPUT_NAME, export_encoder
-    from seqrec.services.trainer.model import BERT4Rec, ModelConfig
+    from seqrec.services.trainer.bundle_builder import BundleContents, model_config, write_bundle
+    from seqrec.services.trainer.data import Interactions, ItemInfo
+    from seqrec.services.trainer.model import BERT4Rec
 
     if n_items < 2 or n_users < 1:
         raise ValueError(f"need at least 2 items and 1 user, got {n_items} items and {n_users} users")
@@ -83,48 +87,18 @@ def make_bundle(out_dir: str | Path, n_items: int, n_users: int, max_len: int = 
     torch.manual_seed(seed)
     vocab = ItemVocab(item_ids(n_items))
     users, sequences, stamps = synthetic_histories(n_users, zipf_probabilities(n_items, rng), rng)
-    counts = np.bincount(np.concatenate(sequences), minlength=vocab.n_indices).astype(np.int64)
+    items = {row["item_id"]: ItemInfo(row["display_name"], row["meta"]) for row in item_rows(vocab.ids(), rng)}
+    stats = {"users": n_users, "items": n_items, "rows_used": int(sum(map(len, sequences))),
+             "rows_read": int(sum(map(len, sequences))), "metadata_schema": METADATA_SCHEMA}
+    data = Interactions(vocab, users, sequences, [ts.astype(np.float64) for ts in stamps], items, stats, n_warm=n_items)
     hp = build_hparams(max_len=max_len, hidden_size=hidden, epochs=1)
-    cfg = TrainConfig(data=DataConfig(data="synthetic", meta_cols=tuple(METADATA_SCHEMA), name_col="display_name"),
-                      hparams=hp, seed=seed)
-    model = BERT4Rec(ModelConfig(n_indices=vocab.n_indices, max_len=hp.max_len, hidden_size=hp.hidden_size,
-                                 depth=hp.depth, heads=hp.heads, dropout=hp.dropout, weight_tying=hp.weight_tying,
-                                 use_attention_mask=hp.use_attention_mask))
-    model.init_output_bias(torch.from_numpy(counts))
-
-    writer = b.BundleWriter(Path(out_dir))
-    try:
-        export_encoder(model, writer.path(b.ENCODER))
-        with torch.no_grad():
-            writer.write_array(b.ITEM_VECTORS, model.item_vectors().float().cpu().numpy())
-        vocab.save(writer.path(b.VOCAB))
-        writer.write_array(b.POPULARITY, counts)
-        writer.write_jsonl(b.ITEMS, item_rows(vocab.ids(), rng))
-        writer.write_jsonl(b.HISTORIES, ({"user_id": user, "items": vocab.decode(seq), "timestamps": ts.tolist()}
-                                         for user, seq, ts in zip(users, sequences, stamps, strict=True)))
-        writer.write_json(b.METRICS, {"valid": {}, "test": {}, "epochs": 0, "train_seconds": 0,
-                                      "note": "synthetic, untrained"})
-        path = writer.commit({
-            "config": cfg.to_dict(),
-            "model": dataclasses.asdict(model.cfg),
-            "max_len": hp.max_len,
-            "pad_index": PAD_INDEX,
-            "mask_index": vocab.mask_index,
-            "n_items": vocab.n_items,
-            "n_users": len(users),
-            "dim": hp.hidden_size + 1,
-            "metadata_schema": METADATA_SCHEMA,
-            "encoder": {"input": INPUT_NAME, "input_dtype": "int64", "input_shape": ["batch", "length<=max_len"],
-                        "output": OUTPUT_NAME, "output_dtype": "float32", "output_shape": ["batch", "dim"],
-                        "layout": "history oldest→newest, then mask_index; left-padded with pad_index",
-                        "score": "intent · item_vectors[i] is the logit of item index i"},
-            "synthetic": {"seed": seed, "zipf_exponent": ZIPF_EXPONENT, "history_lengths": [MIN_HISTORY, MAX_HISTORY]},
-        })
-    except BaseException:
-        writer.abort()
-        raise
-    b.Bundle.open(path)  # verify what was written
-    return path
+    cfg = TrainConfig(data=DataConfig(data="synthetic", name_col="display_name"), hparams=hp, seed=seed)
+    model = BERT4Rec(model_config(hp, vocab.n_indices, hybrid=False))
+    model.init_output_bias(torch.from_numpy(np.bincount(np.concatenate(sequences), minlength=vocab.n_indices)))
+    prior = SequencePrior.from_sequences(sequences, vocab.n_indices, max_len - 1).weighted(*PRIOR_WEIGHTS)
+    extra = {"synthetic": {"seed": seed, "zipf_exponent": ZIPF_EXPONENT, "history_lengths": [MIN_HISTORY, MAX_HISTORY],
+                           "prior_weights": list(PRIOR_WEIGHTS), "note": "untrained; answers are meaningless"}}
+    return write_bundle(out_dir, model, BundleContents(cfg, data, prior, {"valid": {}, "test": {}}, extra=extra))
 
 
 def main() -> None:

@@ -135,8 +135,12 @@ def markdown_report(version: str, cfg: TrainConfig, stats: dict[str, Any], metri
                       f"{prior['valid_ndcg@10_encoder_only']:.4f} for the encoder alone, "
                       f"{prior['valid_ndcg@10']:.4f} with the prior "
                       f"({prior['calibration_users']} users)."]
-    lines += ["", f"Epochs run: {metrics['epochs']} (best {metrics['best_epoch']}), training time "
-                  f"{metrics['train_seconds']:.1f} s on {metrics['device']}.", "", "## Warnings", ""]
+    if "epochs" in metrics:
+        lines += ["", f"Epochs run: {metrics['epochs']} (best {metrics['best_epoch']}), training time "
+                      f"{metrics['train_seconds']:.1f} s on {metrics['device']}."]
+    else:
+        lines += ["", "Not trained by the training pipeline (a bundle built for a benchmark)."]
+    lines += ["", "## Warnings", ""]
     lines += [f"- {w}" for w in warnings] or ["- none"]
     lines += ["", "![training curves](training_curves.png)", ""]
     return "\n".join(lines)

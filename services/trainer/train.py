@@ -34,7 +34,7 @@ from seqrec.services.trainer.losses import (
 )
 from seqrec.services.trainer.masking import cloze_mask
 from seqrec.services.trainer.model import BERT4Rec
-from seqrec.services.trainer.split import LeaveOneOut, training_windows
+from seqrec.services.trainer.split import EvalSet, LeaveOneOut, training_windows
 from seqrec.shared.config import Hyperparameters
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,21 @@ class EpochRecord:
     positions_per_s: float
     valid: dict[str, float] = field(default_factory=dict)
     train_probe: dict[str, float] = field(default_factory=dict)
+    steps: int = 0  # optimizer steps (per process)
+    sequences: int = 0  # training windows, all processes together
+    positions: int = 0  # item positions of those windows
+    masked: int = 0  # positions that were prediction targets
+
+
+@dataclass(frozen=True)
+class LoopLimits:
+    """Bounds a benchmark puts on the loop (the product trains with the defaults): bounded epochs and a cheaper
+    validation, without replacing any of the loop's own functions."""
+
+    steps_per_epoch: int = 0  # > 0: each epoch is the first this many batches of its shuffled plan
+    validate: Callable[[BERT4Rec, EvalSet, int], dict[str, float]] | None = None  # default: `evaluate`
+    valid_users: int = VALID_USERS
+    probe_users: int = PROBE_USERS
 
 
 @dataclass
@@ -174,6 +189,7 @@ def train_model(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     progress: bool = True,
     n_warm: int | None = None,
+    limits: LoopLimits = LoopLimits(),
 ) -> TrainResult:
     """Train `model` on windows of the training sequences; keep the weights with the best validation NDCG@10.
 
@@ -219,8 +235,9 @@ def train_model(
         log.info("mixed-precision training: autocast %s%s", amp_dtype,
                  " with loss scaling" if scaler.is_enabled() else "")
     lengths = window_lengths(windows)
-    probe = split.train_probe.sample(PROBE_USERS, seed)
-    valid = split.valid.sample(VALID_USERS, seed)
+    probe = split.train_probe.sample(limits.probe_users, seed)
+    valid = split.valid.sample(limits.valid_users, seed)
+    validate = limits.validate or evaluate
     step: nn.Module = ClozeLoss(model, n_warm, sampler, hp.negative_samples, generator, keep_generator)
     if world > 1:
         step = distributed.data_parallel(step, device)  # the hybrid text table is a constant buffer
@@ -242,11 +259,14 @@ def train_model(
                 raise TrainingError(f"{len(windows)} training windows make fewer batches of {local_batch} "
                                     f"than the {world} processes: lower batch_size ({hp.batch_size}) or "
                                     f"start fewer processes")
+        if limits.steps_per_epoch:
+            plan = plan[:limits.steps_per_epoch]
         n_batches = len(plan)
         bar = tqdm(plan, desc=f"epoch {epoch}/{hp.epochs}", unit="batch", leave=False,
                    disable=not progress, dynamic_ncols=True)
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
+        masked = torch.zeros((), device=device, dtype=torch.long)  # summed on the device: no host sync per step
         shown = _LossDisplay(bar, device) if progress else None
         for b, (rows, width) in enumerate(bar):
             index = torch.from_numpy(rows).to(data.device, non_blocking=True)
@@ -263,6 +283,7 @@ def train_model(
             scaler.step(optimizer)  # plain optimizer.step() unless fp16 (which skips steps with inf/NaN grads)
             scaler.update()
             loss_sum += loss.detach()
+            masked += (labels != 0).sum()
             if shown is not None and (b % 10 == 0 or b == n_batches - 1):
                 shown.update(loss_sum, b + 1)
         if device.type == "cuda":
@@ -274,12 +295,15 @@ def train_model(
             raise TrainingError(f"loss became {mean_loss} in epoch {epoch}: keep gradient clipping on "
                                 f"(grad_clip={hp.grad_clip}) and lower the learning rate "
                                 f"(lr={hp.lr}, try {hp.lr / 10:g})")
-        record = EpochRecord(epoch=epoch, loss=mean_loss, seconds=seconds,
-                             sequences_per_s=len(data) / seconds, positions_per_s=float(lengths.sum()) / seconds)
+        sequences = world * sum(len(rows) for rows, _ in plan)
+        positions = world * int(sum(lengths[rows].sum() for rows, _ in plan))
+        record = EpochRecord(epoch=epoch, loss=mean_loss, seconds=seconds, sequences_per_s=sequences / seconds,
+                             positions_per_s=positions / seconds, steps=n_batches, sequences=sequences,
+                             positions=positions, masked=int(distributed.all_reduce_sum(masked).item()))
         if epoch % eval_every == 0 or epoch == hp.epochs:
             if main:
-                record.valid = evaluate(model, valid, mask_index)
-                record.train_probe = evaluate(model, probe, mask_index)
+                record.valid = validate(model, valid, mask_index)
+                record.train_probe = validate(model, probe, mask_index)
             # Rank 0's metrics everywhere: every rank takes the same best-epoch and stopping decisions below.
             record.valid, record.train_probe = distributed.broadcast((record.valid, record.train_probe))
             ndcg = record.valid.get("ndcg@10", 0.0)
