@@ -23,7 +23,7 @@ def test_train_prints_summary_json_last(series_csv, tmp_path):
     assert summary["epochs"] == 2 and "ndcg@10" in summary["test"] and "hr@10" in summary["valid"]
     bundle = Bundle.open(summary["bundle"])
     assert Path(summary["bundle"]).parent == out
-    hp = bundle.manifest["config"]["hparams"]
+    hp = bundle.manifest.config["hparams"]
     assert (hp["negative_samples"], hp["sampling"], hp["hidden_size"]) == (0, "last", 16)
 
 

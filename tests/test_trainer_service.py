@@ -18,14 +18,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from seqrec.proto.v1 import trainer_pb2, trainer_pb2_grpc
 from seqrec.services.trainer.jobs import CANCELLED, FAILED, QUEUED, RUNNING, JobManager, RootInUse
-from seqrec.services.trainer.server import TrainerApp, TrainerSettings
-from seqrec.services.trainer.service import (
+from seqrec.services.trainer.messages import (
     InvalidRequest,
     flatten_metrics,
     hyperparameter_overrides,
     hyperparameters_message,
     request_to_config,
 )
+from seqrec.services.trainer.server import TrainerApp, TrainerSettings
 from seqrec.shared.bundle import Bundle
 from seqrec.shared.config import Hyperparameters, build_hparams
 from seqrec.shared.local_services import free_port
@@ -220,7 +220,7 @@ def test_list_jobs_and_bundles(trainer, finished_job):
     assert info.metrics.values["test_hr@10"] == pytest.approx(metrics["test"]["hr@10"])
     assert (info.model.max_len, info.model.hidden_size, info.model.default_top_k) == (20, 16, 10)
     manifest = Bundle.open(info.path).manifest
-    assert (info.model.num_items, info.model.num_users) == (manifest["n_items"], manifest["n_users"])
+    assert (info.model.num_items, info.model.num_users) == (manifest.n_items, manifest.n_users)
     stamps = [b.created_at.ToNanoseconds() for b in listing.bundles]
     assert stamps == sorted(stamps, reverse=True)
     assert len(stub.ListBundles(trainer_pb2.ListBundlesRequest(limit=1)).bundles) == 1

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 
 from seqrec.services.trainer.data import DataError, load_interactions
+from seqrec.services.trainer.messages import warning_message
 from seqrec.services.trainer.pipeline import run_training
-from seqrec.services.trainer.service import warning_message
 from seqrec.services.trainer.split import leave_one_out, training_windows, window_bounds
 from seqrec.shared.bundle import HISTORIES, Bundle
 from seqrec.shared.config import DataConfig, TrainConfig, build_hparams

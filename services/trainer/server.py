@@ -11,10 +11,10 @@ import grpc
 
 from seqrec.proto.v1 import trainer_pb2, trainer_pb2_grpc
 from seqrec.services.trainer.jobs import JobManager, JobNotFound, RootInUse, TrainerClosed
+from seqrec.services.trainer.messages import InvalidRequest
 from seqrec.services.trainer.service import (
     BundleNotFound,
     BundleStore,
-    InvalidRequest,
     NotPossible,
     StoreUnavailable,
     TrainerServicer,
