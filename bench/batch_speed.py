@@ -8,7 +8,7 @@
 
 Measured, every user of the bundle, top-10, seen items excluded, best of --repeats runs:
 
-- `exact`: histories from the bundle, ONNX Runtime encoder, numpy `intent @ item_vectors` top-k;
+- `exact`: histories from the bundle, ONNX Runtime encoder, the scoring contract's exact top-k in numpy;
 - `exact, --max-batch-tokens 0`: the same without the CPU cap on padded cells per ONNX batch;
 - `exact, Redis histories`: the same as `exact`, histories read from a redis-server the bundle was published into;
 - `milvus`: histories from the bundle, search in a `milvus-lite server` (FLAT), as the online ranker;

@@ -45,13 +45,12 @@ from serving_latency_report import breakdown, json_safe, machine, markdown, plot
 from seqrec.proto.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from seqrec.services.ranker.encoder import OnnxEncoder
 from seqrec.services.ranker.history_store import RedisHistoryStore
-from seqrec.services.ranker.publish import I2I_SUFFIX, publish
+from seqrec.services.ranker.publish import I2I_SUFFIX, bundle_item_to_item_vectors, publish
 from seqrec.services.ranker.recommender import Recommender
 from seqrec.services.ranker.service import RankerServicer
 from seqrec.services.ranker.vector_store import MilvusItemStore, collection_name
 from seqrec.shared.bundle import HISTORIES, MANIFEST, Bundle, BundleError
 from seqrec.shared.local_services import ManagedProcess, free_port, start_milvus_lite, start_redis
-from seqrec.shared.similarity import item_to_item_vectors
 
 SERVICE = "seqrec.proto.v1.RankerService"
 QUERY_TYPES = ("user_to_item", "contextual", "sequential", "item_to_item")
@@ -268,7 +267,7 @@ def measure_floor(bundle: Bundle, requests: dict[str, list[Any]], histories: lis
     store = connected_store(milvus_uri)
     redis_store = RedisHistoryStore(redis_url)
     intents = encoder.intents(long)
-    i2i = item_to_item_vectors(bundle.item_vectors(), bundle.manifest.scoring.layout.model)
+    i2i = bundle_item_to_item_vectors(bundle, bundle.item_vectors())  # what publish loads
     seen = [sorted(set(h)) for h in long]
     users = [r.user_id for r in requests["user_to_item"]]
     version, k, q, n_items = bundle.version, top_k, len(long), vocab.n_items
