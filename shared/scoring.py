@@ -32,6 +32,7 @@ from seqrec.shared.sequence_prior import SequencePrior
 NEW_ITEM = 1  # flag bit: the item is scored as a new arrival (text and the new-item marks, no id part)
 UNSEEN = 2  # flag bit: nobody has interacted with it (catalog-only or added online): gets the exposure boost
 MAX_SCORE_CELLS = 1 << 25  # scores held at once by ExactSearch (128 MiB of float32)
+BOUND_SLACK = 1e-3  # float error allowed between the store's inner products and numpy's
 
 Hit = tuple[int, float, str, dict[str, Any]]  # primary key (bundle index), score, item id, display record
 IndexHits = list[tuple[int, float]]  # (item index, score), best first
@@ -171,14 +172,16 @@ class Scorer:
             return 0
         return len(set(history_window(history, self.prior.window)) - set(exclude))
 
-    def merge(self, history: Sequence[int], intent: np.ndarray, hits: Sequence[Hit], top_k: int,
+    def merge(self, history: Sequence[int], intent: np.ndarray, hits: Sequence[Hit], top_k: int, limit: int,
               exclude: Collection[int], lookup: Callable[[list[int]], dict[int, tuple[np.ndarray, str, dict]]]
               ) -> list[Hit]:
-        """The exact top-k of `score` from a vector search's `hits` (intent · row, fetched `overfetch` deep).
+        """The exact top-k of `score` from a vector search's `hits`: the exact top-`limit` of intent · row over the
+        items the query allows (`limit` = top_k + `overfetch`).
 
-        The items the prior lifts that the search did not return are scored here: `lookup(indices)` returns
-        (row, item id, display record) of those that pass the query's filters, from the same store the
-        search read (so rows and metadata changed by UpsertItems count).
+        An item the search did not return scores at most the last hit's intent · row (or is not allowed, when
+        fewer than `limit` came back), so only the items whose prior term can lift them past the k-th merged
+        score need a look: `lookup(indices)` returns (row, item id, display record) of those that pass the
+        query's filters, from the store the search read (rows and metadata changed by UpsertItems count).
         """
         indices, bonus = self.prior_terms(history)
         keep = (indices >= 1) & (indices <= self.n_items)
@@ -186,10 +189,13 @@ class Scorer:
             keep &= ~np.isin(indices, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))
         added = dict(zip(indices[keep].tolist(), bonus[keep].tolist(), strict=True))
         merged = {hit[0]: (hit[0], hit[1] + added.get(hit[0], 0.0), hit[2], hit[3]) for hit in hits}
-        missing = [i for i in added if i not in merged]
-        if missing:
+        if len(hits) >= limit:  # else every allowed item is among the hits
+            ranked = sorted(hit[1] for hit in merged.values())
+            kth = ranked[-top_k] if len(ranked) >= top_k else -np.inf
+            ceiling = hits[-1][1] + BOUND_SLACK  # no other allowed item scores more (up to float error)
+            missing = [i for i, b in added.items() if i not in merged and b > 0 and ceiling + b >= kth]
             query = np.asarray(intent, dtype=np.float32).reshape(-1)
-            for index, (row, item_id, display) in lookup(missing).items():
+            for index, (row, item_id, display) in (lookup(missing) if missing else {}).items():
                 merged[index] = (index, float(np.dot(row, query)) + added[index], item_id, display)
         return sorted(merged.values(), key=lambda hit: (-hit[1], hit[0]))[:top_k]
 

@@ -81,7 +81,7 @@ def test_serving_merge_and_exact_search_are_the_exact_top_k(repeat_bias):
         searchable = [i for i in range(1, n_items + 1) if allowed[i] and i not in exclude]
         limit = k + scorer.overfetch(history, exclude)
         hits = [(i, float(base[i - 1]), f"i{i}", {}) for i in sorted(searchable, key=lambda i: -base[i - 1])[:limit]]
-        got = scorer.merge(history, intent, hits, k, exclude, lookup)
+        got = scorer.merge(history, intent, hits, k, limit, exclude, lookup)
         assert [hit[0] for hit in got] == want
         assert [hit[1] for hit in got] == pytest.approx(want_scores, abs=1e-4)
         got_exact = exact.top_k(intent[None, :], [history], k, [exclude])[0]
@@ -92,9 +92,9 @@ def test_serving_merge_and_exact_search_are_the_exact_top_k(repeat_bias):
 def test_no_prior_or_no_history_leaves_the_hits_alone():
     hits = [(3, 2.0, "c", {}), (1, 1.0, "a", {})]
     rows = np.zeros((6, 2), dtype=np.float32)
-    assert Scorer(rows).merge([1], np.zeros(2), hits, 1, set(), dict) == hits[:1]
+    assert Scorer(rows).merge([1], np.zeros(2), hits, 1, 1, set(), dict) == hits[:1]
     prior = _prior([[1, 2]], n_indices=6)
-    assert Scorer(rows, prior).merge([], np.zeros(2), hits, 2, set(), dict) == hits
+    assert Scorer(rows, prior).merge([], np.zeros(2), hits, 2, 2, set(), dict) == hits
     assert Scorer(rows, prior.weighted(1.0, -4.0)).overfetch([1, 1, 2, 5], {5}) == 2
 
 

@@ -168,7 +168,7 @@ class BatchRecommender:
                     for hits in self.exact.top_k(intents, histories, self.top_k, excluded)]
         limit = self.top_k + max(self.scorer.overfetch(h, e) for h, e in zip(histories, excluded, strict=True))
         found = self.store.search(self.version, intents, limit, self.expr, excluded)
-        rows = [self.scorer.merge(history, intent, hits, self.top_k, set(skip),
+        rows = [self.scorer.merge(history, intent, hits, self.top_k, limit, set(skip),
                                   lambda indices: self.store.rows(self.version, indices, self.expr))
                 for history, intent, hits, skip in zip(histories, intents, found, excluded, strict=True)]
         return [[(item_id, score, display.get("display_name")) for _, score, item_id, display in row] for row in rows]

@@ -121,7 +121,7 @@ class Recommender:
         intent = self.encoder.intents([history])
         limit = top_k + self.scorer.overfetch(history, exclude)
         hits = self.items.search(self.version, intent, limit, expr, [sorted(exclude)])[0]
-        hits = self.scorer.merge(history, intent, hits, top_k, exclude,
+        hits = self.scorer.merge(history, intent, hits, top_k, limit, exclude,
                                  lambda indices: self.items.rows(self.version, indices, expr))
         items = [(item_id, score, *_display(display)) for _, score, item_id, display in hits]
         return Recommendation(items, self.version, common_pb2.FALLBACK_NONE, unknown, len(history))
