@@ -6,10 +6,12 @@ The score (`shared/scoring.py`) is a sum of terms: the encoder's affinity (model
 (content columns, hybrid), factorized transitions (transition columns), item biases (the bias column: id and
 text bias, new-item marks, exposure boost), transition counts and the repeat bias (the sequence prior), and,
 in hybrid bundles, the exposure boost of items nobody has interacted with. Each row scores the trainer's
-leave-one-out test users (each user's last item from everything before it, as `metrics.json`'s `test`)
+leave-one-out test users (each user's last item from everything before it, as `metrics.json`'s `test`;
+"seen excluded" removes every earlier item of the user, as `test_seen_excluded` does)
 through the bundle's ONNX encoder and scoring contract with one term removed, or with one term alone.
 This measures what each term adds to the trained model as it ships; it does not retrain without it.
 
+Ties (a term alone leaves most items at the same score) are broken uniformly at random, in expectation.
 Intervals: 95% paired bootstrap over users (1,000 resamples) of the NDCG@10 difference to the full score.
 """
 
@@ -47,7 +49,7 @@ def test_events(bundle: Bundle) -> tuple[list[list[int]], np.ndarray]:
     for row in bundle.iter_jsonl(HISTORIES):
         items = vocab.encode(row["items"])[0]
         if len(items) >= 3:
-            histories.append(items[:-1][-(bundle.max_len - 1):])
+            histories.append(items[:-1])  # the encoder and the prior read its window; exclusion takes all of it
             targets.append(items[-1])
     return histories, np.asarray(targets, dtype=np.int64)
 
@@ -103,9 +105,19 @@ def per_user_ndcg(bundle: Bundle, v: Variant, intents: np.ndarray, histories: li
         if exclude_seen:
             for r, history in enumerate(histories[block]):
                 scores[r, np.asarray(history) - 1] = -np.inf
-        ranks = (scores > target[:, None]).sum(axis=1)
-        out[block] = np.where(ranks < CUTOFF, 1.0 / np.log2(ranks + 2.0), 0.0)
+        greater = (scores > target[:, None]).sum(axis=1)
+        equal = (scores == target[:, None]).sum(axis=1) + (scores[rows, cols_t] != target)  # the target included
+        out[block] = expected_ndcg(greater, equal)
     return out
+
+
+def expected_ndcg(greater: np.ndarray, equal: np.ndarray) -> np.ndarray:
+    """NDCG@10 of a target with `greater` items above it and `equal` items (itself included) tied with it, the
+    ties broken uniformly at random: a term alone leaves most items at one score, and counting only the items
+    strictly above would rank the target first among all of them."""
+    cumulative = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(CUTOFF) + 2.0))])
+    top, bottom = np.minimum(greater + equal, CUTOFF), np.minimum(greater, CUTOFF)
+    return (cumulative[top] - cumulative[bottom]) / equal
 
 
 def bootstrap(diff: np.ndarray, seed: int = 0) -> tuple[float, float]:
