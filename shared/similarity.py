@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from seqrec.shared.manifest import Layout
+
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero)."""
@@ -12,15 +14,15 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
-def item_to_item_vectors(item_vectors: np.ndarray, model_dim: int, text: np.ndarray | None = None) -> np.ndarray:
-    """From the first `model_dim` columns of item vectors (the output item vectors; content, transition and
-    bias columns follow) and, for hybrid models, text embeddings [n, 384].
+def item_to_item_vectors(item_vectors: np.ndarray, layout: Layout, text: np.ndarray | None = None) -> np.ndarray:
+    """From the model columns of item rows (`layout.model_cols`: the output item vectors) and, for hybrid
+    models, text embeddings [n, 384].
 
     Id-only: cosine of the model's output item vectors. Hybrid: the mean of that cosine and the MiniLM
     cosine of the two texts (both halves unit length, scaled by 1/sqrt 2); a row without text keeps its
     model half at unit length, so every row has norm 1.
     """
-    model = unit_rows(item_vectors[:, :model_dim])
+    model = unit_rows(item_vectors[:, layout.model_cols])
     if text is None:
         return model
     has_text = np.linalg.norm(text, axis=1) > 0

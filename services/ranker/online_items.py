@@ -88,8 +88,8 @@ class TextVectorizer:
         keys = np.array([online_pk(i) if n is None else n for i, n in zip(item_ids, indices, strict=True)],
                         dtype=np.int64)
         rows = self._rows(indices, text)
-        return keys, rows, item_to_item_vectors(rows, self.parts.layout.model, text)
+        return keys, rows, item_to_item_vectors(rows, self.parts.layout, text)
 
     def query_vector(self, text: np.ndarray) -> np.ndarray:
         """The item-to-item query vector [1, d] of an item known only by its text."""
-        return item_to_item_vectors(self._rows([None], text), self.parts.layout.model, text)
+        return item_to_item_vectors(self._rows([None], text), self.parts.layout, text)

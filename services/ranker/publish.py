@@ -43,7 +43,7 @@ def bundle_item_to_item_vectors(bundle: Bundle, item_vectors: np.ndarray) -> np.
     """The hybrid bundle's precomputed item-to-item vectors, or unit output embeddings for an id-only one."""
     if bundle.has(ITEM_TO_ITEM):
         return bundle.array(ITEM_TO_ITEM)
-    return item_to_item_vectors(item_vectors, bundle.manifest.scoring.layout.model)
+    return item_to_item_vectors(item_vectors, bundle.manifest.scoring.layout)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -89,7 +89,7 @@ def write_bundle(out_dir: str | Path, model: BERT4Rec, contents: BundleContents)
             writer.write_array(b.ITEM_ID_PARTS, parts.id_rows)
             writer.write_array(b.ITEM_FLAGS, parts.flags)
             writer.write_array(b.TEXT_HEAD, parts.head.array())
-            writer.write_array(b.ITEM_TO_ITEM, item_to_item_vectors(rows, parts.layout.model, text))
+            writer.write_array(b.ITEM_TO_ITEM, item_to_item_vectors(rows, parts.layout, text))
         data.vocab.save(writer.path(b.VOCAB))
         counts = np.bincount(np.concatenate(data.sequences or [np.zeros(0, np.int64)]),
                              minlength=data.vocab.n_indices)
