@@ -126,8 +126,11 @@ def bootstrap(diff: np.ndarray, seed: int = 0) -> tuple[float, float]:
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def ablate(bundle: Bundle) -> dict:
+def ablate(bundle: Bundle, max_users: int = 0, seed: int = 0) -> dict:
     histories, targets = test_events(bundle)
+    if max_users and len(targets) > max_users:  # a random sample of test users, the same for every variant
+        picks = np.sort(np.random.default_rng(seed).choice(len(targets), size=max_users, replace=False))
+        histories, targets = [histories[i] for i in picks], targets[picks]
     encoder = OnnxEncoder(bundle)
     intents = np.concatenate([encoder.intents(histories[s:s + SCORE_BATCH])
                               for s in range(0, len(histories), SCORE_BATCH)])
@@ -172,11 +175,13 @@ def main() -> None:
     parser.add_argument("bundles", nargs="+", type=Path)
     parser.add_argument("--names", nargs="+", help="a label per bundle (default: its directory name)")
     parser.add_argument("--out", type=Path, default=Path("docs/ablation.md"))
+    parser.add_argument("--max-users", type=int, default=0, help="score a random sample of this many test users "
+                        "per bundle (0: all)")
     args = parser.parse_args()
     names = args.names or [p.name for p in args.bundles]
     results = []
     for name, path in zip(names, args.bundles, strict=True):
-        result = ablate(Bundle.open(path))
+        result = ablate(Bundle.open(path), args.max_users)
         results.append({"name": name, **result})
         print(f"{name}: {result['users']} users, terms {result['terms']}", file=sys.stderr, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
