@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -185,7 +186,7 @@ def main() -> None:
         results.append({"name": name, **result})
         print(f"{name}: {result['users']} users, terms {result['terms']}", file=sys.stderr, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown(results, "python " + " ".join(sys.argv)))
+    args.out.write_text(markdown(results, "python " + shlex.join(sys.argv)))
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     print(args.out.read_text())
 
