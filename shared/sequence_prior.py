@@ -80,7 +80,12 @@ class SequencePrior:
     def terms(self, history: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """(indices, score added to each) for `history`; every other item gets nothing."""
         indices, log_counts, seen = self.components(history)
-        return indices, self.transition_weight * log_counts + self.repeat_bias * seen
+        return indices, self.combine(log_counts, seen, self.transition_weight, self.repeat_bias)
+
+    @staticmethod
+    def combine(log_counts: np.ndarray, seen: np.ndarray, transition_weight: float, repeat_bias: float) -> np.ndarray:
+        """The prior's term from its `components` at the given weights (the fit scores a grid of them)."""
+        return transition_weight * log_counts + repeat_bias * seen
 
     # ---- bundle files -------------------------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:

@@ -38,31 +38,23 @@ class PriorFit:
                 "calibration_users": self.users, "transition_pairs": len(self.prior.successors)}
 
 
-def _sparse_terms(scorer: Scorer, histories: Sequence[np.ndarray], n_items: int) -> tuple[np.ndarray, ...]:
-    """(rows, columns, values) of the terms `scorer`'s prior adds to a [len(histories), n_items] score matrix."""
-    parts = [scorer.prior_terms(history) for history in histories]
+def _grid_ranks(scores: np.ndarray, histories: Sequence[np.ndarray], targets: np.ndarray,
+                prior: SequencePrior) -> np.ndarray:
+    """Ranks [len(TRANSITION_WEIGHTS), len(REPEAT_BIASES), users] of the targets (columns target - 1) once the
+    prior's term (`SequencePrior.combine`) at each grid point is added to `scores` (no prior in them yet)."""
+    parts = [prior.components(history) for history in histories]
     rows = np.repeat(np.arange(len(parts)), [len(p[0]) for p in parts])
     cols = np.concatenate([p[0] for p in parts] or [np.zeros(0, np.int64)]) - 1
-    values = np.concatenate([p[1] for p in parts] or [np.zeros(0, np.float32)])
-    inside = (cols >= 0) & (cols < n_items)
-    return rows[inside], cols[inside], values[inside]
-
-
-def _grid_ranks(scores: np.ndarray, histories: Sequence[np.ndarray], targets: np.ndarray,
-                scorer: Scorer, prior: SequencePrior) -> np.ndarray:
-    """Ranks [len(TRANSITION_WEIGHTS), len(REPEAT_BIASES), users] of the targets (columns target - 1) under
-    `scorer` with the prior at every grid point. The prior is linear in its two weights, so its terms at unit
-    weights (from the scoring contract) give every grid point."""
-    rows, cols, transition = _sparse_terms(scorer.with_prior(prior.weighted(1.0, 0.0)), histories, scores.shape[1])
-    same_rows, same_cols, repeat = _sparse_terms(scorer.with_prior(prior.weighted(0.0, 1.0)), histories,
-                                                 scores.shape[1])
-    assert np.array_equal(rows, same_rows) and np.array_equal(cols, same_cols)  # `terms` covers every touched item
+    log_counts = np.concatenate([p[1] for p in parts] or [np.zeros(0, np.float32)])
+    seen = np.concatenate([p[2] for p in parts] or [np.zeros(0, np.float32)])
+    inside = (cols >= 0) & (cols < scores.shape[1])
+    rows, cols, log_counts, seen = rows[inside], cols[inside], log_counts[inside], seen[inside]
     base = scores[rows, cols].copy()
     user = np.arange(len(targets))
     out = np.empty((len(TRANSITION_WEIGHTS), len(REPEAT_BIASES), len(targets)), dtype=np.int64)
     for a, weight in enumerate(TRANSITION_WEIGHTS):
         for b, bias in enumerate(REPEAT_BIASES):
-            scores[rows, cols] = base + weight * transition + bias * repeat
+            scores[rows, cols] = base + SequencePrior.combine(log_counts, seen, weight, bias)
             out[a, b] = (scores > scores[user, targets - 1][:, None]).sum(axis=1)
     scores[rows, cols] = base
     return out
@@ -79,7 +71,7 @@ def fit_sequence_prior(model: BERT4Rec, scorer: Scorer, train: Sequence[np.ndarr
     for start in range(0, len(users), block):
         histories, targets = users.inputs[start:start + block], users.targets[start:start + block]
         scores = score_histories(model, histories, mask_index, scorer.with_prior(None))
-        ranks.append(_grid_ranks(scores, histories, targets, scorer, prior))
+        ranks.append(_grid_ranks(scores, histories, targets, prior))
     grid = np.concatenate(ranks, axis=2)
     ndcg = np.array([[ranking_metrics(r, cutoffs=(10,))["ndcg@10"] for r in row] for row in grid])
     a, b = np.unravel_index(np.argmax(ndcg), ndcg.shape)  # first maximum: the smallest weights
