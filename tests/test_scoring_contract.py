@@ -12,6 +12,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+import redis
 import torch
 from grpc_health.v1 import health_pb2
 
@@ -76,7 +77,8 @@ def contract(tmp_path_factory, minilm):
 @pytest.fixture(scope="module")
 def served(contract, redis_server, milvus_server, minilm):
     path = contract[0]
-    redis_url = f"redis://{redis_server.address}/0"
+    redis_url = f"redis://{redis_server.address}/7"  # its own database: its user ids are other bundles' too
+    redis.Redis.from_url(redis_url).flushdb()
     publish(path, redis_url, milvus_server, progress=False)
     embedder = EmbedderApp(EmbedderSettings.from_env(Env({"SEQREC_EMBEDDER_ADDRESS": f"127.0.0.1:{free_port()}"})),
                            model=minilm)

@@ -43,18 +43,11 @@ class Catalog:
     def display(self, index: int) -> tuple[str | None, dict[str, Any]]:
         return self.display_names[index], self.meta[index]
 
-    def hit_record(self, index: int) -> tuple[int, float, str, dict[str, Any]]:
-        """A bundle item as a search hit (primary key, score left at 0, item id, display record)."""
-        name, meta = self.display(index)
-        return index, 0.0, self.vocab.item_id(index), {"display_name": name, "meta": meta}
-
-    def filter_mask(self, clauses: Sequence[common_pb2.FilterClause], indices: np.ndarray | None = None) -> np.ndarray:
-        """Boolean mask over all indices (or over `indices`) of the items every (already validated) clause accepts."""
-        mask = np.ones(self.vocab.n_indices if indices is None else len(indices), dtype=bool)
+    def filter_mask(self, clauses: Sequence[common_pb2.FilterClause]) -> np.ndarray:
+        """Boolean mask over all indices of the items every (already validated) clause accepts."""
+        mask = np.ones(self.vocab.n_indices, dtype=bool)
         for clause in clauses:
             column = self.columns[clause.field.removeprefix("meta.")]
-            if indices is not None:
-                column = column[indices]
             op = clause.WhichOneof("op")
             if op == "equals":
                 wanted = from_metadata_value(clause.equals)

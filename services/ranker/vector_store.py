@@ -401,13 +401,7 @@ class MilvusItemStore:
 
     def get_vectors(self, version: str, indices: Sequence[int]) -> dict[int, np.ndarray]:
         """Stored vectors of the given primary keys that exist (e.g. an item added online)."""
-        name = collection_name(version)
-        keys = sorted({int(i) for i in indices})
-        out: dict[int, np.ndarray] = {}
-        for start in range(0, len(keys), GET_BATCH):
-            rows = self._read(f"get {name}", "get", name, ids=keys[start:start + GET_BATCH], output_fields=["vector"])
-            out.update({int(r[PRIMARY_KEY]): np.asarray(r["vector"], dtype=np.float32) for r in rows})
-        return out
+        return {pk: vector for pk, (vector, _, _) in self.rows(version, indices).items()}
 
     def rows(self, version: str, indices: Sequence[int], expr: str = "") -> dict[int, tuple[np.ndarray, str, dict]]:
         """(vector, item_id, display) of the given primary keys whose stored row passes the filter `expr`: what a
