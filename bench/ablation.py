@@ -78,13 +78,14 @@ def variant(term_set: set[str], name: str) -> Variant:
 
 
 def scorer_for(bundle: Bundle, v: Variant) -> Scorer:
-    spec, prior = bundle.manifest.scoring, Scorer.from_bundle(bundle).prior
+    shipped = Scorer.from_bundle(bundle)
+    prior = shipped.prior
     if prior is not None:
         prior = prior.weighted(prior.transition_weight if v.transition_weight else 0.0,
                                prior.repeat_bias if v.repeat_bias else 0.0)
-    if spec.exposure_boost and not v.exposure:
+    if bundle.manifest.scoring.exposure_boost and not v.exposure:
         return Scorer.from_parts(ItemParts.from_bundle(bundle).with_exposure(0.0), prior)
-    return Scorer.from_bundle(bundle).with_prior(prior)
+    return shipped.with_prior(prior)
 
 
 def per_user_ndcg(bundle: Bundle, v: Variant, intents: np.ndarray, histories: list[list[int]], targets: np.ndarray,
