@@ -26,6 +26,7 @@ class Hyperparameters:
     window_stride: int = 0  # sliding-window step; 0 means max_len // 2
     mask_ratio: float = 0.15  # share of items hidden during training
     last_item_mask_share: float = 0.5  # share of sequences trained as next-item examples (random cut, [MASK] last)
+    next_item_context_ratio: float = 0.0  # next-item rows: share of the items before the target also masked (Cloze)
     hidden_size: int = 64  # embedding width; divisible by heads
     depth: int = 2  # Transformer encoder layers
     heads: int = 4  # attention heads
@@ -39,10 +40,12 @@ class Hyperparameters:
     use_attention_mask: bool = True  # padding positions are not attended
     negative_samples: int = 100  # sampled-softmax negatives per positive; 0 = full softmax
     top_k: int = 10  # items returned at inference by default
-    patience: int = 5  # epochs without validation NDCG@10 gain before stopping
+    patience: int = 5  # validations (one every eval_every epochs) without NDCG@10 gain before stopping
     eval_every: int = 0  # validate every N epochs; 0 = auto (about every 200 optimizer steps, at least each epoch)
     id_dropout: float = 0.3  # hybrid only: share of items whose id part is hidden each step (text alone stands in)
     new_item_exposure: float = -1.0  # hybrid only: top-10 share of items with no interactions (-1 = measured, 0 = off)
+    refit_share: float = 0.1  # after selection, continue training on every interaction for this share of its epochs
+    time_budget: float = 30.0  # wall-clock minutes for training (validations and refit included); 0 = no limit
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,11 @@ def validate_hparams(hp: Hyperparameters) -> None:
     _require(0.0 < hp.mask_ratio < 1.0, f"mask_ratio: must be in (0, 1), got {hp.mask_ratio}")
     _require(0.0 <= hp.last_item_mask_share <= 1.0,
              f"last_item_mask_share: must be in [0, 1], got {hp.last_item_mask_share}")
+    _require(0.0 <= hp.next_item_context_ratio < 1.0,
+             f"next_item_context_ratio: must be in [0, 1), got {hp.next_item_context_ratio}")
+    _require(0.0 <= hp.refit_share <= 1.0,
+             f"refit_share: must be in [0, 1] (0 = ship the selection run's model), got {hp.refit_share}")
+    _require(hp.time_budget >= 0.0, f"time_budget: must be >= 0 minutes (0 = no limit), got {hp.time_budget}")
     _require(0.0 <= hp.dropout < 1.0, f"dropout: must be in [0, 1), got {hp.dropout}")
     _require(hp.lr > 0.0, f"lr: must be positive, got {hp.lr}; if the loss turns NaN, lower it instead")
     _require(hp.weight_decay >= 0.0, f"weight_decay: must be >= 0, got {hp.weight_decay}")

@@ -67,7 +67,7 @@ def _train_series(data: Path, items: Path, out: Path, embedder) -> tuple[Path, d
     cfg = TrainConfig(
         data=DataConfig(data=str(data), items=str(items), meta_cols=("genre", "in_stock"), name_col="title"),
         hparams=build_hparams(max_len=12, hidden_size=32, heads=2, epochs=40, batch_size=64, patience=40,
-                              lr=0.003, eval_every=2, negative_samples=50),
+                              lr=0.003, eval_every=2, negative_samples=50, refit_share=0.0),  # metrics = model
         seed=7,
     )
     return run_training(cfg, out, progress=False, embedder=embedder)

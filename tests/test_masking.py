@@ -100,3 +100,16 @@ def test_masking_is_reproducible_with_a_seeded_generator():
     a = _mask(seqs, seed=5)
     b = _mask(seqs, seed=5)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_next_item_rows_with_context_masking():
+    seqs = _batch(rows=4000, width=30)
+    inputs, labels = cloze_mask(seqs, 0.15, MASK, N_ITEMS, 1.0, torch.Generator().manual_seed(3), context_ratio=0.3)
+    assert (inputs[:, -1] == MASK).all() and (labels[:, -1] != 0).all()  # the next-item target, shown as [MASK]
+    assert (labels[:, -2] == 0).all()  # the item right before the target stays visible, as at serving
+    real_context = (inputs[:, :-2] != 0) | (labels[:, :-2] != 0)
+    share = (labels[:, :-2] != 0).sum().item() / real_context.sum().item()
+    assert 0.27 < share < 0.33  # Cloze targets in the context at the ratio asked for
+    assert ((labels == 0) | (labels == inputs) | (inputs == MASK) | (inputs <= N_ITEMS)).all()
+    plain = cloze_mask(seqs, 0.15, MASK, N_ITEMS, 1.0, torch.Generator().manual_seed(3))
+    assert ((plain[1][:, :-1] == 0).all())  # without it, next-item rows keep one target

@@ -37,13 +37,16 @@ def cloze_mask(
     n_items: int,
     last_item_share: float = 0.0,
     generator: torch.Generator | None = None,
+    context_ratio: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (inputs, labels) for a left-padded batch `seqs` [B, L] of item indices.
 
     labels hold the original item at masked positions and PAD_INDEX (ignored) elsewhere. Masked
     positions become [MASK] 80% of the time, a random item 10%, and stay unchanged 10%; a next-item
-    row always shows [MASK], exactly as serving does. Next-item rows are re-aligned prefixes of
-    their sequence, so their labels line up with `inputs`, not with `seqs`.
+    row always shows [MASK] in its last slot, exactly as serving does; with `context_ratio` > 0 a share
+    of the items before it are masked too (Cloze targets beside the next-item one), never the item right
+    before the target. Next-item rows are
+    re-aligned prefixes of their sequence, so their labels line up with `inputs`, not with `seqs`.
     """
     device = seqs.device
     real = seqs != PAD_INDEX
@@ -61,10 +64,15 @@ def cloze_mask(
         seqs = torch.where(last_only, _random_prefix(seqs, n_real, generator), seqs)
         last_slot = torch.zeros_like(masked)
         last_slot[:, -1] = True
-        masked = torch.where(last_only, last_slot & (seqs != PAD_INDEX), masked)
+        context = torch.zeros_like(masked)
+        if context_ratio > 0:  # the item just before the target stays visible, as at serving
+            context = rand() < context_ratio
+            context[:, -2:] = False
+        masked = torch.where(last_only, (last_slot | context) & (seqs != PAD_INDEX), masked)
 
     labels = torch.where(masked, seqs, torch.full_like(seqs, PAD_INDEX))
-    action = torch.where(last_only, torch.zeros_like(seqs, dtype=torch.float), rand())  # last-only: always [MASK]
+    action = rand()
+    action[:, -1] = torch.where(last_only[:, 0], 0.0, action[:, -1])  # a next-item target always shows [MASK]
     random_items = torch.randint(1, n_items + 1, seqs.shape, generator=generator, device=device)
     inputs = torch.where(masked & (action < 0.8), torch.full_like(seqs, mask_index), seqs)
     inputs = torch.where(masked & (action >= 0.8) & (action < 0.9), random_items, inputs)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
-from collections.abc import Callable
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +28,12 @@ from seqrec.services.trainer.freshness import (
 from seqrec.services.trainer.model import BERT4Rec
 from seqrec.services.trainer.prior_fit import fit_sequence_prior
 from seqrec.services.trainer.report import training_warnings
-from seqrec.services.trainer.split import EvalSet, LeaveOneOut, leave_one_out, training_windows
+from seqrec.services.trainer.split import EvalSet, LeaveOneOut, everything, leave_one_out, training_windows
 from seqrec.services.trainer.train import EpochRecord, TrainingError, TrainResult, train_model
-from seqrec.shared.config import TrainConfig, validate_data_config, validate_hparams
+from seqrec.shared.config import Hyperparameters, TrainConfig, validate_data_config, validate_hparams
 from seqrec.shared.metrics import ranking_metrics
 from seqrec.shared.scoring import Scorer
+from seqrec.shared.sequence_prior import SequencePrior
 from seqrec.shared.text import TextEmbedder
 
 log = logging.getLogger(__name__)
@@ -77,6 +83,7 @@ def _run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool,
                   on_epoch: Callable[[EpochRecord], None] | None,
                   embedder: TextEmbedder | None) -> tuple[Path, dict[str, Any]]:
     hp = cfg.hparams
+    deadline = time.monotonic() + 60.0 * hp.time_budget if hp.time_budget > 0 else None
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
@@ -99,14 +106,48 @@ def _run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool,
                     text=None if text is None else torch.from_numpy(text), n_warm=data.n_warm,
                     newest=None if newest is None else torch.from_numpy(newest))
     model.init_output_bias(torch.from_numpy(train_counts))
-    try:
+    with _out_of_memory_hint(hp):
         result = train_model(model, split, hp, n_items, train_counts, cfg.seed, on_epoch, progress,
-                             n_warm=data.n_warm)
+                             n_warm=data.n_warm, deadline=_selection_deadline(deadline, hp.refit_share))
+    selected = distributed.on_main(lambda: _select(cfg, data, split, result, train_counts, newest))
+    refit = _refit(model, data, hp, result, cfg.seed, progress, deadline)
+    return distributed.on_main(lambda: _write(cfg, out_dir, data, result, selected, refit, text))
+
+
+def _selection_deadline(deadline: float | None, refit_share: float) -> float | None:
+    """The share of the time budget model selection may use: the rest is kept for the refit, which trains
+    `refit_share` of the selected epochs (validation and fits are not repeated)."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    return time.monotonic() + left / (1.0 + refit_share)
+
+
+@contextlib.contextmanager
+def _out_of_memory_hint(hp: Hyperparameters) -> Iterator[None]:
+    try:
+        yield
     except torch.OutOfMemoryError as exc:
         raise TrainingError(f"out of memory: lower batch_size ({hp.batch_size}), negative_samples "
                             f"({hp.negative_samples}) or max_len ({hp.max_len}) ({exc})") from exc
-    return distributed.on_main(lambda: _evaluate_and_write(cfg, out_dir, data, split, result, train_counts, text,
-                                                           newest))
+
+
+def _refit(model: BERT4Rec, data: Interactions, hp: Hyperparameters, selection: TrainResult, seed: int,
+           progress: bool, deadline: float | None) -> dict[str, Any]:
+    """Continue training the selected model on every interaction, the validation and test items included, for
+    `refit_share` of the selected epochs (at least one), so the shipped model has learned each user's newest
+    interactions. No validation is possible (nothing is held out); the selection run's metrics stand."""
+    if hp.refit_share <= 0 or selection.best_epoch == 0:
+        return {"epochs": 0}
+    epochs = max(1, math.ceil(hp.refit_share * selection.best_epoch))
+    everything_ = everything(data.sequences)
+    counts = np.bincount(np.concatenate(everything_.train), minlength=data.vocab.n_indices)
+    log.info("refit on every interaction for %d epoch(s)", epochs)
+    with _out_of_memory_hint(hp):
+        result = train_model(model, everything_, dataclasses.replace(hp, epochs=epochs), data.vocab.n_items, counts,
+                             seed + 1, progress=progress, n_warm=data.n_warm, deadline=deadline, select=False)
+    return {"epochs": len(result.history), "planned_epochs": epochs, "train_seconds": round(result.train_seconds, 3),
+            "stopped_by_budget": len(result.history) < epochs}
 
 
 def _calibrate_new_items(cfg: TrainConfig, model: BERT4Rec, scorer: Scorer, data: Interactions,
@@ -127,11 +168,21 @@ def _calibrate_new_items(cfg: TrainConfig, model: BERT4Rec, scorer: Scorer, data
     return boost
 
 
-def _evaluate_and_write(cfg: TrainConfig, out_dir: str | Path, data: Interactions, split: LeaveOneOut,
-                        result: TrainResult, train_counts: np.ndarray,
-                        text: np.ndarray | None, newest: np.ndarray | None) -> tuple[Path, dict[str, Any]]:
-    """Fits, test metrics, warnings and the verified bundle of a trained model (rank 0's job when data-parallel).
-    Every number is scored through the scoring contract the bundle ships (`shared/scoring.py`)."""
+@dataclass(frozen=True)
+class Selection:
+    """What model selection on the held-out split decided: the fitted prior and exposure boost, the metrics of
+    the selected model (those the bundle reports) and the warnings about them."""
+
+    prior: SequencePrior
+    exposure_boost: float
+    metrics: dict[str, Any]
+    warnings: list[str]
+
+
+def _select(cfg: TrainConfig, data: Interactions, split: LeaveOneOut, result: TrainResult, train_counts: np.ndarray,
+            newest: np.ndarray | None) -> Selection:
+    """Fits, test metrics and warnings of the selected model (rank 0's job when data-parallel). Every number is
+    scored through the scoring contract the bundle ships (`shared/scoring.py`)."""
     model, mask_index = result.model.eval(), data.vocab.mask_index
     encoder_alone = model_scorer(model)
     prior_fit = fit_sequence_prior(model, encoder_alone, split.train, split.valid, mask_index, cfg.seed)
@@ -151,6 +202,7 @@ def _evaluate_and_write(cfg: TrainConfig, out_dir: str | Path, data: Interaction
         "epochs": len(result.history),
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
+        "stopped_by_budget": result.stopped_by_budget,
         "train_seconds": round(result.train_seconds, 3),
         "device": result.device,
         "data": data.stats,
@@ -162,6 +214,18 @@ def _evaluate_and_write(cfg: TrainConfig, out_dir: str | Path, data: Interaction
     warnings = training_warnings(cfg, data.stats, result.history, result.best_epoch, test,
                                  metrics["popularity_test"], result.stopped_early, result.device)
     metrics["warnings"] = warnings
-    path = write_bundle(out_dir, model, BundleContents(cfg, data, prior_fit.prior, metrics, boost, result.history,
-                                                       warnings))
+    return Selection(prior_fit.prior, boost, metrics, warnings)
+
+
+def _write(cfg: TrainConfig, out_dir: str | Path, data: Interactions, result: TrainResult, selection: Selection,
+           refit: dict[str, Any], text: np.ndarray | None) -> tuple[Path, dict[str, Any]]:
+    """The verified bundle of the shipped model: after a refit its transition counts cover every interaction too,
+    under the weights fitted on validation."""
+    prior = selection.prior
+    if refit["epochs"]:
+        prior = SequencePrior.from_sequences(data.sequences, data.vocab.mask_index + 1, result.model.cfg.max_len - 1)
+        prior = prior.weighted(selection.prior.transition_weight, selection.prior.repeat_bias)
+    metrics = {**selection.metrics, "refit": refit}
+    path = write_bundle(out_dir, result.model, BundleContents(cfg, data, prior, metrics, selection.exposure_boost,
+                                                              result.history, selection.warnings))
     return path, metrics

@@ -93,3 +93,9 @@ def training_windows(train: Sequence[np.ndarray], max_len: int, stride: int, str
     for r, items in enumerate(rows):
         out[r, max_len - len(items):] = items
     return out
+
+
+def everything(sequences: Sequence[np.ndarray]) -> LeaveOneOut:
+    """Every interaction as training data, nothing held out: the refit after model selection."""
+    empty = EvalSet([], np.zeros(0, dtype=np.int64))
+    return LeaveOneOut([np.asarray(s) for s in sequences if len(s) >= 2], empty, empty, empty)

@@ -88,6 +88,7 @@ class TrainResult:
     train_seconds: float
     stopped_early: bool
     device: str
+    stopped_by_budget: bool = False  # the wall-clock budget (hp.time_budget) ended training
     processes: int = 1  # data-parallel processes (torchrun); 1 for a single process
     batch_per_process: int = 0  # sequences per process per step; their sum over processes is hp.batch_size
 
@@ -190,11 +191,18 @@ def train_model(
     progress: bool = True,
     n_warm: int | None = None,
     limits: LoopLimits = LoopLimits(),
+    deadline: float | None = None,
+    select: bool = True,
 ) -> TrainResult:
     """Train `model` on windows of the training sequences; keep the weights with the best validation NDCG@10.
 
     Only items 1..n_warm (those with interactions) are targets, negatives and random replacements;
     catalog-only items after them are never pushed down for lack of history.
+
+    No epoch starts after `deadline` (a `time.monotonic()` value; default: `hp.time_budget` minutes from
+    now, none when it is 0); the epoch that reaches it is validated and the best weights are kept.
+    `select=False` (the refit on every interaction) trains `hp.epochs` epochs with no validation and keeps the
+    last weights.
 
     Data-parallel under torchrun (`distributed.active()`): `hp.batch_size` is the global batch, the
     sequences of one optimizer step summed over all W processes; each process takes ceil(batch_size / W)
@@ -249,7 +257,9 @@ def train_model(
     log.info("validating every %d epoch(s)", eval_every, extra={"steps_per_epoch": steps_per_epoch})
     history: list[EpochRecord] = []
     best_ndcg, best_epoch, best_state, best_valid = -1.0, 0, None, {}
-    train_seconds, stale, stopped_early = 0.0, 0, False
+    train_seconds, stale, stopped_early, out_of_time = 0.0, 0, False, False
+    if deadline is None and hp.time_budget > 0:
+        deadline = time.monotonic() + 60.0 * hp.time_budget
     for epoch in range(1, hp.epochs + 1):
         model.train()
         plan = batch_plan(lengths, local_batch, shuffle_rng)
@@ -272,7 +282,7 @@ def train_model(
             index = torch.from_numpy(rows).to(data.device, non_blocking=True)
             batch = data[index, -width:].to(device, non_blocking=True)
             inputs, labels = cloze_mask(batch, hp.mask_ratio, mask_index, n_warm, hp.last_item_mask_share,
-                                        generator)
+                                        generator, hp.next_item_context_ratio)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = step(inputs, labels)
             optimizer.zero_grad(set_to_none=True)
@@ -300,7 +310,9 @@ def train_model(
         record = EpochRecord(epoch=epoch, loss=mean_loss, seconds=seconds, sequences_per_s=sequences / seconds,
                              positions_per_s=positions / seconds, steps=n_batches, sequences=sequences,
                              positions=positions, masked=int(distributed.all_reduce_sum(masked).item()))
-        if epoch % eval_every == 0 or epoch == hp.epochs:
+        # Rank 0's clock decides for every rank, so all of them stop after the same epoch.
+        out_of_time = distributed.broadcast(deadline is not None and time.monotonic() >= deadline)
+        if select and (epoch % eval_every == 0 or epoch == hp.epochs or out_of_time):
             if main:
                 record.valid = validate(model, valid, mask_index)
                 record.train_probe = validate(model, probe, mask_index)
@@ -315,11 +327,7 @@ def train_model(
         history.append(record)
         release_freed_memory()
         bar.close()
-        line = (f"epoch {epoch:>3}  loss {mean_loss:.4f}  valid HR@10 {record.valid.get('hr@10', float('nan')):.4f}"
-                f"  NDCG@10 {record.valid.get('ndcg@10', float('nan')):.4f}"
-                f"  (train probe {record.train_probe.get('ndcg@10', float('nan')):.4f})"
-                f"  {record.sequences_per_s:,.0f} seq/s"
-                f"  ({seconds:.1f}s)")
+        line = _epoch_line("epoch" if select else "refit epoch", record)
         if progress:
             tqdm.write(line)
         if main:
@@ -331,12 +339,28 @@ def train_model(
             stopped_early = True
             log.info("early stop: no validation NDCG@10 gain for %d evaluations", stale)
             break
+        if out_of_time and epoch < hp.epochs:
+            log.warning("time budget of %g minutes reached after epoch %d of %d: keeping the best validated "
+                        "weights (raise time_budget, 0 = no limit, to train longer)", hp.time_budget, epoch, hp.epochs)
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return TrainResult(model=model, history=history, best_epoch=best_epoch, best_valid=best_valid,
                        train_seconds=train_seconds, stopped_early=stopped_early, device=str(device),
+                       stopped_by_budget=out_of_time and len(history) < hp.epochs,
                        processes=world, batch_per_process=local_batch)
+
+
+def _epoch_line(what: str, record: EpochRecord) -> str:
+    """The one-line summary of an epoch for terminals and logs (validation only when it ran)."""
+    checked = ""
+    if record.valid:
+        checked = (f"  valid HR@10 {record.valid.get('hr@10', float('nan')):.4f}"
+                   f"  NDCG@10 {record.valid.get('ndcg@10', float('nan')):.4f}"
+                   f"  (train probe {record.train_probe.get('ndcg@10', float('nan')):.4f})")
+    return (f"{what} {record.epoch:>3}  loss {record.loss:.4f}{checked}  {record.sequences_per_s:,.0f} seq/s"
+            f"  ({record.seconds:.1f}s)")
 
 
 class _LossDisplay:
