@@ -230,7 +230,9 @@ def train_model(
         torch.manual_seed(_stream_seed(seed, DROPOUT_STREAM, rank))  # dropout differs between ranks
     shuffle_rng = np.random.default_rng(seed)  # the same batch plan on every rank
     local_batch = math.ceil(hp.batch_size / world)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    # The fused kernel updates every table in one pass over memory; with the default multi-tensor kernel the
+    # optimizer step was the costliest part of a step on large catalogues (docs/training_benchmark.md).
+    optimizer = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, fused=True)
     sampler = NegativeSampler(torch.as_tensor(item_counts), n_warm).to(device) if hp.negative_samples else None
     windows = training_windows(split.train, hp.max_len, hp.window_stride, hp.sampling)
     data = torch.from_numpy(windows)

@@ -1,0 +1,229 @@
+"""Quality as a user gets it: hold each user's last interaction out of the file, train on the rest with `seqrec
+train`, serve every user through `seqrec batch-recommend` and score the lists against the held-out items.
+
+    python bench/served_quality.py --datasets ml beauty --seeds 1 2 3 --out docs/served_quality.md
+
+Per dataset and seed this runs exactly what a user types (subprocesses):
+
+    seqrec train --data train.csv --user-col user_id --item-col item_id --time-col timestamp \\
+        --preset accuracy --max-len 200 --epochs 1000 --patience 15 --seed 1 --out B   (Beauty: 50 / 10)
+    seqrec batch-recommend BUNDLE --out recs.parquet --top-k 10                       (seen items excluded)
+    seqrec batch-recommend BUNDLE --out kept.parquet --top-k 10 --no-exclude-seen
+
+`--preset none` runs the spec's defaults with the same flags. Beside the served lists, two reference rows are
+scored on the same held-out items over the full catalogue: the shipped bundle's encoder alone (its ONNX intent
+and item rows through the scoring contract without the sequence prior) and a first-order Markov chain over
+train.csv (counts from each user's last item, ties by popularity). The ml file is 5-core filtered first, as
+LlamaRec's ML-100k; the held-out item is each user's last in time order, ties in file order (the trainer's
+order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pyarrow.parquet as pq
+
+from seqrec.services.trainer.data import kcore_filter
+from seqrec.shared.bundle import ENCODER, HISTORIES, Bundle
+from seqrec.shared.history import encode_histories
+from seqrec.shared.metrics import ranking_metrics, target_ranks
+from seqrec.shared.scoring import Scorer
+from seqrec.shared.sequence_prior import SequencePrior
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SETTINGS = {"ml": {"max_len": 200, "patience": 15}, "beauty": {"max_len": 50, "patience": 10}}
+BLOCK_USERS = 2048
+
+
+def prepare(name: str, scratch: Path) -> tuple[Path, pd.DataFrame]:
+    """train.csv (user_id, item_id, timestamp; file order kept) and the held-out last item of each user."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    if name == "ml":
+        frame = pd.read_csv(SHARED / "data/ml-latest-small/ratings.csv", dtype={"userId": str, "movieId": str})
+        frame = frame.rename(columns={"userId": "user_id", "movieId": "item_id"})[["user_id", "item_id", "timestamp"]]
+        frame = frame[kcore_filter(frame["user_id"].to_numpy(), frame["item_id"].to_numpy(), 5, 5)]
+    else:
+        lines = pd.read_csv(SHARED / "data/amazon-beauty-bert4rec/beauty.txt", sep=" ", header=None,
+                            names=["user_id", "item_id"], dtype=str)
+        frame = lines.assign(timestamp=lines.groupby("user_id", sort=False).cumcount())
+    frame = frame.reset_index(drop=True)
+    order = frame.assign(row=np.arange(len(frame))).sort_values(["user_id", "timestamp", "row"], kind="stable")
+    last = order.groupby("user_id", sort=False).tail(1)
+    train = frame.drop(index=last.index)
+    path = scratch / f"{name}_train.csv"
+    train.to_csv(path, index=False)
+    return path, last[["user_id", "item_id"]].reset_index(drop=True)
+
+
+def _run(argv: list[str], log_path: Path) -> str:
+    print("$", " ".join(argv), flush=True)
+    with open(log_path, "a") as log:
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=log, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"command failed, see {log_path}:\n{log_path.read_text()[-3000:]}")
+    return proc.stdout
+
+
+def served_metrics(recs: Path, heldout: pd.DataFrame) -> dict[str, float]:
+    """HR@10 / NDCG@10 of batch-recommend's lists against the held-out items (a user without a list misses)."""
+    table = pq.read_table(recs, columns=["user_id", "rank", "item_id"]).to_pandas()
+    hits = heldout.merge(table, on=["user_id", "item_id"], how="left")
+    rank = hits["rank"].to_numpy(dtype=np.float64)  # 1-based, NaN when the item is not in the list
+    ndcg = np.where(np.isnan(rank), 0.0, 1.0 / np.log2(np.nan_to_num(rank) + 1.0))
+    return {"hr@10": float((~np.isnan(rank)).mean()), "ndcg@10": float(ndcg.mean()), "users": len(heldout)}
+
+
+def _histories(bundle: Bundle, heldout: pd.DataFrame) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each held-out user's bundle history (item indices) and the held-out item's index (0 = not in vocab)."""
+    vocab = bundle.vocab()
+    by_user = {row["user_id"]: np.asarray(vocab.encode(row["items"])[0], dtype=np.int64)
+               for row in bundle.iter_jsonl(HISTORIES)}
+    histories = [by_user.get(user, np.zeros(0, np.int64)) for user in heldout["user_id"]]
+    targets = np.array([vocab.encode([item])[0][0] if item in vocab else 0 for item in heldout["item_id"]])
+    return histories, targets
+
+
+def _ranked(scores: np.ndarray, histories: list[np.ndarray], targets: np.ndarray) -> np.ndarray:
+    """Full-catalogue ranks of the targets with each user's seen items excluded (an unknown target misses)."""
+    for row, history in enumerate(histories):
+        scores[row, history[history != targets[row]] - 1] = -np.inf
+    ranks = target_ranks(scores, np.maximum(targets, 1) - 1)
+    return np.where(targets > 0, ranks, scores.shape[1])
+
+
+def encoder_alone(bundle_path: Path, heldout: pd.DataFrame) -> dict[str, float]:
+    """The shipped encoder's own score (no sequence prior), seen excluded, over the full catalogue."""
+    bundle = Bundle.open(bundle_path)
+    histories, targets = _histories(bundle, heldout)
+    scorer = Scorer.from_bundle(bundle).with_prior(None)
+    session = ort.InferenceSession(str(bundle.file(ENCODER)), providers=["CPUExecutionProvider"])
+    ranks = []
+    for start in range(0, len(histories), BLOCK_USERS):
+        block = histories[start:start + BLOCK_USERS]
+        ids = encode_histories(block, bundle.max_len, bundle.mask_index)
+        intent = session.run(None, {bundle.manifest.encoder.input: ids})[0]
+        ranks.append(_ranked(scorer.scores(intent, block), block, targets[start:start + BLOCK_USERS]))
+    return ranking_metrics(np.concatenate(ranks), cutoffs=(10,))
+
+
+def markov_chain(bundle_path: Path, heldout: pd.DataFrame) -> dict[str, float]:
+    """First-order Markov chain over the training file: how often an item followed the user's last item, ties by
+    popularity; seen excluded, full catalogue."""
+    bundle = Bundle.open(bundle_path)
+    histories, targets = _histories(bundle, heldout)
+    n_items = bundle.manifest.n_items
+    counts = SequencePrior.from_sequences(histories, n_items + 2, 1, max_successors=n_items)
+    popularity = np.bincount(np.concatenate(histories), minlength=n_items + 1)[1:].astype(np.float64)
+    tie_break = popularity / (popularity.max() + 1.0)
+    ranks = []
+    for start in range(0, len(histories), BLOCK_USERS):
+        block = histories[start:start + BLOCK_USERS]
+        scores = np.tile(tie_break, (len(block), 1))
+        for row, history in enumerate(block):
+            last = int(history[-1])
+            lo, hi = counts.indptr[last], counts.indptr[last + 1]
+            scores[row, counts.successors[lo:hi] - 1] += np.expm1(counts.log_counts[lo:hi])
+        ranks.append(_ranked(scores, block, targets[start:start + BLOCK_USERS]))
+    return ranking_metrics(np.concatenate(ranks), cutoffs=(10,))
+
+
+def run(name: str, seed: int, preset: str, scratch: Path) -> dict:
+    data, heldout = prepare(name, scratch)
+    settings = SETTINGS[name]
+    out = scratch / f"{name}_{preset}_{seed}"
+    log_path = scratch / f"{name}_{preset}_{seed}.log"
+    argv = ["seqrec", "train", "--data", str(data), "--user-col", "user_id", "--item-col", "item_id",
+            "--time-col", "timestamp", *([] if preset == "none" else ["--preset", preset]),
+            "--max-len", str(settings["max_len"]), "--epochs", "1000", "--patience", str(settings["patience"]),
+            "--seed", str(seed), "--out", str(out / "bundles"), "--no-progress"]
+    started = time.perf_counter()
+    bundle = Path(json.loads(_run(argv, log_path).strip().splitlines()[-1])["bundle"])
+    train_wall = time.perf_counter() - started
+    result = {"dataset": name, "seed": seed, "preset": preset, "bundle": str(bundle),
+              "train_command": " ".join(argv), "train_wall_seconds": round(train_wall, 1)}
+    for key, flag in (("served", "--exclude-seen"), ("served_seen_kept", "--no-exclude-seen")):
+        recs = out / f"{key}.parquet"
+        _run(["seqrec", "batch-recommend", str(bundle), "--out", str(recs), "--top-k", "10", flag, "--overwrite",
+              "--no-progress"], log_path)
+        result[key] = served_metrics(recs, heldout)
+    result["encoder_alone"] = encoder_alone(bundle, heldout)
+    result["markov"] = markov_chain(bundle, heldout)
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    history = json.loads((bundle / "training_history.json").read_text())
+    result["selection"] = {k: metrics[k] for k in ("epochs", "best_epoch", "stopped_early", "stopped_by_budget",
+                                                   "train_seconds", "refit")}
+    result["selection"]["valid_ndcg@10"] = metrics["valid"]["ndcg@10"]
+    result["positions_per_s"] = round(sum(r["positions"] for r in history) / sum(r["seconds"] for r in history))
+    print(json.dumps(result), flush=True)
+    return result
+
+
+# Measured on the main before this benchmark's settings existed (spec defaults, the same protocol; issue 15).
+BEFORE = {"ml": {"ndcg@10": 0.0608, "hr@10": 0.1066, "train": "818 s (--epochs 300, cap hit)"},
+          "beauty": {"ndcg@10": 0.0255, "hr@10": 0.0380, "train": "2,277 s (--epochs 1000)"}}
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def report(results: list[dict]) -> str:
+    """Markdown: one row per (dataset, preset) with the mean ± sd over its seeds, then every run's command."""
+    lines = ["| dataset | settings | seeds | served NDCG@10 | served HR@10 | seen kept NDCG@10 | encoder alone NDCG@10 "
+             "| Markov chain NDCG@10 | epochs (best) + refit | training wall | item positions / s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["dataset"], r["preset"]), []).append(r)
+    for (name, preset), runs in groups.items():
+        col = lambda key, metric: _mean_sd([r[key][metric] for r in runs])  # noqa: E731
+        epochs = ", ".join(f"{r['selection']['epochs']} ({r['selection']['best_epoch']}) + {r['selection']['refit']['epochs']}"
+                           for r in runs)
+        wall = _mean_sd([r["train_wall_seconds"] for r in runs]).replace("±", "s ±") + " s"
+        speed = f"{np.mean([r['positions_per_s'] for r in runs]):,.0f}"
+        lines.append(f"| {name} | {'spec defaults' if preset == 'none' else preset} | {len(runs)} "
+                     f"| {col('served', 'ndcg@10')} | {col('served', 'hr@10')} | {col('served_seen_kept', 'ndcg@10')} "
+                     f"| {col('encoder_alone', 'ndcg@10')} | {col('markov', 'ndcg@10')} | {epochs} | {wall} | {speed} |")
+    for name, before in BEFORE.items():
+        if any(r["dataset"] == name for r in results):
+            lines.append(f"| {name} | spec defaults, before (issue 15) | 1 | {before['ndcg@10']:.4f} "
+                         f"| {before['hr@10']:.4f} | | | | | {before['train']} | |")
+    lines += ["", "Commands (each run alone on the 2-core machine):", ""]
+    lines += [f"- {r['dataset']} seed {r['seed']}: `{r['train_command']}`" for r in results]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["ml", "beauty"], choices=sorted(SETTINGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1])
+    parser.add_argument("--preset", default="accuracy", help="a preset name, or none for the spec's defaults")
+    parser.add_argument("--scratch", type=Path, default=Path("/tmp/seqrec-served"))
+    parser.add_argument("--json-out", type=Path, default=None, help="append each run's result here (JSON lines)")
+    parser.add_argument("--report", type=Path, default=None, help="print the Markdown table of these JSON lines")
+    args = parser.parse_args()
+    if args.report:
+        print(report([json.loads(line) for line in args.report.read_text().splitlines() if line.strip()]), end="")
+        return
+    for name in args.datasets:
+        for seed in args.seeds:
+            result = run(name, seed, args.preset, args.scratch)
+            if args.json_out:
+                with open(args.json_out, "a") as f:
+                    f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
