@@ -79,7 +79,7 @@ def served_metrics(recs: Path, heldout: pd.DataFrame) -> dict[str, float]:
     table = pq.read_table(recs, columns=["user_id", "rank", "item_id"]).to_pandas()
     hits = heldout.merge(table, on=["user_id", "item_id"], how="left")
     rank = hits["rank"].to_numpy(dtype=np.float64)  # 1-based, NaN when the item is not in the list
-    ndcg = np.where(np.isnan(rank), 0.0, 1.0 / np.log2(np.nan_to_num(rank) + 1.0))
+    ndcg = np.where(np.isnan(rank), 0.0, 1.0 / np.log2(np.nan_to_num(rank, nan=1.0) + 1.0))
     return {"hr@10": float((~np.isnan(rank)).mean()), "ndcg@10": float(ndcg.mean()), "users": len(heldout)}
 
 
@@ -173,10 +173,10 @@ BEFORE = {"ml": {"ndcg@10": 0.0608, "hr@10": 0.1066, "train": "818 s (--epochs 3
           "beauty": {"ndcg@10": 0.0255, "hr@10": 0.0380, "train": "2,277 s (--epochs 1000)"}}
 
 
-def _mean_sd(values: list[float]) -> str:
+def _mean_sd(values: list[float], digits: int = 4) -> str:
     if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
 def report(results: list[dict]) -> str:
@@ -191,7 +191,7 @@ def report(results: list[dict]) -> str:
         col = lambda key, metric: _mean_sd([r[key][metric] for r in runs])  # noqa: E731
         epochs = ", ".join(f"{r['selection']['epochs']} ({r['selection']['best_epoch']}) + {r['selection']['refit']['epochs']}"
                            for r in runs)
-        wall = _mean_sd([r["train_wall_seconds"] for r in runs]).replace("±", "s ±") + " s"
+        wall = _mean_sd([r["train_wall_seconds"] for r in runs], 0) + " s"
         speed = f"{np.mean([r['positions_per_s'] for r in runs]):,.0f}"
         lines.append(f"| {name} | {'spec defaults' if preset == 'none' else preset} | {len(runs)} "
                      f"| {col('served', 'ndcg@10')} | {col('served', 'hr@10')} | {col('served_seen_kept', 'ndcg@10')} "

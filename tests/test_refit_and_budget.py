@@ -80,3 +80,14 @@ def test_the_shipped_model_learns_the_held_out_interactions(series_csv: Path, tm
     expected = SequencePrior.from_sequences(every, bundle.mask_index + 1, bundle.max_len - 1)
     np.testing.assert_array_equal(shipped.successors, expected.successors)  # counts over every interaction
     assert (shipped.transition_weight, shipped.repeat_bias) == (fitted.transition_weight, fitted.repeat_bias)
+
+
+def test_a_budget_stop_is_reported_with_the_setting_to_change():
+    from seqrec.services.trainer.messages import warning_message
+    from seqrec.services.trainer.report import training_warnings
+
+    cfg = TrainConfig(data=DataConfig(data="x.csv"), hparams=build_hparams(epochs=1000, time_budget=30))
+    warnings = training_warnings(cfg, {}, [], 40, {}, {}, False, "cpu", stopped_by_budget=True)
+    text = next(w for w in warnings if "time budget" in w)
+    assert "--time-budget" in text and "of 1000 epochs (best 40)" in text
+    assert warning_message(text).code == "time_budget"

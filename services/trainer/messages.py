@@ -195,6 +195,7 @@ WARNING_CODES = (
     ("fewer than", "few_interactions"), ("overfitting", "overfitting"), ("slow training", "slow_training"),
     ("no metadata", "cold_start_without_metadata"), ("out of memory", "out_of_memory"),
     ("low quality", "low_quality"), ("nan", "nan_loss"), ("still improving", "still_improving"),
+    ("time budget", "time_budget"),
     ("share a timestamp", "timestamp_ties"), ("dropped for missing", "dropped_rows"), ("duplicate", "duplicate_rows"),
 )
 

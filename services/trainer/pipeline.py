@@ -37,6 +37,7 @@ from seqrec.shared.sequence_prior import SequencePrior
 from seqrec.shared.text import TextEmbedder
 
 log = logging.getLogger(__name__)
+AFTER_TRAINING_SHARE = 0.05  # of the time budget, kept for what follows training: fits, test metrics, export
 
 
 def popularity_metrics(counts: np.ndarray, eval_set: EvalSet) -> dict[str, float]:
@@ -83,7 +84,7 @@ def _run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool,
                   on_epoch: Callable[[EpochRecord], None] | None,
                   embedder: TextEmbedder | None) -> tuple[Path, dict[str, Any]]:
     hp = cfg.hparams
-    deadline = time.monotonic() + 60.0 * hp.time_budget if hp.time_budget > 0 else None
+    deadline = time.monotonic() + 60.0 * hp.time_budget * (1.0 - AFTER_TRAINING_SHARE) if hp.time_budget > 0 else None
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
@@ -212,7 +213,8 @@ def _select(cfg: TrainConfig, data: Interactions, split: LeaveOneOut, result: Tr
                                     "batch_per_process": result.batch_per_process,
                                     "global_batch": result.batch_per_process * result.processes}
     warnings = training_warnings(cfg, data.stats, result.history, result.best_epoch, test,
-                                 metrics["popularity_test"], result.stopped_early, result.device)
+                                 metrics["popularity_test"], result.stopped_early, result.device,
+                                 result.stopped_by_budget)
     metrics["warnings"] = warnings
     return Selection(prior_fit.prior, boost, metrics, warnings)
 

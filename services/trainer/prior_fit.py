@@ -19,7 +19,7 @@ from seqrec.shared.metrics import ranking_metrics
 from seqrec.shared.scoring import Scorer
 from seqrec.shared.sequence_prior import SequencePrior
 
-TRANSITION_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+TRANSITION_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 REPEAT_BIASES = (0.0, -0.5, -1.0, -2.0, -4.0, -8.0, -16.0, -32.0)  # -32 nats: seen items go last
 CALIBRATION_USERS = 4096  # validation users the grid is scored on (all of them below this)
 BLOCK_CELLS = 50_000_000  # users × items scored at once

@@ -19,7 +19,7 @@ HEAVY_FACTOR = 50  # this many times the median user's is reported (a bot, crawl
 
 def training_warnings(cfg: TrainConfig, stats: dict[str, Any], history: list[EpochRecord], best_epoch: int,
                       test: dict[str, float], popularity_test: dict[str, float], stopped_early: bool,
-                      device: str) -> list[str]:
+                      device: str, stopped_by_budget: bool = False) -> list[str]:
     """Plain-language warnings, each with the advice the specification gives."""
     out: list[str] = []
     dropped = sum(stats.get("dropped_rows", {}).values())
@@ -66,7 +66,11 @@ def training_warnings(cfg: TrainConfig, stats: dict[str, Any], history: list[Epo
         if train_ndcg > 2 * valid_ndcg and train_ndcg - valid_ndcg > 0.05:
             out.append(f"Overfitting: NDCG@10 on training targets {train_ndcg:.4f} vs validation {valid_ndcg:.4f}; "
                        "raise dropout or the masking ratio, or train fewer epochs.")
-    if not stopped_early and best_epoch == len(history) and len(history) > 1:
+    if stopped_by_budget:
+        out.append(f"The time budget ({cfg.hparams.time_budget:g} min) ended training after {len(history)} of "
+                   f"{cfg.hparams.epochs} epochs (best {best_epoch}); raise --time-budget (0 = no limit) to train "
+                   "until early stopping.")
+    elif not stopped_early and best_epoch == len(history) and len(history) > 1:
         out.append(f"Validation NDCG@10 was still improving at the last epoch ({best_epoch}): raise --epochs "
                    "(early stopping keeps the best weights).")
     if test and popularity_test and test.get("ndcg@10", 0.0) <= popularity_test.get("ndcg@10", 0.0):

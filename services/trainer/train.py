@@ -256,7 +256,8 @@ def train_model(
 
     steps_per_epoch = max(1, math.ceil(len(windows) / local_batch) // world)
     eval_every = hp.eval_every or max(1, round(AUTO_EVAL_STEPS / steps_per_epoch))
-    log.info("validating every %d epoch(s)", eval_every, extra={"steps_per_epoch": steps_per_epoch})
+    if select:
+        log.info("validating every %d epoch(s)", eval_every, extra={"steps_per_epoch": steps_per_epoch})
     history: list[EpochRecord] = []
     best_ndcg, best_epoch, best_state, best_valid = -1.0, 0, None, {}
     train_seconds, stale, stopped_early, out_of_time = 0.0, 0, False, False
