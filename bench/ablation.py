@@ -128,8 +128,24 @@ def bootstrap(diff: np.ndarray, seed: int = 0) -> tuple[float, float]:
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def ablate(bundle: Bundle, max_users: int = 0, seed: int = 0) -> dict:
-    histories, targets = test_events(bundle)
+def heldout_events(bundle: Bundle, heldout: Path) -> tuple[list[list[int]], np.ndarray]:
+    """Each user's whole bundle history and the item held out of the training file after it (`user_id,item_id`
+    CSV, bench/served_quality.py): the protocol for bundles whose model has learned every interaction it was
+    given (the refit), where the trainer's own test items are no longer unseen. Items the bundle does not know
+    cannot be ranked and are left out."""
+    vocab = bundle.vocab()
+    by_user = {row["user_id"]: vocab.encode(row["items"])[0] for row in bundle.iter_jsonl(HISTORIES)}
+    histories, targets = [], []
+    for line in heldout.read_text().splitlines()[1:]:
+        user, item = line.split(",", 1)
+        if user in by_user and by_user[user] and item in vocab:
+            histories.append(by_user[user])
+            targets.append(vocab.index(item))
+    return histories, np.asarray(targets, dtype=np.int64)
+
+
+def ablate(bundle: Bundle, max_users: int = 0, seed: int = 0, heldout: Path | None = None) -> dict:
+    histories, targets = test_events(bundle) if heldout is None else heldout_events(bundle, heldout)
     if max_users and len(targets) > max_users:  # a random sample of test users, the same for every variant
         picks = np.sort(np.random.default_rng(seed).choice(len(targets), size=max_users, replace=False))
         histories, targets = [histories[i] for i in picks], targets[picks]
@@ -148,14 +164,15 @@ def ablate(bundle: Bundle, max_users: int = 0, seed: int = 0) -> dict:
             low, high = bootstrap(ndcg - full) if v is not variants[0] else (0.0, 0.0)
             rows.append({"variant": v.name, "seen": "excluded" if exclude_seen else "kept",
                          "ndcg@10": float(ndcg.mean()), "diff": float((ndcg - full).mean()), "ci95": [low, high]})
-    return {"bundle": str(bundle.path), "users": len(targets), "terms": present, "rows": rows}
+    protocol = "test users" if heldout is None else "users with an item held out of the training file"
+    return {"bundle": str(bundle.path), "users": len(targets), "protocol": protocol, "terms": present, "rows": rows}
 
 
 def markdown(results: list[dict], command: str) -> str:
     lines = ["# Ablation of the score's terms", "", f"Command: `{command}`", "", __doc__.split("\n\n", 2)[2].strip(),
              ""]
     for r in results:
-        lines += [f"## {r['name']}", "", f"Bundle `{Path(r['bundle']).name}`, {r['users']} test users; terms: "
+        lines += [f"## {r['name']}", "", f"Bundle `{Path(r['bundle']).name}`, {r['users']} {r['protocol']}; terms: "
                   f"{', '.join(r['terms'])}.", "",
                   "| variant | NDCG@10 seen excluded | Δ vs full (95% CI) | NDCG@10 seen kept | Δ vs full (95% CI) |",
                   "|---|---|---|---|---|"]
@@ -179,11 +196,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/ablation.md"))
     parser.add_argument("--max-users", type=int, default=0, help="score a random sample of this many test users "
                         "per bundle (0: all)")
+    parser.add_argument("--heldout", nargs="+", type=Path, help="a held-out CSV per bundle (user_id,item_id; "
+                        "bench/served_quality.py writes them): score those items instead of the trainer's test split")
     args = parser.parse_args()
     names = args.names or [p.name for p in args.bundles]
+    heldouts = args.heldout or [None] * len(args.bundles)
     results = []
-    for name, path in zip(names, args.bundles, strict=True):
-        result = ablate(Bundle.open(path), args.max_users)
+    for name, path, heldout in zip(names, args.bundles, heldouts, strict=True):
+        result = ablate(Bundle.open(path), args.max_users, heldout=heldout)
         results.append({"name": name, **result})
         print(f"{name}: {result['users']} users, terms {result['terms']}", file=sys.stderr, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,9 @@ def prepare(name: str, scratch: Path) -> tuple[Path, pd.DataFrame]:
     train = frame.drop(index=last.index)
     path = scratch / f"{name}_train.csv"
     train.to_csv(path, index=False)
-    return path, last[["user_id", "item_id"]].reset_index(drop=True)
+    heldout = last[["user_id", "item_id"]].reset_index(drop=True)
+    heldout.to_csv(scratch / f"{name}_heldout.csv", index=False)  # bench/ablation.py --heldout reads it
+    return path, heldout
 
 
 def _run(argv: list[str], log_path: Path) -> str:
@@ -181,7 +183,17 @@ def _mean_sd(values: list[float], digits: int = 4) -> str:
 
 def report(results: list[dict]) -> str:
     """Markdown: one row per (dataset, preset) with the mean ± sd over its seeds, then every run's command."""
-    lines = ["| dataset | settings | seeds | served NDCG@10 | served HR@10 | seen kept NDCG@10 | encoder alone NDCG@10 "
+    lines = ["# Quality as a user gets it", "",
+             "Each user's last interaction is held out of the file; `seqrec train` learns from the rest (it holds "
+             "out the last two of those for its own model selection, then refits on everything it was given); "
+             "every user is served through `seqrec batch-recommend` and the top-10 list is scored against the "
+             "held-out item, over the full catalogue. A held-out item the training file never contains cannot "
+             "be recommended and counts as a miss. Served = seen items excluded, as `user_to_item` does online. "
+             "Encoder alone = the same bundle's ONNX encoder and item rows without the count-based sequence "
+             "prior; Markov chain = counts of what followed each item in the training file, ties by popularity "
+             "(both seen excluded, full catalogue). Regenerate: `python bench/served_quality.py --report "
+             "RESULTS.jsonl`.", "",
+             "| dataset | settings | seeds | served NDCG@10 | served HR@10 | seen kept NDCG@10 | encoder alone NDCG@10 "
              "| Markov chain NDCG@10 | epochs (best) + refit | training wall | item positions / s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple[str, str], list[dict]] = {}
