@@ -191,8 +191,8 @@ def report(results: list[dict]) -> str:
              "be recommended and counts as a miss. Served = seen items excluded, as `user_to_item` does online. "
              "Encoder alone = the same bundle's ONNX encoder and item rows without the count-based sequence "
              "prior; Markov chain = counts of what followed each item in the training file, ties by popularity "
-             "(both seen excluded, full catalogue). Regenerate: `python bench/served_quality.py --report "
-             "RESULTS.jsonl`.", "",
+             "(both seen excluded, full catalogue). Regenerate the table: `python bench/served_quality.py --report "
+             "docs/served_quality.jsonl`.", "",
              "| dataset | settings | seeds | served NDCG@10 | served HR@10 | seen kept NDCG@10 | encoder alone NDCG@10 "
              "| Markov chain NDCG@10 | epochs (best) + refit | training wall | item positions / s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -200,14 +200,15 @@ def report(results: list[dict]) -> str:
     for r in results:
         groups.setdefault((r["dataset"], r["preset"]), []).append(r)
     for (name, preset), runs in groups.items():
-        col = lambda key, metric: _mean_sd([r[key][metric] for r in runs])  # noqa: E731
-        epochs = ", ".join(f"{r['selection']['epochs']} ({r['selection']['best_epoch']}) + {r['selection']['refit']['epochs']}"
-                           for r in runs)
+        cells = [_mean_sd([r[key][metric] for r in runs])
+                 for key, metric in (("served", "ndcg@10"), ("served", "hr@10"), ("served_seen_kept", "ndcg@10"),
+                                     ("encoder_alone", "ndcg@10"), ("markov", "ndcg@10"))]
+        epochs = ", ".join(f"{sel['epochs']} ({sel['best_epoch']}) + {sel['refit']['epochs']}"
+                           for sel in (r["selection"] for r in runs))
         wall = _mean_sd([r["train_wall_seconds"] for r in runs], 0) + " s"
         speed = f"{np.mean([r['positions_per_s'] for r in runs]):,.0f}"
-        lines.append(f"| {name} | {'spec defaults' if preset == 'none' else preset} | {len(runs)} "
-                     f"| {col('served', 'ndcg@10')} | {col('served', 'hr@10')} | {col('served_seen_kept', 'ndcg@10')} "
-                     f"| {col('encoder_alone', 'ndcg@10')} | {col('markov', 'ndcg@10')} | {epochs} | {wall} | {speed} |")
+        settings = "spec defaults" if preset == "none" else preset
+        lines.append(f"| {name} | {settings} | {len(runs)} | {' | '.join(cells)} | {epochs} | {wall} | {speed} |")
     for name, before in BEFORE.items():
         if any(r["dataset"] == name for r in results):
             lines.append(f"| {name} | spec defaults, before (issue 15) | 1 | {before['ndcg@10']:.4f} "
