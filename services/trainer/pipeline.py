@@ -141,11 +141,11 @@ def _refit(model: BERT4Rec, data: Interactions, hp: Hyperparameters, selection: 
     if hp.refit_share <= 0 or selection.best_epoch == 0:
         return {"epochs": 0}
     epochs = max(1, math.ceil(hp.refit_share * selection.best_epoch))
-    everything_ = everything(data.sequences)
-    counts = np.bincount(np.concatenate(everything_.train), minlength=data.vocab.n_indices)
+    all_data = everything(data.sequences)
+    counts = np.bincount(np.concatenate(all_data.train), minlength=data.vocab.n_indices)
     log.info("refit on every interaction for %d epoch(s)", epochs)
     with _out_of_memory_hint(hp):
-        result = train_model(model, everything_, dataclasses.replace(hp, epochs=epochs), data.vocab.n_items, counts,
+        result = train_model(model, all_data, dataclasses.replace(hp, epochs=epochs), data.vocab.n_items, counts,
                              seed + 1, progress=progress, n_warm=data.n_warm, deadline=deadline, select=False)
     return {"epochs": len(result.history), "planned_epochs": epochs, "train_seconds": round(result.train_seconds, 3),
             "stopped_by_budget": len(result.history) < epochs}
