@@ -119,7 +119,7 @@ def _train(args: argparse.Namespace, root: Path, embedder: str) -> Path:
 
 
 def _examples(bundle_path: Path) -> list[dict[str, Any]]:
-    """The spec's four request shapes, filled with ids that exist in the served bundle."""
+    """The spec's four request shapes and a gap, filled with ids that exist in the served bundle."""
     from seqrec.services.ranker.publish import resolve_bundle
     from seqrec.shared.bundle import HISTORIES, Bundle
 
@@ -133,6 +133,7 @@ def _examples(bundle_path: Path) -> list[dict[str, Any]]:
         {"query_type": "user_to_item", "user_id": user, "top_k": 5},
         {"query_type": "contextual", "user_id": user, "item_id": items[-1], "top_k": 5},
         {"query_type": "sequential", "session_items": items[-3:], "top_k": 5},
+        {"query_type": "gap", "session_items": [items[-3], items[-1]], "gap_position": 1, "top_k": 5},
     ]
 
 

@@ -35,9 +35,13 @@ _FIELDS: dict[str, tuple[type[Message], str, dict[str, str]]] = {
     "sequential": (ranker_pb2.SequentialRequest, "Sequential",
                    {"session_items": "ids", "filters": "filters", "top_k": "top_k", "exclude_seen": "bool",
                     "exclude_item_ids": "ids"}),
+    "gap": (ranker_pb2.GapRequest, "GapFill",
+            {"user_id": _ID, "session_items": "ids", "gap_position": "position", "filters": "filters",
+             "top_k": "top_k", "exclude_seen": "bool", "exclude_item_ids": "ids"}),
 }
 _REQUIRED = {"item_to_item": (), "user_to_item": ("user_id",), "contextual": ("user_id", "item_id"),
-             "sequential": ("session_items",)}
+             "sequential": ("session_items",), "gap": ("gap_position",)}
+MAX_POSITION = 2**31 - 1  # gap_position is an int32
 QUERY_TYPES = tuple(_FIELDS)
 FALLBACK_NAMES = {common_pb2.FALLBACK_NONE: None, common_pb2.FALLBACK_POPULARITY: "popularity",
                   common_pb2.FALLBACK_CONTENT: "content"}
@@ -57,7 +61,7 @@ def rpc_name(query_type: str) -> str:
 
 def request_fields(query_type: str) -> dict[str, str]:
     """The JSON fields a query type accepts (besides query_type) and their kinds:
-    "id", "text", "ids", "top_k", "bool" or "filters" (front ends generate their schemas from this)."""
+    "id", "text", "ids", "top_k", "position", "bool" or "filters" (front ends generate their schemas from this)."""
     return dict(_FIELDS[query_type][2])
 
 
@@ -99,6 +103,14 @@ def _top_k(field: str, value: Any) -> int:
         raise RequestError(field, f"expected an integer, got {type(value).__name__}")
     if not 1 <= value <= MAX_TOP_K:
         raise RequestError(field, f"must be between 1 and {MAX_TOP_K}, got {value}")
+    return value
+
+
+def _position(field: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(field, f"expected an integer, got {type(value).__name__}")
+    if not 0 <= value <= MAX_POSITION:
+        raise RequestError(field, f"must be between 0 and the sequence's length, got {value}")
     return value
 
 
@@ -187,6 +199,9 @@ def parse_request(payload: Any) -> tuple[str, Message]:
             raise RequestError(name, f"required for {query_type}")
     if query_type == "item_to_item" and not payload.get("item_id") and not payload.get("item_text"):
         raise RequestError("item_id", "item_to_item needs item_id (or item_text for a new item)")
+    if query_type == "gap" and bool(payload.get("user_id")) == bool(payload.get("session_items")):
+        raise RequestError("user_id", "gap needs exactly one of user_id (the gap is in their stored history) and "
+                                      "session_items")
     kwargs: dict[str, Any] = {}
     for name, value in payload.items():
         if name == "query_type" or value is None:
@@ -200,6 +215,8 @@ def parse_request(payload: Any) -> tuple[str, Message]:
             kwargs[name] = _id_list(name, value)
         elif kind == "top_k":
             kwargs[name] = _top_k(name, value)
+        elif kind == "position":
+            kwargs[name] = _position(name, value)
         elif kind == "bool":
             if not isinstance(value, bool):
                 raise RequestError(name, f"expected true or false, got {type(value).__name__}")

@@ -123,6 +123,9 @@ class Manifest:
     encoder: EncoderSpec
     text: TextSpec | None = None
     n_catalog_only_items: int = 0
+    # The encoder answers at the [MASK] slot wherever it sits, so gap rows work (readers before it ignore the
+    # field; bundles before it answer at the last slot only, and the ranker refuses gap queries on them).
+    gap_filling: bool = False
     libraries: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. a synthetic bundle's recipe)
     bundle_version: str = ""  # set by BundleWriter.commit

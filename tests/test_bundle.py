@@ -41,6 +41,49 @@ def test_onnx_matches_torch_at_several_lengths_with_padding(tmp_path, tying, att
             assert np.abs(full - onnx_out).max() <= 1e-4
 
 
+def test_onnx_answers_gaps_at_the_mask_slot_as_torch_does(tmp_path):
+    """The encoder answers at the [MASK] slot wherever it sits: ONNX equals torch for gaps at several positions
+    and lengths, a gap at the end is the next-item row, and a gap's logit is the one Cloze training gives that
+    slot (projected hidden state, transition from the item before; content affinity only at the last slot)."""
+    torch.manual_seed(0)
+    text = torch.randn(202, 8) * (torch.arange(202) % 201 > 0)[:, None]  # padding and [MASK] have no text
+    model = BERT4Rec(ModelConfig(n_indices=202, max_len=16, hidden_size=32, heads=4, transition_dim=16,
+                                 content_dim=8), text=text).eval()
+    with torch.no_grad():
+        model.content_taps.normal_()
+    session = ort.InferenceSession(str(export_encoder(model, tmp_path / "encoder.onnx")),
+                                   providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    for sides in ([(1, 1)], [(0, 4), (3, 2)], [(7, 7), (2, 12), (20, 1)], [(5, 0), (40, 40)]):
+        before = [rng.integers(1, 201, size=n).tolist() for n, _ in sides]
+        after = [rng.integers(1, 201, size=n).tolist() for _, n in sides]
+        ids = encode_histories(before, 16, 201, following=after)
+        onnx_out = session.run(["intent"], {"item_ids": ids})[0]
+        torch_out = model(torch.from_numpy(ids)).detach().numpy()
+        assert np.abs(onnx_out - torch_out).max() <= 1e-4
+        with torch.no_grad():
+            tensor = torch.from_numpy(ids)
+            slot = (tensor == 201).int().argmax(1)
+            rows = torch.arange(len(ids))
+            hidden = model.project(model.encode(tensor)[rows, slot])
+            previous = model.previous_items(tensor)[rows, slot]
+            logit = (hidden @ model.output_weight().T + model.transition_query(previous) @ model.transition_out().T
+                     + model.output_bias())
+            at_end = slot == ids.shape[1] - 1
+            logit[at_end] += model.content_query(tensor[at_end]) @ model.output_content().T
+        scores = torch_out @ model.item_vectors().detach().numpy().T
+        assert np.abs(scores - logit.numpy()).max() <= 1e-4
+    history = rng.integers(1, 201, size=9).tolist()
+    gap_at_end = encode_histories([history], 16, 201, following=[[]])
+    assert np.array_equal(gap_at_end, encode_histories([history], 16, 201))
+
+
+def test_gap_rows_keep_the_items_nearest_the_gap():
+    rows = encode_histories([[1, 2, 3, 4, 5, 6], [1], [1, 2, 3, 4, 5, 6]], 6, 99,
+                            following=[[7, 8, 9, 10, 11], [7, 8, 9, 10, 11], []])
+    assert rows.tolist() == [[4, 5, 6, 99, 7, 8], [1, 99, 7, 8, 9, 10], [2, 3, 4, 5, 6, 99]]
+
+
 def test_bundle_contents(trained_bundle):
     path, metrics = trained_bundle
     bundle = b.Bundle.open(path)

@@ -57,6 +57,8 @@ SPEC_PAYLOADS = [
     {"query_type": "contextual", "user_id": "u7", "item_id": "s3e2", "top_k": 10},
     {"query_type": "sequential", "session_items": ["s4e0", "s4e1", "s4e2"], "top_k": 10,
      "filters": {"meta.genre": "comedy", "meta.in_stock": True}},
+    {"query_type": "gap", "session_items": ["s4e0", "s4e1", "s4e3"], "gap_position": 2, "top_k": 5,
+     "filters": {"meta.genre": "comedy"}},
 ]
 
 
@@ -144,6 +146,12 @@ def test_spec_payloads(client, ranker_stub, payload):
     assert [item["item_id"] for item in answer["items"]] == [i.item_id for i in direct.items]
 
 
+def test_gap_finds_the_missing_episode(client):
+    answer = client.post("/v1/recommend", json={"query_type": "gap", "session_items": ["s4e0", "s4e1", "s4e3", "s4e4"],
+                                                "gap_position": 2, "top_k": 3}).json()
+    assert answer["items"][0]["item_id"] == "s4e2" and answer["fallback"] is None
+
+
 def test_sequential_predicts_the_next_episode(client):
     answer = client.post("/v1/recommend", json=SPEC_PAYLOADS[3]).json()
     assert "s4e3" in [item["item_id"] for item in answer["items"][:3]] and answer["fallback"] is None
@@ -219,6 +227,12 @@ def test_filters(client):
     ({"query_type": "user_to_item"}, "user_id"),
     ({"query_type": "contextual", "user_id": "u7"}, "item_id"),
     ({"query_type": "item_to_item", "top_k": 3}, "item_id"),
+    ({"query_type": "gap", "session_items": ["s4e1", "s4e3"]}, "gap_position"),
+    ({"query_type": "gap", "session_items": ["s4e1", "s4e3"], "gap_position": -1}, "gap_position"),
+    ({"query_type": "gap", "session_items": ["s4e1", "s4e3"], "gap_position": "1"}, "gap_position"),
+    ({"query_type": "gap", "session_items": ["s4e1", "s4e3"], "gap_position": 3}, "gap_position"),  # the ranker's
+    ({"query_type": "gap", "user_id": "u7", "session_items": ["s4e1"], "gap_position": 1}, "user_id"),
+    ({"query_type": "gap", "gap_position": 0}, "user_id"),
     ({"query_type": "next_best"}, "query_type"),
     ({"user_id": "u7"}, "query_type"),
     ([{"query_type": "user_to_item", "user_id": "u7"}], "body"),
@@ -399,6 +413,11 @@ AGREEMENT_CORPUS = [
     {"query_type": "sequential", "session_items": ["a"], "filters": {"meta.x": [[1]]}},
     {"query_type": "sequential", "session_items": ["a"], "filters": []},
     {"query_type": "contextual", "user_id": "u"},
+    {"query_type": "gap", "session_items": ["a", "b"], "gap_position": 1, "exclude_seen": False},
+    {"query_type": "gap", "user_id": "u", "gap_position": 0, "filters": {"meta.x": 1}},
+    {"query_type": "gap", "user_id": "u", "gap_position": -1},
+    {"query_type": "gap", "user_id": "u", "gap_position": True},
+    {"query_type": "gap", "user_id": "u"},
     {"query_type": "unknown"},
     {},
 ]

@@ -43,6 +43,7 @@ EXPECTED_METHODS: dict[str, tuple[ModuleType, list[str]]] = {
             "UserToItem",
             "Contextual",
             "Sequential",
+            "GapFill",
             "IngestEvents",
             "GetHistory",
             "UpsertItems",
@@ -205,6 +206,8 @@ def _requests() -> list[Message]:
         ranker_pb2.UserToItemRequest(user_id="user_777", top_k=5, exclude_seen=False),
         ranker_pb2.ContextualRequest(user_id="user_777", item_id="item_1024", top_k=10),
         sequential,
+        ranker_pb2.GapRequest(session_items=["item_1024", "item_300"], gap_position=1, top_k=10),
+        ranker_pb2.GapRequest(user_id="user_777", gap_position=0, exclude_seen=False),
         ranker_pb2.IngestEventsRequest(
             events=[
                 common_pb2.Interaction(user_id="user_777", item_id="item_1", timestamp_ms=1_700_000_000_000)
@@ -291,7 +294,7 @@ def test_recommendations_share_one_response() -> None:
             gateway_pb2.DESCRIPTOR.services_by_name["RecommendService"],
         )
         for m in s.methods
-        if m.name in {"ItemToItem", "UserToItem", "Contextual", "Sequential", "Recommend"}
+        if m.name in {"ItemToItem", "UserToItem", "Contextual", "Sequential", "GapFill", "Recommend"}
     }
     assert outputs == {"seqrec.proto.v1.RecommendResponse"}
 
@@ -303,6 +306,7 @@ def test_gateway_oneof_covers_every_query_type() -> None:
         "user_to_item": "UserToItemRequest",
         "contextual": "ContextualRequest",
         "sequential": "SequentialRequest",
+        "gap": "GapRequest",
     }
     request = gateway_pb2.RecommendRequest(user_to_item=ranker_pb2.UserToItemRequest(user_id="u"))
     assert request.WhichOneof("query") == "user_to_item"
@@ -316,9 +320,12 @@ def test_unset_means_default() -> None:
         trainer_pb2.Hyperparameters(weight_tying=False).SerializeToString()
     )
     assert hyper.HasField("weight_tying") and not hyper.HasField("dropout")
-    for message in (ranker_pb2.UserToItemRequest, ranker_pb2.ContextualRequest, ranker_pb2.SequentialRequest):
+    for message in (ranker_pb2.UserToItemRequest, ranker_pb2.ContextualRequest, ranker_pb2.SequentialRequest,
+                    ranker_pb2.GapRequest):
         assert not message().HasField("exclude_seen")
         assert message(exclude_seen=False).HasField("exclude_seen")
+    assert not ranker_pb2.GapRequest().HasField("gap_position")
+    assert ranker_pb2.GapRequest(gap_position=0).HasField("gap_position")  # 0 is a position, not "unset"
 
 
 def test_response_carries_items_and_fallback() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,6 +120,76 @@ def test_sequential_skips_unknown_items_and_predicts_the_next_episode(ranker):
     none_known = stub.Sequential(ranker_pb2.SequentialRequest(session_items=["x", "y"], top_k=4))
     assert none_known.fallback == common_pb2.FALLBACK_POPULARITY and len(none_known.items) == 4
     assert list(none_known.unknown_items) == ["x", "y"]
+
+
+def test_gap_fills_the_missing_episode_from_both_sides(ranker):
+    _, stub, _ = ranker
+    got = stub.GapFill(ranker_pb2.GapRequest(session_items=["s4e0", "s4e1", "nope", "s4e3", "s4e4"], gap_position=2,
+                                             top_k=3))
+    assert [i.item_id for i in got.items][0] == "s4e2" and list(got.unknown_items) == ["nope"]
+    assert got.sequence_length == 4 and not {"s4e0", "s4e1", "s4e3", "s4e4"} & {i.item_id for i in got.items}
+    assert got.items[0].display_name.startswith("Series ")
+
+
+def test_gap_online_equals_offline_in_stored_histories(ranker, published):
+    """A gap in a user's stored history: exactly the ONNX gap row scored by the contract, the prior's transitions
+    from the item before the gap (brute force over every item, seen ones kept)."""
+    _, stub, _ = ranker
+    bundle = Bundle.open(published[0])
+    vocab = bundle.vocab()
+    session = ort.InferenceSession(str(bundle.file("encoder.onnx")), providers=["CPUExecutionProvider"])
+    scorer = Scorer.from_bundle(bundle)
+    for n, row in enumerate(list(bundle.iter_jsonl(HISTORIES))[:20]):
+        stored = stub.GetHistory(ranker_pb2.GetHistoryRequest(user_id=row["user_id"])).item_ids
+        position = [1, len(stored) // 2, len(stored) - 1][n % 3]
+        before, after = vocab.encode(stored[:position])[0], vocab.encode(stored[position:])[0]
+        ids = encode_histories([before], bundle.max_len, bundle.mask_index, following=[after])
+        intent = session.run(None, {"item_ids": ids})[0]
+        scores = scorer.scores(intent, [before[-(bundle.max_len - 1):]])
+        want = [int(i) + 1 for i in np.argsort(-scores[0], kind="stable")[:10]]
+        got = stub.GapFill(ranker_pb2.GapRequest(user_id=row["user_id"], gap_position=position, top_k=10,
+                                                 exclude_seen=False))
+        assert [i.item_id for i in got.items] == vocab.decode(want)
+        assert np.allclose([i.score for i in got.items], scores[0][np.array(want) - 1], atol=1e-4)
+
+
+def test_a_gap_after_the_last_item_is_the_sequential_query(ranker):
+    _, stub, _ = ranker
+    items = ["s2e0", "s2e1", "s6e3", "s2e2"]
+    gap = stub.GapFill(ranker_pb2.GapRequest(session_items=items, gap_position=len(items), top_k=8))
+    sequential = stub.Sequential(ranker_pb2.SequentialRequest(session_items=items, top_k=8, exclude_seen=True))
+    assert [(i.item_id, round(i.score, 4)) for i in gap.items] == [(i.item_id, round(i.score, 4))
+                                                                  for i in sequential.items]
+
+
+@pytest.mark.parametrize("request_fields, field", [
+    ({"session_items": ["s4e0", "s4e2"]}, "gap_position"),
+    ({"session_items": ["s4e0", "s4e2"], "gap_position": 3}, "gap_position"),
+    ({"session_items": ["s4e0", "s4e2"], "gap_position": -1}, "gap_position"),
+    ({"session_items": ["s4e0"], "user_id": "u1", "gap_position": 1}, "user_id"),
+    ({"gap_position": 0}, "user_id"),
+    ({"user_id": "nobody-ever", "gap_position": 1}, "gap_position"),
+])
+def test_bad_gap_requests_are_invalid_argument_naming_the_field(ranker, request_fields, field):
+    _, stub, _ = ranker
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GapFill(ranker_pb2.GapRequest(**request_fields), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith(f"{field}:")
+
+
+def test_gap_needs_a_bundle_whose_encoder_answers_at_the_mask(published, tmp_path):
+    """A bundle written before gap filling (no `gap_filling` in its manifest) is refused, not answered wrongly."""
+    from seqrec.services.ranker.encoder import OnnxEncoder
+
+    old = tmp_path / "old"
+    shutil.copytree(published[0], old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["gap_filling"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    encoder = OnnxEncoder(Bundle.open(old))
+    assert encoder.intents([[1, 2]]).shape[0] == 1
+    with pytest.raises(ValueError, match="gap filling"):
+        encoder.intents([[1]], following=[[2]])
 
 
 @pytest.mark.parametrize("transition_weight, repeat_bias", [(2.0, -32.0), (0.5, 4.0)])

@@ -76,7 +76,7 @@ def create_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None)
     app = FastAPI(
         title="seqrec gateway", version="1", lifespan=lifespan,
         description="Hybrid BERT4Rec recommendations: one JSON request per query, routed by `query_type` "
-                    "(item_to_item, user_to_item, contextual, sequential), and interaction ingestion.")
+                    "(item_to_item, user_to_item, contextual, sequential, gap), and interaction ingestion.")
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.draining = False  # set on SIGTERM: /readyz answers 503 while in-flight requests finish

@@ -14,6 +14,7 @@ from seqrec.shared.json_api import (
     MAX_FILTERS,
     MAX_ID_CHARS,
     MAX_LIST_ITEMS,
+    MAX_POSITION,
     MAX_TEXT_CHARS,
     MAX_TOP_K,
     QUERY_TYPES,
@@ -71,6 +72,7 @@ KIND_TYPES: dict[str, Any] = {
     "text": Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)],
     "ids": Annotated[list[Identifier], Field(max_length=MAX_LIST_ITEMS)],
     "top_k": Annotated[int, Field(ge=1, le=MAX_TOP_K)],
+    "position": Annotated[int, Field(ge=0, le=MAX_POSITION)],
     "bool": bool,
     "filters": Filters,
 }
@@ -78,11 +80,14 @@ KIND_TYPES: dict[str, Any] = {
 FIELD_DOCS = {
     "item_id": "The seed item (item_to_item) or the item being viewed now (contextual).",
     "item_text": "Text describing item_id, used when the model does not know the item (zero-day cold start).",
-    "user_id": "The user, as in the user column of the training data.",
-    "session_items": "The session's items, oldest first; the last one is the current item.",
+    "user_id": "The user, as in the user column of the training data (gap: the gap is in their stored history).",
+    "session_items": "The session's items, oldest first; the last one is the current item (gap: the sequence that "
+                     "holds the gap).",
+    "gap_position": "Where the gap sits: before the item at this 0-based index of the sequence (0: before the first "
+                    "item, the sequence's length: after the last).",
     "top_k": "Number of results (default: the model's, 10).",
-    "exclude_seen": "Exclude items the user (or session) already interacted with; default true for user_to_item "
-                    "and contextual, false for sequential.",
+    "exclude_seen": "Exclude items the user (or session) already interacted with; default true for user_to_item, "
+                    "contextual and gap (the items around the gap), false for sequential.",
     "exclude_item_ids": "Items never to return.",
 }
 
@@ -91,6 +96,8 @@ QUERY_DOCS = {
     "user_to_item": "Personalised homepage from the user's stored history; unknown user → global popularity.",
     "contextual": "The user's history followed by the current item: what this user wants next after it.",
     "sequential": "Strictly from the given session (guests, real-time intent), oldest first.",
+    "gap": "The items that fit in one gap of a sequence (session_items, or user_id's stored history), read from both "
+           "sides by the bidirectional model: what fits between two episodes, the missing item of a basket.",
 }
 
 SPEC_EXAMPLES = {
@@ -101,6 +108,8 @@ SPEC_EXAMPLES = {
     "contextual": {"query_type": "contextual", "user_id": "user_777", "item_id": "item_1024", "top_k": 10},
     "sequential": {"query_type": "sequential", "session_items": ["item_1024", "item_89", "item_300"], "top_k": 10,
                    "filters": {"meta.category": "Electronics", "meta.in_stock": True}},
+    "gap": {"query_type": "gap", "session_items": ["item_1024", "item_89", "item_300"], "gap_position": 2,
+            "top_k": 10},
 }
 
 
@@ -129,8 +138,9 @@ ItemToItemQuery = QUERY_MODELS["item_to_item"]
 UserToItemQuery = QUERY_MODELS["user_to_item"]
 ContextualQuery = QUERY_MODELS["contextual"]
 SequentialQuery = QUERY_MODELS["sequential"]
+GapQuery = QUERY_MODELS["gap"]
 
-AnyQuery = Union[ItemToItemQuery, UserToItemQuery, ContextualQuery, SequentialQuery]  # noqa: UP007
+AnyQuery = Union[ItemToItemQuery, UserToItemQuery, ContextualQuery, SequentialQuery, GapQuery]  # noqa: UP007
 RecommendRequest = Annotated[AnyQuery, Field(discriminator="query_type")]  # the body of POST /v1/recommend
 
 
@@ -142,7 +152,7 @@ class ScoredItem(BaseModel):
 
 
 class RecommendResponse(BaseModel):
-    query_type: Literal["item_to_item", "user_to_item", "contextual", "sequential"]
+    query_type: Literal["item_to_item", "user_to_item", "contextual", "sequential", "gap"]
     items: list[ScoredItem] = Field(description="Best first, at most top_k.")
     model_version: str = Field(description="The bundle version that answered.")
     fallback: Literal["popularity", "content"] | None = Field(

@@ -37,12 +37,17 @@ class OnnxEncoder:
         self.mask_index = bundle.mask_index
         self.input_name = bundle.manifest.encoder.input
         self.output_name = bundle.manifest.encoder.output
+        self.gap_filling = bundle.manifest.gap_filling
 
     @property
     def provider(self) -> str:
         return self.session.get_providers()[0]
 
-    def intents(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
-        """float32 [len(histories), dim] intent vectors; score = intent · item_vector."""
-        ids = encode_histories(histories, self.max_len, self.mask_index)
+    def intents(self, histories: Sequence[Sequence[int]],
+                following: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+        """float32 [len(histories), dim] intent vectors; score = intent · item_vector. With `following`, each
+        row is a gap between its history and these items (bundles with `gap_filling` only)."""
+        if following is not None and not self.gap_filling:
+            raise ValueError("this bundle's encoder answers at the last slot only; retrain it for gap filling")
+        ids = encode_histories(histories, self.max_len, self.mask_index, following=following)
         return self.session.run([self.output_name], {self.input_name: ids})[0]

@@ -1,4 +1,6 @@
-"""The four query types over a bundle: encoder + Redis histories + Milvus search + popularity fallback.
+"""The query types over a bundle: encoder + Redis histories + Milvus search + popularity fallback.
+
+The spec's four predict the item after a sequence; `gap` predicts the item inside one, from both sides.
 
 Transport-free: the gRPC servicer maps messages onto these calls, and domain errors
 (`InvalidQuery`, `UnknownItem`, `NotSupported`, store outages) onto status codes.
@@ -28,7 +30,8 @@ from seqrec.services.ranker.online_items import (
 from seqrec.services.ranker.publish import I2I_SUFFIX, bundle_item_to_item_vectors
 from seqrec.services.ranker.vector_store import MilvusItemStore
 from seqrec.shared.bundle import Bundle
-from seqrec.shared.json_api import MAX_LIST_ITEMS as MAX_EXCLUDED
+from seqrec.shared.history import gap_window
+from seqrec.shared.json_api import MAX_LIST_ITEMS
 from seqrec.shared.json_api import MAX_TOP_K
 from seqrec.shared.scoring import Scorer
 from seqrec.shared.text import item_text
@@ -91,8 +94,8 @@ class Recommender:
 
     def _excluded(self, ids: Sequence[str]) -> set[int]:
         """Primary keys of the given items: bundle indices, or the keys of items added online."""
-        if len(ids) > MAX_EXCLUDED:
-            raise InvalidQuery(f"exclude_item_ids: at most {MAX_EXCLUDED} items, got {len(ids)}")
+        if len(ids) > MAX_LIST_ITEMS:
+            raise InvalidQuery(f"exclude_item_ids: at most {MAX_LIST_ITEMS} items, got {len(ids)}")
         return {self.vocab.get(x) or online_pk(x) for x in ids if x}
 
     def _embed(self, texts: list[str], what: str) -> Any:
@@ -111,26 +114,33 @@ class Recommender:
         return Recommendation(items, self.version, common_pb2.FALLBACK_POPULARITY, unknown, 0)
 
     def _from_history(self, history: list[int], top_k: int, clauses: Sequence[common_pb2.FilterClause],
-                      expr: str, exclude: set[int], unknown: list[str]) -> Recommendation:
+                      expr: str, exclude: set[int], unknown: list[str],
+                      following: list[int] | None = None) -> Recommendation:
         """Encode the history, search item rows by inner product and merge in the bundle's sequence prior
         (`Scorer.merge`: the items it lifts are read from Milvus, filtered as the search is); popularity when the
-        history is empty."""
-        history = history[-(self.encoder.max_len - 1):]
-        if not history:
+        sequence is empty. With `following`, the history is what comes before a gap and `following` what comes
+        after it: the encoder answers at the gap and the prior's transitions start from the item before it."""
+        keep = self.encoder.max_len - 1
+        if following is None:
+            history = history[-keep:]
+        else:
+            history, following = map(list, gap_window(history, following, keep))
+        if not history and not following:
             return self._popularity(top_k, clauses, exclude, unknown)
-        intent = self.encoder.intents([history])
+        intent = self.encoder.intents([history], None if following is None else [following])
         limit = top_k + self.scorer.overfetch(history, exclude)
         hits = self.items.search(self.version, intent, limit, expr, [sorted(exclude)])[0]
         hits = self.scorer.merge(history, intent, hits, top_k, limit, exclude,
                                  lambda indices: self.items.rows(self.version, indices, expr))
         items = [(item_id, score, *_display(display)) for _, score, item_id, display in hits]
-        return Recommendation(items, self.version, common_pb2.FALLBACK_NONE, unknown, len(history))
+        return Recommendation(items, self.version, common_pb2.FALLBACK_NONE, unknown,
+                              len(history) + len(following or ()))
 
     def _stored_history(self, user_id: str) -> tuple[list[int], list[str]]:
         entries = self.histories.read(user_id, self.encoder.max_len - 1)
         return self.vocab.encode(item for item, _ in entries)
 
-    # ---- the four query types -----------------------------------------------------------------
+    # ---- the query types ------------------------------------------------------------------------
     def user_to_item(self, user_id: str, clauses: Sequence[common_pb2.FilterClause], top_k: int,
                      exclude_seen: bool = True, exclude_ids: Sequence[str] = ()) -> Recommendation:
         if not user_id:
@@ -185,6 +195,33 @@ class Recommender:
         hits = self.items.search(self.version + I2I_SUFFIX, vector, top_k, expr, [sorted(exclude)])[0]
         items = [(hit_id, score, *_display(display)) for _, score, hit_id, display in hits]
         return Recommendation(items, self.version, fallback, unknown, 1)
+
+    def gap(self, user_id: str, session_items: Sequence[str], gap_position: int | None,
+            clauses: Sequence[common_pb2.FilterClause], top_k: int, exclude_seen: bool = True,
+            exclude_ids: Sequence[str] = ()) -> Recommendation:
+        """The items that fit before `session_items[gap_position]` (or that index of the user's stored history),
+        read from the items on both sides."""
+        if bool(user_id) == bool(session_items):
+            raise InvalidQuery("user_id: set exactly one of user_id and session_items for gap")
+        if gap_position is None:
+            raise InvalidQuery("gap_position: required for gap")
+        if not self.encoder.gap_filling:
+            raise NotSupported(f"gap: bundle {self.version} was trained by a seqrec without gap filling (its encoder "
+                               "answers after the last item only); retrain it to serve gap queries")
+        if len(session_items) > MAX_LIST_ITEMS:
+            raise InvalidQuery(f"session_items: at most {MAX_LIST_ITEMS} items, got {len(session_items)}")
+        top_k = self._top_k(top_k)
+        clauses, expr = self._filters(clauses)
+        sequence = list(session_items) if session_items else [
+            item for item, _ in self.histories.read(user_id, self.histories.cap)]
+        if not 0 <= gap_position <= len(sequence):
+            what = "session_items" if session_items else f"the {len(sequence)} stored events of user {user_id!r}"
+            raise InvalidQuery(f"gap_position: must be between 0 and {len(sequence)} ({what}), got {gap_position}")
+        before, unknown = self.vocab.encode(sequence[:gap_position])
+        after, unknown_after = self.vocab.encode(sequence[gap_position:])
+        unknown = unknown + unknown_after if session_items else []
+        exclude = self._excluded(exclude_ids) | (set(before) | set(after) if exclude_seen else set())
+        return self._from_history(before, top_k, clauses, expr, exclude, unknown, following=after)
 
     # ---- catalog ------------------------------------------------------------------------------
     def upsert_items(self, entries: Sequence[CatalogEntry]) -> int:

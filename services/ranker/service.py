@@ -55,6 +55,12 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
                                           request.exclude_item_ids)
         return to_response(rec)
 
+    def GapFill(self, request: ranker_pb2.GapRequest, context: grpc.ServicerContext):
+        position = request.gap_position if request.HasField("gap_position") else None
+        rec = self.current().gap(request.user_id, request.session_items, position, request.filters, request.top_k,
+                                 _flag(request, "exclude_seen", True), request.exclude_item_ids)
+        return to_response(rec)
+
     def IngestEvents(self, request: ranker_pb2.IngestEventsRequest, context: grpc.ServicerContext):
         events = [Event(e.user_id, e.item_id, e.timestamp_ms) for e in request.events]
         return ranker_pb2.IngestEventsResponse(accepted=self.current().ingest(events))

@@ -126,6 +126,6 @@ def _manifest(model_cfg: ModelConfig, parts: ItemParts, contents: BundleContents
                             head.new_content_weight if head is not None else 1.0, parts.exposure_boost),
         encoder=EncoderSpec(INPUT_NAME, OUTPUT_NAME),
         text=None if head is None else TextSpec(TEXT_MODEL, TEXT_DIM, list(cfg.data.meta_cols), cfg.data.name_col),
-        n_catalog_only_items=data.vocab.n_items - data.n_warm,
+        n_catalog_only_items=data.vocab.n_items - data.n_warm, gap_filling=True,
         libraries=_versions(), extra=contents.extra)
 

@@ -27,11 +27,13 @@ class _IntentOnly(torch.nn.Module):
 
 
 def export_encoder(model: BERT4Rec, path: Path) -> Path:
-    """Write `item_ids` int64 [batch, length <= max_len] → `intent` float32 [batch, dim+1]."""
+    """Write `item_ids` int64 [batch, length <= max_len] → `intent` float32 [batch, dim+1], the intent at each
+    row's [MASK] slot (the last slot for next-item rows, an inner one for gaps)."""
     model = model.to("cpu").eval()
     max_len = model.cfg.max_len
     example = torch.full((2, max_len), 1, dtype=torch.long)
     example[0, :3] = 0  # a padded row, so the traced graph keeps the attention-mask path
+    example[0, -1] = example[1, max_len // 2] = model.cfg.n_indices - 1  # a next-item row and a gap row
     batch = torch.export.Dim("batch", min=1, max=65536)
     length = torch.export.Dim("length", min=1, max=max_len)
     with warnings.catch_warnings():

@@ -270,14 +270,15 @@ class BERT4Rec(nn.Module):
         """Hidden states at predicted positions (…, C) → output space (…, C)."""
         return self.head(hidden)
 
-    def content_query(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, content_dim): the content-affinity query at the last slot of left-padded ids (B, T):
-        tap k weighs the text of the item k slots before the last one (padding and [MASK] have none)."""
-        taps = min(CONTENT_TAPS, ids.shape[1] - 1)
-        if taps <= 0:
-            return ids.new_zeros((ids.shape[0], self.cfg.content_dim), dtype=self.content.dtype)
-        previous = ids[:, -1 - taps: -1].flip(1)  # (B, taps), newest first
-        return torch.einsum("k,bkd->bd", GATE_SCALE * self.content_taps[:taps], self.content[previous])
+    def content_query(self, ids: torch.Tensor, slot: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, content_dim): the content-affinity query at `slot` (B,) of left-padded ids (B, T), default the last
+        slot: tap k weighs the text of the item k slots before it (padding, [MASK] and slots before the row have
+        none)."""
+        b, t = ids.shape
+        slot = ids.new_full((b,), t - 1) if slot is None else slot
+        before = slot[:, None] - torch.arange(1, CONTENT_TAPS + 1, device=ids.device)  # (B, taps), newest first
+        previous = ids.gather(1, before.clamp(min=0)) * (before >= 0)
+        return torch.einsum("k,bkd->bd", GATE_SCALE * self.content_taps, self.content[previous])
 
     @staticmethod
     def previous_items(ids: torch.Tensor) -> torch.Tensor:
@@ -300,14 +301,28 @@ class BERT4Rec(nn.Module):
         keep = self.id_known if keep is None else keep
         return self.next_emb.weight * keep[:, None]
 
+    def answer_slot(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B,) the slot each row is answered at: its last [MASK] (the last slot for a next-item row, an inner one
+        for a gap), or the last slot when a row holds none."""
+        t = ids.shape[1]
+        marked = (ids == self.cfg.n_indices - 1).long() * torch.arange(1, t + 1, device=ids.device)
+        slot = marked.amax(dim=1) - 1
+        return torch.where(slot < 0, torch.full_like(slot, t - 1), slot)
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """Intent vectors (B, D) at the last slot ([MASK] at serving): the projected hidden state, the
-        content query (hybrid), the transition query of the last history item, and a constant 1 that
-        carries the bias."""
-        h = self.project(self.encode(ids)[:, -1, :])
-        parts = [h, self.content_query(ids)] if self.cfg.content_dim else [h]
+        """Intent vectors (B, D) at each row's [MASK] slot (`answer_slot`): the projected hidden state, the content
+        query (hybrid; at the last slot only, the one it is trained at), the transition query of the item before
+        the slot, and a constant 1 that carries the bias."""
+        slot = self.answer_slot(ids)
+        hidden = self.encode(ids)
+        h = self.project(hidden.gather(1, slot[:, None, None].expand(-1, 1, hidden.shape[-1])).squeeze(1))
+        parts = [h]
+        if self.cfg.content_dim:
+            at_end = (slot == ids.shape[1] - 1).to(h.dtype)[:, None]
+            parts.append(self.content_query(ids, slot) * at_end)
         if self.cfg.transition_dim:
-            parts.append(self.transition_query(self.previous_items(ids)[:, -1]))
+            previous = self.previous_items(ids).gather(1, slot[:, None]).squeeze(1)
+            parts.append(self.transition_query(previous))
         return torch.cat([*parts, torch.ones_like(h[:, :1])], dim=1)
 
     def item_vectors(self) -> torch.Tensor:

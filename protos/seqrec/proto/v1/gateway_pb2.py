@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from seqrec.proto.v1 import ranker_pb2 as seqrec_dot_proto_dot_v1_dot_ranker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dseqrec/proto/v1/gateway.proto\x12\x0fseqrec.proto.v1\x1a\x1cseqrec/proto/v1/ranker.proto\"\x87\x02\n\x10RecommendRequest\x12:\n\x0citem_to_item\x18\x01 \x01(\x0b\x32\".seqrec.proto.v1.ItemToItemRequestH\x00\x12:\n\x0cuser_to_item\x18\x02 \x01(\x0b\x32\".seqrec.proto.v1.UserToItemRequestH\x00\x12\x38\n\ncontextual\x18\x03 \x01(\x0b\x32\".seqrec.proto.v1.ContextualRequestH\x00\x12\x38\n\nsequential\x18\x04 \x01(\x0b\x32\".seqrec.proto.v1.SequentialRequestH\x00\x42\x07\n\x05query2f\n\x10RecommendService\x12R\n\tRecommend\x12!.seqrec.proto.v1.RecommendRequest\x1a\".seqrec.proto.v1.RecommendResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dseqrec/proto/v1/gateway.proto\x12\x0fseqrec.proto.v1\x1a\x1cseqrec/proto/v1/ranker.proto\"\xb3\x02\n\x10RecommendRequest\x12:\n\x0citem_to_item\x18\x01 \x01(\x0b\x32\".seqrec.proto.v1.ItemToItemRequestH\x00\x12:\n\x0cuser_to_item\x18\x02 \x01(\x0b\x32\".seqrec.proto.v1.UserToItemRequestH\x00\x12\x38\n\ncontextual\x18\x03 \x01(\x0b\x32\".seqrec.proto.v1.ContextualRequestH\x00\x12\x38\n\nsequential\x18\x04 \x01(\x0b\x32\".seqrec.proto.v1.SequentialRequestH\x00\x12*\n\x03gap\x18\x05 \x01(\x0b\x32\x1b.seqrec.proto.v1.GapRequestH\x00\x42\x07\n\x05query2f\n\x10RecommendService\x12R\n\tRecommend\x12!.seqrec.proto.v1.RecommendRequest\x1a\".seqrec.proto.v1.RecommendResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'seqrec.proto.v1.gateway_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECOMMENDREQUEST']._serialized_start=81
-  _globals['_RECOMMENDREQUEST']._serialized_end=344
-  _globals['_RECOMMENDSERVICE']._serialized_start=346
-  _globals['_RECOMMENDSERVICE']._serialized_end=448
+  _globals['_RECOMMENDREQUEST']._serialized_end=388
+  _globals['_RECOMMENDSERVICE']._serialized_start=390
+  _globals['_RECOMMENDSERVICE']._serialized_end=492
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from seqrec.proto.v1 import common_pb2 as seqrec_dot_proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cseqrec/proto/v1/ranker.proto\x12\x0fseqrec.proto.v1\x1a\x1cseqrec/proto/v1/common.proto\"\xa3\x01\n\x11ItemToItemRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x16\n\titem_text\x18\x02 \x01(\tH\x00\x88\x01\x01\x12.\n\x07\x66ilters\x18\x03 \x03(\x0b\x32\x1d.seqrec.proto.v1.FilterClause\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\tB\x0c\n\n_item_text\"\xa9\x01\n\x11UserToItemRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12.\n\x07\x66ilters\x18\x02 \x03(\x0b\x32\x1d.seqrec.proto.v1.FilterClause\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x19\n\x0c\x65xclude_seen\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\tB\x0f\n\r_exclude_seen\"\xe0\x01\n\x11\x43ontextualRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12.\n\x07\x66ilters\x18\x03 \x03(\x0b\x32\x1d.seqrec.proto.v1.FilterClause\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x19\n\x0c\x65xclude_seen\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x16\n\titem_text\x18\x06 \x01(\tH\x01\x88\x01\x01\x12\x18\n\x10\x65xclude_item_ids\x18\x07 \x03(\tB\x0f\n\r_exclude_seenB\x0c\n\n_item_text\"\xaf\x01\n\x11SequentialRequest\x12\x15\n\rsession_items\x18\x01 \x03(\t\x12.\n\x07\x66ilters\x18\x02 \x03(\x0b\x32\x1d.seqrec.proto.v1.FilterClause\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x19\n\x0c\x65xclude_seen\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\tB\x0f\n\r_exclude_seen\"\xb3\x01\n\x11RecommendResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.seqrec.proto.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12+\n\x08\x66\x61llback\x18\x03 \x01(\x0e\x32\x19.seqrec.proto.v1.Fallback\x12\x15\n\runknown_items\x18\x04 \x03(\t\x12\x17\n\x0fsequence_length\x18\x05 \x01(\x05\"C\n\x13IngestEventsRequest\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.seqrec.proto.v1.Interaction\":\n\x14IngestEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x10\n\x08rejected\x18\x02 \x01(\x05\"3\n\x11GetHistoryRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"N\n\x12GetHistoryResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\x12\x15\n\rtimestamps_ms\x18\x03 \x03(\x03\"\xc5\x01\n\x0b\x43\x61talogItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x34\n\x04meta\x18\x04 \x03(\x0b\x32&.seqrec.proto.v1.CatalogItem.MetaEntry\x1aK\n\tMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.seqrec.proto.v1.MetadataValue:\x02\x38\x01\"A\n\x12UpsertItemsRequest\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.seqrec.proto.v1.CatalogItem\"\'\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\x32\xc7\x05\n\rRankerService\x12T\n\nItemToItem\x12\".seqrec.proto.v1.ItemToItemRequest\x1a\".seqrec.proto.v1.RecommendResponse\x12T\n\nUserToItem\x12\".seqrec.proto.v1.UserToItemRequest\x1a\".seqrec.proto.v1.RecommendResponse\x12T\n\nContextual\x12\".seqrec.proto.v1.ContextualRequest\x1a\".seqrec.proto.v1.RecommendResponse\x12T\n\nSequential\x12\".seqrec.proto.v1.SequentialRequest\x1a\".seqrec.proto.v1.RecommendResponse\x12[\n\x0cIngestEvents\x12$.seqrec.proto.v1.IngestEventsRequest\x1a%.seqrec.proto.v1.IngestEventsResponse\x12U\n\nGetHistory\x12\".seqrec.proto.v1.GetHistoryRequest\x1a#.seqrec.proto.v1.GetHistoryResponse\x12X\n\x0bUpsertItems\x12#.seqrec.proto.v1.UpsertItemsRequest\x1a$.seqrec.proto.v1.UpsertItemsResponse\x12P\n\x0cGetModelInfo\x12$.seqrec.proto.v1.GetModelInfoRequest\x1a\x1a.seqrec.proto.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cseqrec/proto/v1/ranker.proto\x12\x0fseqrec.proto.v1\x1a\x1cseqrec/proto/v1/common.proto\"\xa3\x01\n\x11ItemToItemRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x16\n\titem_text\x18\x02 \x01(\tH\x00\x88\x01\x01\x12.\n\x07\x66ilters\x18\x03 \x03(\x0b\x32\x1d.seqrec.proto.v1.FilterClause\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\tB\x0c\n\n_item_text\"\xa9\x01\n\x11UserToItemRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12.\n\x07\x66ilters\x18\x02 \x03(\x0b\x32\x1d.seqrec.proto.v1.FilterClause\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x19\n\x0c\x65xclude_seen\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\tB\x0f\n\r_exclude_seen\"\xe0\x01\n\x11\x43ontextualRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12.\n\x07\x66ilters\x18\x03 \x03(\x0b\x32\x1d.seqrec.proto.v1.FilterClause\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x19\n\x0c\x65xclude_seen\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x16\n\titem_text\x18\x06 \x01(\tH\x01\x88\x01\x01\x12\x18\n\x10\x65xclude_item_ids\x18\x07 \x03(\tB\x0f\n\r_exclude_seenB\x0c\n\n_item_text\"\xaf\x01\n\x11SequentialRequest\x12\x15\n\rsession_items\x18\x01 \x03(\t\x12.\n\x07\x66ilters\x18\x02 \x03(\x0b\x32\x1d.seqrec.proto.v1.FilterClause\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x19\n\x0c\x65xclude_seen\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\tB\x0f\n\r_exclude_seen\"\xe5\x01\n\nGapRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x15\n\rsession_items\x18\x02 \x03(\t\x12\x19\n\x0cgap_position\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12.\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x1d.seqrec.proto.v1.FilterClause\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x19\n\x0c\x65xclude_seen\x18\x06 \x01(\x08H\x01\x88\x01\x01\x12\x18\n\x10\x65xclude_item_ids\x18\x07 \x03(\tB\x0f\n\r_gap_positionB\x0f\n\r_exclude_seen\"\xb3\x01\n\x11RecommendResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.seqrec.proto.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12+\n\x08\x66\x61llback\x18\x03 \x01(\x0e\x32\x19.seqrec.proto.v1.Fallback\x12\x15\n\runknown_items\x18\x04 \x03(\t\x12\x17\n\x0fsequence_length\x18\x05 \x01(\x05\"C\n\x13IngestEventsRequest\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.seqrec.proto.v1.Interaction\":\n\x14IngestEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x10\n\x08rejected\x18\x02 \x01(\x05\"3\n\x11GetHistoryRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"N\n\x12GetHistoryResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\x12\x15\n\rtimestamps_ms\x18\x03 \x03(\x03\"\xc5\x01\n\x0b\x43\x61talogItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x34\n\x04meta\x18\x04 \x03(\x0b\x32&.seqrec.proto.v1.CatalogItem.MetaEntry\x1aK\n\tMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.seqrec.proto.v1.MetadataValue:\x02\x38\x01\"A\n\x12UpsertItemsRequest\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.seqrec.proto.v1.CatalogItem\"\'\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\x32\x93\x06\n\rRankerService\x12T\n\nItemToItem\x12\".seqrec.proto.v1.ItemToItemRequest\x1a\".seqrec.proto.v1.RecommendResponse\x12T\n\nUserToItem\x12\".seqrec.proto.v1.UserToItemRequest\x1a\".seqrec.proto.v1.RecommendResponse\x12T\n\nContextual\x12\".seqrec.proto.v1.ContextualRequest\x1a\".seqrec.proto.v1.RecommendResponse\x12T\n\nSequential\x12\".seqrec.proto.v1.SequentialRequest\x1a\".seqrec.proto.v1.RecommendResponse\x12J\n\x07GapFill\x12\x1b.seqrec.proto.v1.GapRequest\x1a\".seqrec.proto.v1.RecommendResponse\x12[\n\x0cIngestEvents\x12$.seqrec.proto.v1.IngestEventsRequest\x1a%.seqrec.proto.v1.IngestEventsResponse\x12U\n\nGetHistory\x12\".seqrec.proto.v1.GetHistoryRequest\x1a#.seqrec.proto.v1.GetHistoryResponse\x12X\n\x0bUpsertItems\x12#.seqrec.proto.v1.UpsertItemsRequest\x1a$.seqrec.proto.v1.UpsertItemsResponse\x12P\n\x0cGetModelInfo\x12$.seqrec.proto.v1.GetModelInfoRequest\x1a\x1a.seqrec.proto.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,24 +42,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTEXTUALREQUEST']._serialized_end=642
   _globals['_SEQUENTIALREQUEST']._serialized_start=645
   _globals['_SEQUENTIALREQUEST']._serialized_end=820
-  _globals['_RECOMMENDRESPONSE']._serialized_start=823
-  _globals['_RECOMMENDRESPONSE']._serialized_end=1002
-  _globals['_INGESTEVENTSREQUEST']._serialized_start=1004
-  _globals['_INGESTEVENTSREQUEST']._serialized_end=1071
-  _globals['_INGESTEVENTSRESPONSE']._serialized_start=1073
-  _globals['_INGESTEVENTSRESPONSE']._serialized_end=1131
-  _globals['_GETHISTORYREQUEST']._serialized_start=1133
-  _globals['_GETHISTORYREQUEST']._serialized_end=1184
-  _globals['_GETHISTORYRESPONSE']._serialized_start=1186
-  _globals['_GETHISTORYRESPONSE']._serialized_end=1264
-  _globals['_CATALOGITEM']._serialized_start=1267
-  _globals['_CATALOGITEM']._serialized_end=1464
-  _globals['_CATALOGITEM_METAENTRY']._serialized_start=1389
-  _globals['_CATALOGITEM_METAENTRY']._serialized_end=1464
-  _globals['_UPSERTITEMSREQUEST']._serialized_start=1466
-  _globals['_UPSERTITEMSREQUEST']._serialized_end=1531
-  _globals['_UPSERTITEMSRESPONSE']._serialized_start=1533
-  _globals['_UPSERTITEMSRESPONSE']._serialized_end=1572
-  _globals['_RANKERSERVICE']._serialized_start=1575
-  _globals['_RANKERSERVICE']._serialized_end=2286
+  _globals['_GAPREQUEST']._serialized_start=823
+  _globals['_GAPREQUEST']._serialized_end=1052
+  _globals['_RECOMMENDRESPONSE']._serialized_start=1055
+  _globals['_RECOMMENDRESPONSE']._serialized_end=1234
+  _globals['_INGESTEVENTSREQUEST']._serialized_start=1236
+  _globals['_INGESTEVENTSREQUEST']._serialized_end=1303
+  _globals['_INGESTEVENTSRESPONSE']._serialized_start=1305
+  _globals['_INGESTEVENTSRESPONSE']._serialized_end=1363
+  _globals['_GETHISTORYREQUEST']._serialized_start=1365
+  _globals['_GETHISTORYREQUEST']._serialized_end=1416
+  _globals['_GETHISTORYRESPONSE']._serialized_start=1418
+  _globals['_GETHISTORYRESPONSE']._serialized_end=1496
+  _globals['_CATALOGITEM']._serialized_start=1499
+  _globals['_CATALOGITEM']._serialized_end=1696
+  _globals['_CATALOGITEM_METAENTRY']._serialized_start=1621
+  _globals['_CATALOGITEM_METAENTRY']._serialized_end=1696
+  _globals['_UPSERTITEMSREQUEST']._serialized_start=1698
+  _globals['_UPSERTITEMSREQUEST']._serialized_end=1763
+  _globals['_UPSERTITEMSRESPONSE']._serialized_start=1765
+  _globals['_UPSERTITEMSRESPONSE']._serialized_end=1804
+  _globals['_RANKERSERVICE']._serialized_start=1807
+  _globals['_RANKERSERVICE']._serialized_end=2594
 # @@protoc_insertion_point(module_scope)

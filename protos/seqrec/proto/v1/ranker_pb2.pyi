@@ -67,6 +67,24 @@ class SequentialRequest(_message.Message):
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, session_items: _Optional[_Iterable[str]] = ..., filters: _Optional[_Iterable[_Union[_common_pb2.FilterClause, _Mapping]]] = ..., top_k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class GapRequest(_message.Message):
+    __slots__ = ("user_id", "session_items", "gap_position", "filters", "top_k", "exclude_seen", "exclude_item_ids")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    GAP_POSITION_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    session_items: _containers.RepeatedScalarFieldContainer[str]
+    gap_position: int
+    filters: _containers.RepeatedCompositeFieldContainer[_common_pb2.FilterClause]
+    top_k: int
+    exclude_seen: bool
+    exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_id: _Optional[str] = ..., session_items: _Optional[_Iterable[str]] = ..., gap_position: _Optional[int] = ..., filters: _Optional[_Iterable[_Union[_common_pb2.FilterClause, _Mapping]]] = ..., top_k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class RecommendResponse(_message.Message):
     __slots__ = ("items", "model_version", "fallback", "unknown_items", "sequence_length")
     ITEMS_FIELD_NUMBER: _ClassVar[int]

@@ -56,6 +56,11 @@ class RankerServiceStub:
                 request_serializer=seqrec_dot_proto_dot_v1_dot_ranker__pb2.SequentialRequest.SerializeToString,
                 response_deserializer=seqrec_dot_proto_dot_v1_dot_ranker__pb2.RecommendResponse.FromString,
                 _registered_method=True)
+        self.GapFill = channel.unary_unary(
+                '/seqrec.proto.v1.RankerService/GapFill',
+                request_serializer=seqrec_dot_proto_dot_v1_dot_ranker__pb2.GapRequest.SerializeToString,
+                response_deserializer=seqrec_dot_proto_dot_v1_dot_ranker__pb2.RecommendResponse.FromString,
+                _registered_method=True)
         self.IngestEvents = channel.unary_unary(
                 '/seqrec.proto.v1.RankerService/IngestEvents',
                 request_serializer=seqrec_dot_proto_dot_v1_dot_ranker__pb2.IngestEventsRequest.SerializeToString,
@@ -110,6 +115,13 @@ class RankerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GapFill(self, request, context):
+        """gap (gap filling): the items that fit in one gap of a sequence, from both sides of it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def IngestEvents(self, request, context):
         """Appends interaction events to the users' stored histories.
         """
@@ -159,6 +171,11 @@ def add_RankerServiceServicer_to_server(servicer, server):
             'Sequential': grpc.unary_unary_rpc_method_handler(
                     servicer.Sequential,
                     request_deserializer=seqrec_dot_proto_dot_v1_dot_ranker__pb2.SequentialRequest.FromString,
+                    response_serializer=seqrec_dot_proto_dot_v1_dot_ranker__pb2.RecommendResponse.SerializeToString,
+            ),
+            'GapFill': grpc.unary_unary_rpc_method_handler(
+                    servicer.GapFill,
+                    request_deserializer=seqrec_dot_proto_dot_v1_dot_ranker__pb2.GapRequest.FromString,
                     response_serializer=seqrec_dot_proto_dot_v1_dot_ranker__pb2.RecommendResponse.SerializeToString,
             ),
             'IngestEvents': grpc.unary_unary_rpc_method_handler(
@@ -290,6 +307,33 @@ class RankerService:
             target,
             '/seqrec.proto.v1.RankerService/Sequential',
             seqrec_dot_proto_dot_v1_dot_ranker__pb2.SequentialRequest.SerializeToString,
+            seqrec_dot_proto_dot_v1_dot_ranker__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GapFill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seqrec.proto.v1.RankerService/GapFill',
+            seqrec_dot_proto_dot_v1_dot_ranker__pb2.GapRequest.SerializeToString,
             seqrec_dot_proto_dot_v1_dot_ranker__pb2.RecommendResponse.FromString,
             options,
             channel_credentials,
