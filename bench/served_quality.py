@@ -45,9 +45,9 @@ SETTINGS = {"ml": {"max_len": 200, "patience": 15}, "beauty": {"max_len": 50, "p
 BLOCK_USERS = 2048
 
 
-def prepare(name: str, scratch: Path) -> tuple[Path, pd.DataFrame]:
-    """train.csv (user_id, item_id, timestamp; file order kept) and the held-out last item of each user."""
-    scratch.mkdir(parents=True, exist_ok=True)
+def load_interactions(name: str) -> pd.DataFrame:
+    """user_id, item_id, timestamp of a benchmark set, in file order (ml: 5-core filtered, as LlamaRec's ML-100k;
+    Beauty: the row order within a user is its time order)."""
     if name == "ml":
         frame = pd.read_csv(SHARED / "data/ml-latest-small/ratings.csv", dtype={"userId": str, "movieId": str})
         frame = frame.rename(columns={"userId": "user_id", "movieId": "item_id"})[["user_id", "item_id", "timestamp"]]
@@ -56,7 +56,13 @@ def prepare(name: str, scratch: Path) -> tuple[Path, pd.DataFrame]:
         lines = pd.read_csv(SHARED / "data/amazon-beauty-bert4rec/beauty.txt", sep=" ", header=None,
                             names=["user_id", "item_id"], dtype=str)
         frame = lines.assign(timestamp=lines.groupby("user_id", sort=False).cumcount())
-    frame = frame.reset_index(drop=True)
+    return frame.reset_index(drop=True)
+
+
+def prepare(name: str, scratch: Path) -> tuple[Path, pd.DataFrame]:
+    """train.csv (user_id, item_id, timestamp; file order kept) and the held-out last item of each user."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    frame = load_interactions(name)
     order = frame.assign(row=np.arange(len(frame))).sort_values(["user_id", "timestamp", "row"], kind="stable")
     last = order.groupby("user_id", sort=False).tail(1)
     train = frame.drop(index=last.index)

@@ -31,8 +31,7 @@ from seqrec.services.ranker.publish import I2I_SUFFIX, bundle_item_to_item_vecto
 from seqrec.services.ranker.vector_store import MilvusItemStore
 from seqrec.shared.bundle import Bundle
 from seqrec.shared.history import gap_window
-from seqrec.shared.json_api import MAX_LIST_ITEMS
-from seqrec.shared.json_api import MAX_TOP_K
+from seqrec.shared.json_api import MAX_LIST_ITEMS, MAX_TOP_K
 from seqrec.shared.scoring import Scorer
 from seqrec.shared.text import item_text
 
