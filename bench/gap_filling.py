@@ -8,7 +8,9 @@ Its two neighbours stay in the file. Rows, all with the items around the gap exc
 default) and the removed item ranked among every catalogue item:
 
 * gap query: the served gap path (`OnnxEncoder.intents(before, following=after)` through the scoring contract,
-  the prior's transitions from the item before the gap), what `GapFill` answers;
+  whose prior reads the transition counts from both sides of the gap), what `GapFill` answers;
+* two ablations of it: without the counts into the item after (the prior reads the item before only), and the
+  encoder alone (no count terms);
 * next item of the prefix: the same bundle asked what follows the items before the gap (`sequential`);
 * Markov chain from the item before: how often an item followed it in the training file, ties by popularity;
 * two-sided Markov chain (reference): count(item before → i) + count(i → item after), ties by popularity.
@@ -19,6 +21,7 @@ Intervals: 95% paired bootstrap over users of the NDCG@10 difference between the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -39,7 +42,8 @@ from ablation import bootstrap  # noqa: E402
 from served_quality import SETTINGS, _run, load_interactions  # noqa: E402
 
 BLOCK_USERS = 1024
-ROWS = ("gap query", "next item of the prefix", "Markov from the item before", "two-sided Markov (reference)")
+ROWS = ("gap query", "gap query without the transitions into the item after", "gap query, encoder alone",
+        "next item of the prefix", "Markov from the item before", "two-sided Markov (reference)")
 
 
 def prepare(name: str, scratch: Path, seed: int) -> tuple[Path, pd.DataFrame]:
@@ -86,15 +90,22 @@ def _rank(scores: np.ndarray, context: list[list[int]], targets: np.ndarray) -> 
 
 
 def model_ranks(bundle: Bundle, before: list[list[int]], after: list[list[int]], targets: np.ndarray,
-                gap: bool) -> np.ndarray:
-    """The bundle's served score: the gap row (gap) or the prefix's next-item row, through the scoring contract."""
+                gap: bool, prior: str = "served") -> np.ndarray:
+    """The bundle's score through the scoring contract: the gap row (gap) or the prefix's next-item row; `prior`
+    "served" (the bundle's), "forward" (no counts into the item after) or "none" (the encoder alone)."""
     encoder = OnnxEncoder(bundle)
     scorer = Scorer.from_bundle(bundle)
+    if prior == "none":
+        scorer = scorer.with_prior(None)
+    elif prior == "forward" and scorer.prior is not None:
+        empty = dataclasses.replace(scorer.prior, pred_indptr=np.zeros_like(scorer.prior.pred_indptr),
+                                    predecessors=np.zeros(0, np.int64), pred_log_counts=np.zeros(0, np.float32))
+        scorer = scorer.with_prior(empty)
     ranks = []
     for start in range(0, len(before), BLOCK_USERS):
         block = slice(start, start + BLOCK_USERS)
         intents = encoder.intents(before[block], after[block] if gap else None)
-        scores = scorer.scores(intents, before[block])
+        scores = scorer.scores(intents, before[block], after[block] if gap else None)
         context = [b + a for b, a in zip(before[block], after[block], strict=True)]
         ranks.append(_rank(scores, context, targets[block]))
     return np.concatenate(ranks)
@@ -107,8 +118,9 @@ def markov_ranks(bundle: Bundle, before: list[list[int]], after: list[list[int]]
     n_items = bundle.manifest.n_items
     vocab = bundle.vocab()
     sequences = [np.asarray(vocab.encode(row["items"])[0], dtype=np.int64) for row in bundle.iter_jsonl(HISTORIES)]
-    forward = SequencePrior.from_sequences(sequences, n_items + 2, 1, max_successors=n_items)
-    backward = SequencePrior.from_sequences([s[::-1] for s in sequences], n_items + 2, 1, max_successors=n_items)
+    counts = SequencePrior.from_sequences(sequences, n_items + 2, 1, max_successors=n_items)
+    forward = counts.indptr, counts.successors, counts.log_counts
+    backward = counts.pred_indptr, counts.predecessors, counts.pred_log_counts
     popularity = np.bincount(np.concatenate(sequences), minlength=n_items + 1)[1:].astype(np.float64)
     tie_break = popularity / (popularity.max() + 1.0)  # below one transition count
     ranks = []
@@ -116,10 +128,11 @@ def markov_ranks(bundle: Bundle, before: list[list[int]], after: list[list[int]]
         block = slice(start, start + BLOCK_USERS)
         scores = np.tile(tie_break, (len(before[block]), 1))
         for row, (b, a) in enumerate(zip(before[block], after[block], strict=True)):
-            for counts, anchor in ((forward, b[-1] if b else 0), (backward, a[0] if a and two_sided else 0)):
+            for (indptr, items, log_counts), anchor in ((forward, b[-1] if b else 0),
+                                                        (backward, a[0] if a and two_sided else 0)):
                 if anchor:
-                    lo, hi = counts.indptr[anchor], counts.indptr[anchor + 1]
-                    scores[row, counts.successors[lo:hi] - 1] += np.rint(np.expm1(counts.log_counts[lo:hi]))
+                    lo, hi = indptr[anchor], indptr[anchor + 1]
+                    scores[row, items[lo:hi] - 1] += np.rint(np.expm1(log_counts[lo:hi]))
         context = [b + a for b, a in zip(before[block], after[block], strict=True)]
         ranks.append(_rank(scores, context, targets[block]))
     return np.concatenate(ranks)
@@ -143,9 +156,11 @@ def run(name: str, seed: int, budget: float, scratch: Path) -> dict:
     bundle = Bundle.open(bundle_path)
     before, after, targets = gap_cases(bundle, removed)
     ranks = {ROWS[0]: model_ranks(bundle, before, after, targets, gap=True),
-             ROWS[1]: model_ranks(bundle, before, after, targets, gap=False),
-             ROWS[2]: markov_ranks(bundle, before, after, targets, two_sided=False),
-             ROWS[3]: markov_ranks(bundle, before, after, targets, two_sided=True)}
+             ROWS[1]: model_ranks(bundle, before, after, targets, gap=True, prior="forward"),
+             ROWS[2]: model_ranks(bundle, before, after, targets, gap=True, prior="none"),
+             ROWS[3]: model_ranks(bundle, before, after, targets, gap=False),
+             ROWS[4]: markov_ranks(bundle, before, after, targets, two_sided=False),
+             ROWS[5]: markov_ranks(bundle, before, after, targets, two_sided=True)}
     gap_ndcg = _ndcg(ranks[ROWS[0]])
     rows = []
     for label, r in ranks.items():
@@ -167,9 +182,11 @@ def report(results: list[dict], command: str) -> str:
              "training file, drawn with the seed; `seqrec train` (the `accuracy` preset) trains on the rest, so the "
              "removed item is never trained on. The removed item is then ranked over the full catalogue with the "
              "items around the gap excluded. `gap query` is what the `gap` query type serves (the encoder answers "
-             "at the [MASK] between the two sides, scored by the scoring contract); the other rows know less "
-             "(the items before the gap) or are count baselines. Users whose removed item appears nowhere else "
-             "in the file cannot be ranked (the item is not in the catalogue) and are left out.", "",
+             "at the [MASK] between the two sides, plus the transition counts from the item before and into the "
+             "item after, scored by the scoring contract); the next two rows remove parts of that score, the "
+             "others know less (the items before the gap) or are count baselines. Users whose removed item "
+             "appears nowhere else in the file cannot be ranked (the item is not in the catalogue) and are left "
+             "out.", "",
              "Intervals: 95% paired bootstrap over users of the gap query's NDCG@10 minus the row's.", ""]
     for result in results:
         lines += [f"## {result['dataset']} (seed {result['seed']}, {result['users']} users ranked of "

@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from seqrec.services.ranker.batch_cli import add_batch_arguments, run_batch_cli
 
-    batch = sub.add_parser("batch-recommend", help="user_to_item top-k for every user (or a list) into Parquet, "
-                                                   "resumably")
+    batch = sub.add_parser("batch-recommend", help="user_to_item top-k for every user (or a list), or "
+                                                   "the answers to a file of gap queries, into Parquet, resumably")
     add_batch_arguments(batch)
     batch.set_defaults(func=run_batch_cli)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from seqrec.shared.history import history_window
+from seqrec.shared.history import gap_window, history_window
 from seqrec.shared.manifest import Layout
 from seqrec.shared.sequence_prior import SequencePrior
 
@@ -140,17 +140,21 @@ class Scorer:
         return Scorer(self.rows, prior, self.unseen)
 
     # ---- dense ----------------------------------------------------------------------------------
-    def prior_terms(self, history: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(item indices, score the prior adds to each) for `history`; nothing without an active prior."""
-        if self.prior is None or not len(history):
+    def prior_terms(self, history: Sequence[int], following: Sequence[int] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """(item indices, score the prior adds to each) for `history`, or for the gap between `history` and
+        `following`; nothing without an active prior."""
+        if self.prior is None or not (len(history) or (following is not None and len(following))):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        return self.prior.terms(history)
+        return self.prior.terms(history, following)
 
-    def scores(self, intents: np.ndarray, histories: Sequence[Sequence[int]]) -> np.ndarray:
-        """Scores [len(histories), n_items] of items 1..n_items (column j is item index j + 1)."""
+    def scores(self, intents: np.ndarray, histories: Sequence[Sequence[int]],
+               followings: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+        """Scores [len(histories), n_items] of items 1..n_items (column j is item index j + 1); with
+        `followings`, each row is the gap between a history and its following items."""
         scores = np.asarray(intents, dtype=np.float32) @ self.rows[1:self.n_items + 1].T
         for row, history in enumerate(histories if self.prior is not None else ()):
-            indices, bonus = self.prior_terms(history)
+            indices, bonus = self.prior_terms(history, None if followings is None else followings[row])
             inside = (indices >= 1) & (indices <= self.n_items)
             scores[row, indices[inside] - 1] += bonus[inside]
         return scores
@@ -165,16 +169,20 @@ class Scorer:
         return ExactSearch(self, allowed)
 
     # ---- merged into a vector search -------------------------------------------------------------
-    def overfetch(self, history: Sequence[int], exclude: Collection[int]) -> int:
+    def overfetch(self, history: Sequence[int], exclude: Collection[int], following: Sequence[int] | None = None
+                  ) -> int:
         """Extra search hits needed so that seen items a negative repeat bias pushes down cannot crowd out the
         top-k of a vector search."""
         if self.prior is None or self.prior.repeat_bias >= 0:
             return 0
-        return len(set(history_window(history, self.prior.window)) - set(exclude))
+        if following is None:
+            return len(set(history_window(history, self.prior.window)) - set(exclude))
+        before, after = gap_window(history, following, self.prior.window)
+        return len((set(before) | set(after)) - set(exclude))
 
     def merge(self, history: Sequence[int], intent: np.ndarray, hits: Sequence[Hit], top_k: int, limit: int,
-              exclude: Collection[int], lookup: Callable[[list[int]], dict[int, tuple[np.ndarray, str, dict]]]
-              ) -> list[Hit]:
+              exclude: Collection[int], lookup: Callable[[list[int]], dict[int, tuple[np.ndarray, str, dict]]],
+              following: Sequence[int] | None = None) -> list[Hit]:
         """The exact top-k of `score` from a vector search's `hits`: the exact top-`limit` of intent · row over the
         items the query allows (`limit` = top_k + `overfetch`).
 
@@ -182,8 +190,9 @@ class Scorer:
         fewer than `limit` came back), so only the items whose prior term can lift them past the k-th merged
         score need a look: `lookup(indices)` returns (row, item id, display record) of those that pass the
         query's filters, from the store the search read (rows and metadata changed by UpsertItems count).
+        With `following`, the query is the gap between `history` and `following`.
         """
-        indices, bonus = self.prior_terms(history)
+        indices, bonus = self.prior_terms(history, following)
         keep = (indices >= 1) & (indices <= self.n_items)
         if len(exclude):
             keep &= ~np.isin(indices, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))
@@ -214,24 +223,27 @@ class ExactSearch:
         self.matrix = np.ascontiguousarray(scorer.rows[candidates].T)  # [dim, n_candidates]
 
     def top_k(self, intents: np.ndarray, histories: Sequence[Sequence[int]], top_k: int,
-              excluded: Sequence[Collection[int]] | None = None) -> list[IndexHits]:
-        """(item index, score) best first per history; `excluded` items are never returned."""
+              excluded: Sequence[Collection[int]] | None = None,
+              followings: Sequence[Sequence[int]] | None = None) -> list[IndexHits]:
+        """(item index, score) best first per history (per gap, with `followings`); `excluded` items are never
+        returned."""
         excluded = excluded if excluded is not None else [()] * len(histories)
+        followings = followings if followings is not None else [None] * len(histories)
         step = max(1, MAX_SCORE_CELLS // max(len(self.candidates), 1))
         out: list[IndexHits] = []
         for start in range(0, len(histories), step):
             block = slice(start, start + step)
-            out.extend(self._top_k(intents[block], histories[block], top_k, excluded[block]))
+            out.extend(self._top_k(intents[block], histories[block], top_k, excluded[block], followings[block]))
         return out
 
     def _top_k(self, intents: np.ndarray, histories: Sequence[Sequence[int]], top_k: int,
-               excluded: Sequence[Collection[int]]) -> list[IndexHits]:
+               excluded: Sequence[Collection[int]], followings: Sequence[Sequence[int] | None]) -> list[IndexHits]:
         n = len(self.candidates)
         if n == 0:
             return [[] for _ in range(len(histories))]
         scores = np.asarray(intents, dtype=np.float32) @ self.matrix
         for row, history in enumerate(histories):
-            indices, bonus = self.scorer.prior_terms(history)
+            indices, bonus = self.scorer.prior_terms(history, followings[row])
             cols = self.column[indices]
             scores[row, cols[cols >= 0]] += bonus[cols >= 0]
             gone = self.column[np.fromiter(excluded[row], dtype=np.int64, count=len(excluded[row]))]

@@ -4,6 +4,10 @@
                          + transition_weight · log(1 + count(last history item → i))
                          + repeat_bias · [i is in the history window]
 
+A gap (gap filling: items before and after it) reads the counts from both sides with the same weight,
+`transition_weight · (log(1 + count(item before → i)) + log(1 + count(i → item after)))`: the same evidence,
+read forwards and backwards; the window is then the gap's (`gap_window`).
+
 - Transition counts: how often `i` directly followed the last history item in the training sequences.
   What follows what is sparse and high-rank; a first-order Markov chain on raw counts beat the encoder
   alone on both benchmark datasets, and the sum beats both (docs/training_benchmark.md).
@@ -23,11 +27,28 @@ from typing import Any
 
 import numpy as np
 
-from seqrec.shared.history import history_window
+from seqrec.shared.history import gap_window, history_window
 from seqrec.shared.manifest import PriorSpec
 
 MAX_SUCCESSORS = 256  # successors kept per item, the most frequent first (ties: lower index)
 INDPTR, SUCCESSORS, LOG_COUNTS = "prior_indptr.npy", "prior_successors.npy", "prior_log_counts.npy"
+PRED_INDPTR, PREDECESSORS, PRED_LOG_COUNTS = ("prior_pred_indptr.npy", "prior_predecessors.npy",
+                                              "prior_pred_log_counts.npy")
+
+
+def _adjacency(previous: np.ndarray, following: np.ndarray, n_indices: int,
+               max_neighbours: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indptr, neighbours, log counts) of the pairs previous → following: the `max_neighbours` most frequent
+    neighbours of each index (ties: lower index)."""
+    codes, counts = np.unique(previous * n_indices + following, return_counts=True)
+    previous, following = codes // n_indices, codes % n_indices
+    order = np.lexsort((following, -counts, previous))  # by previous item, most frequent first
+    previous, following, counts = previous[order], following[order], counts[order]
+    starts = np.searchsorted(previous, np.arange(n_indices))
+    keep = np.arange(len(previous)) - starts[previous] < max_neighbours
+    previous, following, counts = previous[keep], following[keep], counts[keep]
+    indptr = np.searchsorted(previous, np.arange(n_indices + 1)).astype(np.int64)
+    return indptr, following.astype(np.int64), np.log1p(counts).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -35,6 +56,9 @@ class SequencePrior:
     indptr: np.ndarray  # int64 [n_indices + 1]: successors of index p are successors[indptr[p]:indptr[p + 1]]
     successors: np.ndarray  # int64 item indices, most frequent first
     log_counts: np.ndarray  # float32 log(1 + count) of each successor
+    pred_indptr: np.ndarray  # the same for predecessors: what came right before index p
+    predecessors: np.ndarray
+    pred_log_counts: np.ndarray
     window: int  # history items that count as seen: the encoder's window, max_len - 1
     transition_weight: float = 0.0
     repeat_bias: float = 0.0
@@ -42,17 +66,12 @@ class SequencePrior:
     @classmethod
     def from_sequences(cls, sequences: Sequence[np.ndarray], n_indices: int, window: int,
                        max_successors: int = MAX_SUCCESSORS) -> SequencePrior:
-        """Transition counts over consecutive pairs of `sequences` (item indices), weights zero."""
-        pairs = [seq[:-1].astype(np.int64) * n_indices + seq[1:] for seq in sequences if len(seq) >= 2]
-        codes, counts = np.unique(np.concatenate(pairs) if pairs else np.zeros(0, np.int64), return_counts=True)
-        previous, following = codes // n_indices, codes % n_indices
-        order = np.lexsort((following, -counts, previous))  # by previous item, most frequent first
-        previous, following, counts = previous[order], following[order], counts[order]
-        starts = np.searchsorted(previous, np.arange(n_indices))
-        keep = np.arange(len(previous)) - starts[previous] < max_successors
-        previous, following, counts = previous[keep], following[keep], counts[keep]
-        indptr = np.searchsorted(previous, np.arange(n_indices + 1)).astype(np.int64)
-        return cls(indptr, following.astype(np.int64), np.log1p(counts).astype(np.float32), window)
+        """Transition counts over consecutive pairs of `sequences` (item indices), both ways; weights zero."""
+        pairs = [seq for seq in sequences if len(seq) >= 2]
+        previous = np.concatenate([seq[:-1] for seq in pairs]).astype(np.int64) if pairs else np.zeros(0, np.int64)
+        following = np.concatenate([seq[1:] for seq in pairs]).astype(np.int64) if pairs else np.zeros(0, np.int64)
+        return cls(*_adjacency(previous, following, n_indices, max_successors),
+                   *_adjacency(following, previous, n_indices, max_successors), window)
 
     def weighted(self, transition_weight: float, repeat_bias: float) -> SequencePrior:
         return dataclasses.replace(self, transition_weight=float(transition_weight), repeat_bias=float(repeat_bias))
@@ -61,25 +80,44 @@ class SequencePrior:
     def active(self) -> bool:
         return self.transition_weight != 0.0 or self.repeat_bias != 0.0
 
-    def components(self, history: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def components(self, history: Sequence[int], following: Sequence[int] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(indices, log counts, seen) of every item the prior touches for `history` (item indices, oldest
-        first): the successors of its last item and the items of its window, each index once."""
-        window = np.asarray(history_window(history, self.window), dtype=np.int64)
-        if len(window) == 0:
+        first): the successors of its last item and the items of its window, each index once. With `following`
+        (a gap between `history` and `following`) also the predecessors of the first item after the gap, and
+        the window is the gap's."""
+        if following is None:
+            before, after = history_window(history, self.window), ()
+        else:
+            before, after = gap_window(history, following, self.window)
+        seen_items = np.asarray([*before, *after], dtype=np.int64)
+        if len(seen_items) == 0:
             empty = np.zeros(0, np.int64)
             return empty, np.zeros(0, np.float32), np.zeros(0, np.float32)
-        last = int(window[-1])
-        start, stop = (self.indptr[last], self.indptr[last + 1]) if last + 1 < len(self.indptr) else (0, 0)
-        indices, position = np.unique(np.concatenate([self.successors[start:stop], window]), return_inverse=True)
+        linked = [self._neighbours(self.indptr, self.successors, self.log_counts, before[-1] if len(before) else 0),
+                  self._neighbours(self.pred_indptr, self.predecessors, self.pred_log_counts,
+                                   after[0] if len(after) else 0)]
+        n_linked = sum(len(items) for items, _ in linked)
+        indices, position = np.unique(np.concatenate([*(items for items, _ in linked), seen_items]),
+                                      return_inverse=True)
         log_counts = np.zeros(len(indices), np.float32)
-        log_counts[position[: stop - start]] = self.log_counts[start:stop]
+        np.add.at(log_counts, position[:n_linked], np.concatenate([counts for _, counts in linked]))
         seen = np.zeros(len(indices), np.float32)
-        seen[position[stop - start:]] = 1.0
+        seen[position[n_linked:]] = 1.0
         return indices, log_counts, seen
 
-    def terms(self, history: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(indices, score added to each) for `history`; every other item gets nothing."""
-        indices, log_counts, seen = self.components(history)
+    @staticmethod
+    def _neighbours(indptr: np.ndarray, items: np.ndarray, log_counts: np.ndarray,
+                    index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(neighbours, log counts) of `index`; none for padding (0) or an index the counts do not cover."""
+        if not 0 < index < len(indptr) - 1:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return items[indptr[index]:indptr[index + 1]], log_counts[indptr[index]:indptr[index + 1]]
+
+    def terms(self, history: Sequence[int], following: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, score added to each) for `history` (or the gap before `following`); every other item gets
+        nothing."""
+        indices, log_counts, seen = self.components(history, following)
         return indices, self.combine(log_counts, seen, self.transition_weight, self.repeat_bias)
 
     @staticmethod
@@ -89,7 +127,8 @@ class SequencePrior:
 
     # ---- bundle files -------------------------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:
-        return {INDPTR: self.indptr, SUCCESSORS: self.successors, LOG_COUNTS: self.log_counts}
+        return {INDPTR: self.indptr, SUCCESSORS: self.successors, LOG_COUNTS: self.log_counts,
+                PRED_INDPTR: self.pred_indptr, PREDECESSORS: self.predecessors, PRED_LOG_COUNTS: self.pred_log_counts}
 
     def spec(self) -> PriorSpec:
         return PriorSpec(self.transition_weight, self.repeat_bias, self.window, MAX_SUCCESSORS)
@@ -100,5 +139,10 @@ class SequencePrior:
         spec = bundle.manifest.scoring.prior
         if spec is None:
             return None
-        return cls(bundle.array(INDPTR), bundle.array(SUCCESSORS), bundle.array(LOG_COUNTS), spec.window,
+        indptr = bundle.array(INDPTR)
+        if bundle.has(PRED_INDPTR):
+            backward = bundle.array(PRED_INDPTR), bundle.array(PREDECESSORS), bundle.array(PRED_LOG_COUNTS)
+        else:  # written before gap filling: such a bundle only answers after the last item
+            backward = np.zeros_like(indptr), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return cls(indptr, bundle.array(SUCCESSORS), bundle.array(LOG_COUNTS), *backward, spec.window,
                    spec.transition_weight, spec.repeat_bias)

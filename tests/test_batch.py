@@ -297,3 +297,120 @@ def test_cli_single_file_output_from_the_bundle_root(published, all_users, tmp_p
     assert done.returncode == 0 and json.loads(done.stdout.splitlines()[-1])["parts_written"] == 0
     bad = subprocess.run([*cmd[:-1], "--filters", '{"meta.nope": 1}'], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "meta.nope" in bad.stderr
+
+
+# ---- gap queries (--gaps) -------------------------------------------------------------------------
+
+def _gaps_file(tmp_path: Path, lines: list, name: str = "gaps.jsonl") -> Path:
+    path = tmp_path / name
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def _gap_lines(bundle: Bundle) -> list[dict]:
+    """Sessions with gaps at the start, the middle and the end, unknown items, exclusions, a user's stored history
+    and a session of nothing known (the popularity fallback)."""
+    rows = list(bundle.iter_jsonl(HISTORIES))
+    lines = [{"id": "mid", "session_items": ["s4e0", "s4e1", "nope", "s4e3", "s4e4"], "gap_position": 2},
+             {"id": "start", "session_items": ["s2e1", "s2e2"], "gap_position": 0},
+             {"id": "end", "session_items": ["s2e0", "s2e1", "s6e3"], "gap_position": 3,
+              "exclude_item_ids": ["s2e2", "never-seen"]},
+             {"id": "unknown", "session_items": ["nope", "nada"], "gap_position": 1, "exclude_item_ids": ["s0e0"]}]
+    for n, row in enumerate(rows[:12]):
+        lines.append({"id": f"user-{n}", "user_id": row["user_id"],
+                      "gap_position": [1, len(row["items"]) // 2, len(row["items"])][n % 3]})
+    return lines
+
+
+@pytest.mark.parametrize("search,filters,exclude_seen", [("exact", None, True), ("exact", DRAMA_IN_STOCK, False),
+                                                         ("milvus", None, True), ("milvus", DRAMA_IN_STOCK, True)])
+def test_batch_gaps_equal_online_gap_fill(published, online, tmp_path, search, filters, exclude_seen):
+    path, redis_url, milvus_uri = published
+    lines = _gap_lines(Bundle.open(path))
+    summary = _run(path, tmp_path / "gaps.parquet", gaps_file=_gaps_file(tmp_path, lines), top_k=6, filters=filters,
+                   exclude_seen=exclude_seen, batch_size=4, part_size=7,
+                   milvus_uri=milvus_uri if search == "milvus" else None,
+                   redis_url=redis_url if search == "milvus" else None)
+    assert summary.complete and summary.users == len(lines) and summary.parts == 3
+    frame = pd.read_parquet(tmp_path / "gaps.parquet")
+    assert list(frame.columns) == ["id", "rank", "item_id", "score", "display_name", "model_version", "fallback"]
+    assert frame["id"].drop_duplicates().tolist() == [line["id"] for line in lines]
+    clauses = parse_filters("filters", filters) if filters else []
+    rows = {key: group.sort_values("rank") for key, group in frame.groupby("id", sort=False)}
+    for line in lines:
+        want = online.gap(line.get("user_id", ""), line.get("session_items", []), line["gap_position"], clauses, 6,
+                          exclude_seen, line.get("exclude_item_ids", []))
+        got = rows[line["id"]]
+        assert got["item_id"].tolist() == [item_id for item_id, *_ in want.items], line["id"]
+        np.testing.assert_allclose(got["score"].to_numpy(), [s for _, s, *_ in want.items], rtol=1e-5, atol=1e-6)
+        assert set(got["fallback"].fillna("none")) == {FALLBACK_NAMES[want.fallback] or "none"}
+    if filters is None:
+        assert rows["mid"]["item_id"].iloc[0] == "s4e2"
+    assert set(rows["unknown"]["fallback"]) == {"popularity"} and "s0e0" not in set(rows["unknown"]["item_id"])
+    assert "s2e2" not in set(rows["end"]["item_id"])
+
+
+@pytest.mark.parametrize("line,error", [
+    ("{not json", "line 2: not JSON"),
+    ('["a"]', "line 2: expected a JSON object"),
+    ({"session_items": ["s1e0"], "gap_position": 0}, "line 2: id: required"),
+    ({"id": "first", "session_items": ["s1e0"], "gap_position": 0}, "line 2: id: 'first' is already the id of line 1"),
+    ({"id": "k", "session_items": ["s1e0"], "gap_position": 0, "top_k": 3}, "line 2: top_k: .*--top-k"),
+    ({"id": "k", "session_items": ["s1e0"], "gap_position": 0, "query_type": "sequential"}, "line 2: query_type"),
+    ({"id": "k", "session_items": ["s1e0"]}, "line 2: gap_position: required"),
+    ({"id": "k", "session_items": ["s1e0"], "gap_position": 2}, r"line 2: gap_position: must be between 0 and 1"),
+    ({"id": "k", "user_id": "u", "session_items": ["s1e0"], "gap_position": 0}, "line 2: user_id"),
+    ({"id": "k", "user_id": "nobody-ever", "gap_position": 1}, "line 2: gap_position: .*0 stored events"),
+    ({"id": "k", "session_items": ["s1e0"], "gap_position": 0, "colour": 1}, "line 2: colour: unknown field"),
+])
+def test_bad_gap_lines_stop_the_job_before_any_output(published, tmp_path, line, error):
+    gaps = _gaps_file(tmp_path, [{"id": "first", "session_items": ["s1e0", "s1e2"], "gap_position": 1}, line])
+    with pytest.raises(BatchError, match=error):
+        _run(published[0], tmp_path / "out", gaps_file=gaps)
+    assert not (tmp_path / "out").exists()
+
+
+def test_gap_jobs_refuse_user_options_and_resume_by_their_own_file(published, all_users, tmp_path):
+    path = published[0]
+    gaps = _gaps_file(tmp_path, _gap_lines(Bundle.open(path)))
+    with pytest.raises(BatchError, match="--users or --gaps"):
+        _run(path, tmp_path / "out", gaps_file=gaps, users_file=_users_file(tmp_path, all_users[:3]))
+    with pytest.raises(BatchError, match="--to-redis"):
+        _run(path, tmp_path / "out", gaps_file=gaps, to_redis="redis://127.0.0.1:1/0")
+    first = _run(path, tmp_path / "out", gaps_file=gaps, part_size=5, stop_after_parts=1)
+    assert not first.complete and first.parts_written == 1
+    with pytest.raises(BatchError, match="differs in: .*gaps_sha256"):
+        _run(path, tmp_path / "out", gaps_file=_gaps_file(tmp_path, _gap_lines(Bundle.open(path))[:3], "fewer.jsonl"),
+             part_size=5)
+    rest = _run(path, tmp_path / "out", gaps_file=gaps, part_size=5)
+    assert rest.complete and rest.parts_skipped == 1
+    frame = pd.read_parquet(tmp_path / "out")
+    assert not frame.duplicated(["id", "rank"]).any() and frame["id"].nunique() == len(_gap_lines(Bundle.open(path)))
+
+
+def test_cli_answers_a_gap_file(published, tmp_path):
+    out = tmp_path / "gaps.parquet"
+    gaps = _gaps_file(tmp_path, [{"id": "p1", "session_items": ["s4e0", "s4e1", "s4e3"], "gap_position": 2}])
+    done = subprocess.run([sys.executable, "-m", "seqrec.services.cli", "batch-recommend", str(published[0]), "--out",
+                           str(out), "--gaps", str(gaps), "--top-k", "3", "--no-progress"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    frame = pd.read_parquet(out)
+    assert frame["id"].tolist() == ["p1"] * 3 and frame["item_id"].iloc[0] == "s4e2"
+    bad = subprocess.run([sys.executable, "-m", "seqrec.services.cli", "batch-recommend", str(published[0]), "--out",
+                          str(tmp_path / "bad"), "--gaps", str(_gaps_file(tmp_path, ['{"id": "x"}']))],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "--gaps line 1: gap_position: required" in bad.stderr
+
+
+def test_gap_jobs_need_a_bundle_that_fills_gaps(published, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(published[0], old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["gap_filling"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    gaps = _gaps_file(tmp_path, [{"id": "a", "session_items": ["s1e0", "s1e2"], "gap_position": 1}])
+    with pytest.raises(BatchError, match="without gap filling"):
+        _run(old, tmp_path / "out", gaps_file=gaps)

@@ -133,7 +133,7 @@ def test_gap_fills_the_missing_episode_from_both_sides(ranker):
 
 def test_gap_online_equals_offline_in_stored_histories(ranker, published):
     """A gap in a user's stored history: exactly the ONNX gap row scored by the contract, the prior's transitions
-    from the item before the gap (brute force over every item, seen ones kept)."""
+    read from both sides of the gap (brute force over every item, seen ones kept)."""
     _, stub, _ = ranker
     bundle = Bundle.open(published[0])
     vocab = bundle.vocab()
@@ -145,7 +145,7 @@ def test_gap_online_equals_offline_in_stored_histories(ranker, published):
         before, after = vocab.encode(stored[:position])[0], vocab.encode(stored[position:])[0]
         ids = encode_histories([before], bundle.max_len, bundle.mask_index, following=[after])
         intent = session.run(None, {"item_ids": ids})[0]
-        scores = scorer.scores(intent, [before[-(bundle.max_len - 1):]])
+        scores = scorer.scores(intent, [before], [after])
         want = [int(i) + 1 for i in np.argsort(-scores[0], kind="stable")[:10]]
         got = stub.GapFill(ranker_pb2.GapRequest(user_id=row["user_id"], gap_position=position, top_k=10,
                                                  exclude_seen=False))

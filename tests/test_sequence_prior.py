@@ -29,6 +29,31 @@ def test_counts_most_frequent_successors_first_and_truncated():
     assert prior.indptr[7] == prior.indptr[8] == len(prior.successors)  # items that lead nowhere
 
 
+def _as_dict(terms: tuple[np.ndarray, np.ndarray]) -> dict[int, float]:
+    return dict(zip(terms[0].tolist(), terms[1].tolist(), strict=True))
+
+
+def test_predecessors_are_the_counts_read_backwards():
+    prior = _prior([[1, 2, 1, 3, 1, 3], [1, 4, 2, 5]], max_successors=2)
+    start, stop = prior.pred_indptr[3], prior.pred_indptr[4]
+    assert prior.predecessors[start:stop].tolist() == [1]  # 3 always came after 1 (twice)
+    assert prior.pred_log_counts[start:stop] == pytest.approx(np.log1p([2]))
+    assert prior.predecessors[prior.pred_indptr[2]:prior.pred_indptr[3]].tolist() == [1, 4]
+    assert prior.predecessors[prior.pred_indptr[1]:prior.pred_indptr[2]].tolist() == [2, 3]  # 1←3 once, 1←2 once
+
+
+def test_a_gap_reads_the_counts_from_both_sides_and_its_window_is_the_gaps():
+    prior = _prior([[1, 2, 7], [1, 3, 7], [1, 3, 6], [4, 7]], window=4, weight=2.0, bias=-5.0)
+    got = _as_dict(prior.terms([5, 1], [7, 6]))  # 1 leads to 3 (x2), 2 (x1); 7 follows 2, 3, 4 (x1 each)
+    assert got == pytest.approx({1: -5.0, 2: 2 * (np.log(2) + np.log(2)), 3: 2 * (np.log(3) + np.log(2)),
+                                 4: 2 * np.log(2), 5: -5.0, 6: -5.0, 7: -5.0})
+    assert _as_dict(prior.terms([5, 1], [])) == pytest.approx(_as_dict(prior.terms([5, 1])))  # the next item
+    front = _as_dict(prior.terms([], [7]))
+    assert front == pytest.approx({2: 2 * np.log(2), 3: 2 * np.log(2), 4: 2 * np.log(2), 7: -5.0})
+    wide = _as_dict(prior.terms([6, 6, 6, 5, 1], [7, 4, 4, 4]))
+    assert wide[5] == -5.0 and 6 not in wide  # the window (4) is split evenly: 5, 1 | 7, 4
+
+
 def test_terms_add_transitions_of_the_last_item_and_the_repeat_bias_on_the_window():
     prior = _prior([[1, 2], [1, 2], [1, 3], [4, 1]], weight=2.0, bias=-5.0)
     indices, bonus = prior.terms([6, 4, 5, 2, 1])  # window (3): 5, 2, 1; last item 1 leads to 2 (x2), 3 (x1)
@@ -51,15 +76,16 @@ def test_dense_scores_are_the_dot_product_plus_the_terms():
         assert scores[row] == pytest.approx(expected, abs=1e-5)
 
 
-def _brute_force(rows, prior, intent, history, allowed, exclude, k):
-    full = Scorer(rows, prior).scores(intent[None, :], [history])[0]
+def _brute_force(rows, prior, intent, history, allowed, exclude, k, following=None):
+    full = Scorer(rows, prior).scores(intent[None, :], [history], None if following is None else [following])[0]
     candidates = [i for i in range(1, len(rows) - 1) if allowed[i] and i not in exclude]
     want = sorted(candidates, key=lambda i: (-full[i - 1], i))[:k]
     return want, [float(full[i - 1]) for i in want]
 
 
+@pytest.mark.parametrize("gap", [False, True])
 @pytest.mark.parametrize("repeat_bias", [-8.0, 0.0, 3.0])
-def test_serving_merge_and_exact_search_are_the_exact_top_k(repeat_bias):
+def test_serving_merge_and_exact_search_are_the_exact_top_k(repeat_bias, gap):
     """A top-(k + overfetch) search merged with the items the prior lifts (`Scorer.merge`, the ranker), and
     `ExactSearch` (batch), both equal ranking every allowed, not excluded item by the full score."""
     rng = np.random.default_rng(0)
@@ -76,15 +102,17 @@ def test_serving_merge_and_exact_search_are_the_exact_top_k(repeat_bias):
         history = rng.integers(1, n_items + 1, size=rng.integers(1, 20)).tolist()
         intent = rng.normal(size=dim).astype(np.float32)
         exclude = set(rng.choice(np.arange(1, n_items + 1), size=5).tolist()) | ({history[0]} if trial % 2 else set())
-        want, want_scores = _brute_force(rows, prior, intent, history, allowed, exclude, k)
+        following = rng.integers(1, n_items + 1, size=rng.integers(0, 15)).tolist() if gap else None
+        want, want_scores = _brute_force(rows, prior, intent, history, allowed, exclude, k, following)
         base = rows[1:n_items + 1] @ intent
         searchable = [i for i in range(1, n_items + 1) if allowed[i] and i not in exclude]
-        limit = k + scorer.overfetch(history, exclude)
+        limit = k + scorer.overfetch(history, exclude, following)
         hits = [(i, float(base[i - 1]), f"i{i}", {}) for i in sorted(searchable, key=lambda i: -base[i - 1])[:limit]]
-        got = scorer.merge(history, intent, hits, k, limit, exclude, lookup)
+        got = scorer.merge(history, intent, hits, k, limit, exclude, lookup, following)
         assert [hit[0] for hit in got] == want
         assert [hit[1] for hit in got] == pytest.approx(want_scores, abs=1e-4)
-        got_exact = exact.top_k(intent[None, :], [history], k, [exclude])[0]
+        followings = None if following is None else [following]
+        got_exact = exact.top_k(intent[None, :], [history], k, [exclude], followings)[0]
         assert [i for i, _ in got_exact] == want
         assert [score for _, score in got_exact] == pytest.approx(want_scores, abs=1e-4)
 

@@ -12,6 +12,9 @@ a known item. Two ways to search:
 * Milvus (`--milvus-uri`): the published version's collection, searched and merged with the prior
   exactly as online (`Scorer.merge`).
 
+With `--gaps FILE.jsonl` the job answers gap queries instead of users, one per line, each as `GapFill` answers
+it (`batch_gaps`); the output is keyed by the line's `id`.
+
 Histories come from the bundle's `histories.jsonl`, or from Redis (`--redis-url`) so that events
 ingested since training count.
 
@@ -37,14 +40,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seqrec.services.ranker.batch_gaps import excluded_key, gap_jobs, gap_sides
 from seqrec.services.ranker.batch_output import (
     FORMAT,
     MANIFEST,
     METADATA_KEY,
     PART_PATTERN,
     BatchError,
+    BatchResult,
     OutputLayout,
-    UserResult,
     batch_key,
     check_job,
     job_id_of,
@@ -65,10 +69,11 @@ from seqrec.services.ranker.batch_sources import (
     read_user_file,
 )
 from seqrec.shared.bundle import HISTORIES, Bundle
+from seqrec.shared.history import gap_window
 from seqrec.shared.json_api import MAX_TOP_K, parse_filters
 from seqrec.shared.scoring import Scorer
 
-__all__ = ["BatchError", "BatchOptions", "BatchRecommender", "BatchSummary", "UserResult", "batch_key", "run_batch"]
+__all__ = ["BatchError", "BatchOptions", "BatchRecommender", "BatchSummary", "BatchResult", "batch_key", "run_batch"]
 
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_PART_SIZE = 50_000
@@ -133,44 +138,73 @@ class BatchRecommender:
         return any(name is not None for name in self.catalog.display_names)
 
     def recommend(self, users: Sequence[str], histories: Sequence[Sequence[str]], batch_size: int = DEFAULT_BATCH_SIZE,
-                  on_batch: Callable[[int], None] | None = None) -> list[UserResult]:
+                  on_batch: Callable[[int], None] | None = None) -> list[BatchResult]:
         """Results in `users` order; `histories` are raw item ids, oldest first (only the last
         `max_len - 1` count). Users are encoded in batches of similar history length."""
         encoded = [self.vocab.encode(h[-self.keep:])[0] for h in histories]
-        results: list[UserResult | None] = [None] * len(users)
-        with_history = []
-        for n, (user, history) in enumerate(zip(users, encoded, strict=True)):
-            if history:
-                with_history.append(n)
+        excluded = [sorted(set(r)) if self.exclude_seen else [] for r in encoded]
+        return self._answer(users, encoded, None, excluded, batch_size, on_batch)
+
+    def fill_gaps(self, keys: Sequence[str], before: Sequence[list[int]], after: Sequence[list[int]],
+                  excluded: Sequence[list[int]], batch_size: int = DEFAULT_BATCH_SIZE,
+                  on_batch: Callable[[int], None] | None = None) -> list[BatchResult]:
+        """What `GapFill` answers for each gap: item indices on both sides (cut to the window the ranker
+        encodes), and the indices each answer leaves out."""
+        windows = [gap_window(b, a, self.keep) for b, a in zip(before, after, strict=True)]
+        return self._answer(keys, [list(w[0]) for w in windows], [list(w[1]) for w in windows], excluded,
+                            batch_size, on_batch)
+
+    def _answer(self, keys: Sequence[str], rows: list[list[int]], following: list[list[int]] | None,
+                excluded: Sequence[list[int]], batch_size: int,
+                on_batch: Callable[[int], None] | None) -> list[BatchResult]:
+        """Encode the rows (gaps when `following` is given) in batches of similar length and search each;
+        popularity, less the row's exclusions, for a row without a known item."""
+        after = following or [[] for _ in rows]
+        results: list[BatchResult | None] = [None] * len(keys)
+        with_context = []
+        for n, key in enumerate(keys):
+            if rows[n] or after[n]:
+                with_context.append(n)
             else:
-                results[n] = UserResult(user, list(self.popular), "popularity")
-        if on_batch and len(with_history) < len(users):
-            on_batch(len(users) - len(with_history))
-        with_history.sort(key=lambda n: len(encoded[n]))  # less padding per ONNX batch
-        for chunk in _chunks(with_history, [len(encoded[n]) + 1 for n in with_history], batch_size,
+                results[n] = BatchResult(key, self._popular(excluded[n]), "popularity")
+        if on_batch and len(with_context) < len(keys):
+            on_batch(len(keys) - len(with_context))
+        with_context.sort(key=lambda n: len(rows[n]) + len(after[n]))  # less padding per ONNX batch
+        for chunk in _chunks(with_context, [len(rows[n]) + len(after[n]) + 1 for n in with_context], batch_size,
                              self.max_batch_tokens):
-            rows = [encoded[n] for n in chunk]
-            intents = self.encoder.intents(rows)
-            excluded = [sorted(set(r)) if self.exclude_seen else [] for r in rows]
-            for n, items in zip(chunk, self._search(rows, intents, excluded), strict=True):
-                results[n] = UserResult(users[n], items)
+            before = [rows[n] for n in chunk]
+            behind = None if following is None else [after[n] for n in chunk]
+            intents = self.encoder.intents(before, behind)
+            for n, items in zip(chunk, self._search(before, intents, [excluded[n] for n in chunk], behind),
+                                strict=True):
+                results[n] = BatchResult(keys[n], items)
             if on_batch:
                 on_batch(len(chunk))
         return results  # type: ignore[return-value]
 
-    def _search(self, histories: list[list[int]], intents: Any,
-                excluded: list[list[int]]) -> list[list[tuple[str, float, str | None]]]:
-        """Top-k per history through the scoring contract: exact in numpy, or the online search merged with the
-        prior as the ranker merges it."""
+    def _popular(self, excluded: list[int]) -> list[tuple[str, float, str | None]]:
+        if not excluded:
+            return list(self.popular)
+        names = self.catalog.display_names
+        return [(self.vocab.item_id(i), score, names[i])
+                for i, score in self.catalog.popular(self.top_k, self.clauses, set(excluded))]
+
+    def _search(self, histories: list[list[int]], intents: Any, excluded: list[list[int]],
+                followings: list[list[int]] | None) -> list[list[tuple[str, float, str | None]]]:
+        """Top-k per history (per gap, with `followings`) through the scoring contract: exact in numpy, or the
+        online search merged with the prior as the ranker merges it."""
         if self.exact is not None:
             names = self.catalog.display_names
             return [[(self.vocab.item_id(i), score, names[i]) for i, score in hits]
-                    for hits in self.exact.top_k(intents, histories, self.top_k, excluded)]
-        limit = self.top_k + max(self.scorer.overfetch(h, e) for h, e in zip(histories, excluded, strict=True))
+                    for hits in self.exact.top_k(intents, histories, self.top_k, excluded, followings)]
+        after = followings or [None] * len(histories)
+        limit = self.top_k + max(self.scorer.overfetch(h, e, f) for h, e, f in zip(histories, excluded, after,
+                                                                                   strict=True))
         found = self.store.search(self.version, intents, limit, self.expr, excluded)
         rows = [self.scorer.merge(history, intent, hits, self.top_k, limit, set(skip),
-                                  lambda indices: self.store.rows(self.version, indices, self.expr))
-                for history, intent, hits, skip in zip(histories, intents, found, excluded, strict=True)]
+                                  lambda indices: self.store.rows(self.version, indices, self.expr), following)
+                for history, intent, hits, skip, following in zip(histories, intents, found, excluded, after,
+                                                                  strict=True)]
         return [[(item_id, score, display.get("display_name")) for _, score, item_id, display in row] for row in rows]
 
 
@@ -179,6 +213,8 @@ class BatchOptions:
     bundle: Path  # a bundle directory, or a bundle root whose LIVE file names the version
     out: Path  # a directory of part files, or FILE.parquet (parts staged beside it, merged at the end)
     users_file: Path | None = None  # default: every user of the bundle's histories.jsonl
+    gaps_file: Path | None = None  # gap queries (JSON lines, see batch_gaps) instead of users
+    history_cap: int = 1000  # the ranker's SEQREC_HISTORY_CAP: a user's gap_position indexes this many newest events
     top_k: int = 0  # 0: the bundle's default
     filters: dict[str, Any] | None = None
     exclude_seen: bool = True
@@ -240,16 +276,22 @@ def run_batch(options: BatchOptions) -> BatchSummary:
     if options.redis_ttl_s < 0:
         raise BatchError("--redis-ttl: must be >= 0 (0 = no expiry)")
     bundle = Bundle.open(resolve_bundle(Path(options.bundle)))
-    keep = bundle.max_len - 1
     notes: list[str] = []
+    gaps, gaps_sha256 = gap_jobs(options.gaps_file, options.users_file, options.to_redis, options.history_cap)
+    if gaps is not None and not bundle.manifest.gap_filling:
+        raise BatchError(f"--gaps: bundle {bundle.version} was trained by a seqrec without gap filling (its encoder "
+                         "answers after the last item only); retrain it to answer gap queries")
+    keep = options.history_cap if gaps is not None else bundle.max_len - 1
     stored = None
-    if options.users_file is not None:
-        users, duplicates = read_user_file(options.users_file)
+    if gaps is not None:
+        keys = [gap.id for gap in gaps]
+    elif options.users_file is not None:
+        keys, duplicates = read_user_file(options.users_file)
         if duplicates:
             notes.append(f"{duplicates} duplicate user id(s) in {options.users_file} scored once")
     else:
         stored = bundle_histories(bundle, keep) if not options.redis_url else None
-        users = list(stored) if stored is not None else list(dict.fromkeys(
+        keys = list(stored) if stored is not None else list(dict.fromkeys(
             str(row["user_id"]) for row in bundle.iter_jsonl(HISTORIES)))
     if options.redis_url:
         try:
@@ -260,14 +302,29 @@ def run_batch(options: BatchOptions) -> BatchSummary:
         source = BundleHistorySource(stored if stored is not None else bundle_histories(bundle, keep))
 
     store = _open_stores(options, bundle)
+    score: Callable[[int, int, Callable[[int], None]], list[BatchResult]]
+    if gaps is not None:
+        vocab = bundle.vocab()
+        sides = gap_sides(gaps, source.read, vocab, options.exclude_seen, excluded_key(vocab, store is not None))
+
+        def score(first: int, last: int, on_batch: Callable[[int], None]) -> list[BatchResult]:
+            return recommender.fill_gaps(keys[first:last], sides.before[first:last], sides.after[first:last],
+                                         sides.excluded[first:last], options.batch_size, on_batch)
+    else:
+        def score(first: int, last: int, on_batch: Callable[[int], None]) -> list[BatchResult]:
+            return recommender.recommend(keys[first:last], source.read(keys[first:last]), options.batch_size,
+                                         on_batch)
+
     encoder = OnnxEncoder(bundle, options.ort_threads, options.ort_provider)
     recommender = BatchRecommender(bundle, encoder, options.top_k or bundle.top_k, options.filters,
                                    options.exclude_seen, store, options.max_batch_tokens)
     names = recommender.has_display_names
+    key = "id" if gaps is not None else "user_id"
     job = {
         "model_version": bundle.version,
-        "users_sha256": hashlib.sha256("\n".join(users).encode()).hexdigest(),
-        "n_users": len(users),
+        **({"queries": "gap", "gaps_sha256": gaps_sha256, "n_gaps": len(keys), "history_cap": keep}
+           if gaps is not None else
+           {"users_sha256": hashlib.sha256("\n".join(keys).encode()).hexdigest(), "n_users": len(keys)}),
         "top_k": recommender.top_k,
         "filters": json.dumps(options.filters or {}, sort_keys=True),
         "exclude_seen": options.exclude_seen,
@@ -278,13 +335,13 @@ def run_batch(options: BatchOptions) -> BatchSummary:
         "to_redis": bool(options.to_redis),
     }
     job_id = job_id_of(job)
-    n_parts = (len(users) + options.part_size - 1) // options.part_size
+    n_parts = (len(keys) + options.part_size - 1) // options.part_size
     output = OutputLayout(Path(options.out))
     started = time.perf_counter()
 
     def summary(written: int, skipped: int, rows: int, complete: bool, scored: int) -> BatchSummary:
         seconds = time.perf_counter() - started
-        return BatchSummary(str(options.out), bundle.version, len(users), n_parts, written, skipped, rows, complete,
+        return BatchSummary(str(options.out), bundle.version, len(keys), n_parts, written, skipped, rows, complete,
                             round(seconds, 3), round(scored / seconds, 1) if scored and seconds > 0 else 0.0,
                             job["search"], job["histories"], notes)
 
@@ -318,7 +375,8 @@ def run_batch(options: BatchOptions) -> BatchSummary:
                 raise BatchError(f"{output.dir} holds part files but no {MANIFEST}; pass --overwrite or choose "
                                  "another --out")
             manifest = {"format": FORMAT, "job_id": job_id, "job": job, "n_parts": n_parts,
-                        "columns": results_schema(names).names, "parts": {}, "complete": False, "created_at": now_iso()}
+                        "columns": results_schema(names, key).names, "parts": {}, "complete": False,
+                        "created_at": now_iso()}
             write_json_atomic(manifest_path, manifest)
         for stale in output.dir.glob(".part-*.tmp"):  # a part that was being written when the run died
             stale.unlink()
@@ -326,21 +384,21 @@ def run_batch(options: BatchOptions) -> BatchSummary:
         todo = [i for i in range(n_parts) if not output.part(i).is_file()]
         for index in sorted(set(range(n_parts)) - set(todo)):
             manifest["parts"].setdefault(PART_PATTERN.format(index), part_record(output.part(index), job_id))
-        done_users = len(users) - sum(len(users[i * options.part_size:(i + 1) * options.part_size]) for i in todo)
+        done_users = len(keys) - sum(len(keys[i * options.part_size:(i + 1) * options.part_size]) for i in todo)
         written = rows = scored = 0
-        with tqdm(total=len(users), initial=done_users, desc=f"batch-recommend {bundle.version}", unit="user",
-                  disable=not options.progress, file=sys.stderr) as bar:
+        with tqdm(total=len(keys), initial=done_users, desc=f"batch-recommend {bundle.version}",
+                  unit="gap" if gaps is not None else "user", disable=not options.progress, file=sys.stderr) as bar:
             for index in todo:
                 if options.stop_after_parts is not None and written >= options.stop_after_parts:
                     break
                 first = index * options.part_size
-                part_users = users[first:first + options.part_size]
-                results = recommender.recommend(part_users, source.read(part_users), options.batch_size, bar.update)
+                part_users = keys[first:first + options.part_size]
+                results = score(first, first + len(part_users), bar.update)
                 if redis_sink is not None:  # before the part: a finished part implies its users are in Redis
                     store_in_redis(redis_sink, bundle.version, results, options.redis_ttl_s)
                 meta = {"format": FORMAT, "job_id": job_id, "part": index, "first_user": first,
                         "users": len(part_users)}
-                table = results_table(results, bundle.version, names, meta)
+                table = results_table(results, bundle.version, names, meta, key)
                 write_part(table, output.part(index))
                 written += 1
                 rows += table.num_rows
@@ -357,6 +415,6 @@ def run_batch(options: BatchOptions) -> BatchSummary:
             manifest.setdefault("completed_at", now_iso())
             write_json_atomic(manifest_path, manifest)
     if complete and output.final is not None:
-        merge_parts(output, n_parts, names, job_id, job)
+        merge_parts(output, n_parts, names, job_id, job, key)
         shutil.rmtree(output.dir)
     return summary(written, n_parts - len(todo), rows, complete, scored)

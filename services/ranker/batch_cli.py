@@ -28,6 +28,14 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
                              "and merged at the end)")
     parser.add_argument("--users", type=Path, default=None,
                         help="file with one user id per line (default: every user in the bundle's histories)")
+    parser.add_argument("--gaps", type=Path, default=None, metavar="FILE.jsonl",
+                        help='answer gap queries instead of users: one JSON object per line, a gap query as the JSON '
+                             'API takes it plus an "id" naming its answer, e.g. {"id": "p7", "session_items": '
+                             '["a", "b"], "gap_position": 1}; the output is keyed by id')
+    parser.add_argument("--history-cap", type=int,
+                        default=int(os.environ.get("SEQREC_HISTORY_CAP", "1000") or 1000),
+                        help="the ranker's SEQREC_HISTORY_CAP: with --gaps, a user's gap_position indexes their newest "
+                             "this many events (default: $SEQREC_HISTORY_CAP or 1000)")
     parser.add_argument("--top-k", type=int, default=0, help="items per user (default: the bundle's top_k)")
     parser.add_argument("--filters", default=None,
                         help='metadata filters as in the JSON API, e.g. \'{"meta.genre": "drama", '
@@ -75,7 +83,8 @@ def run_batch_cli(args: argparse.Namespace) -> int:
             print(f"{prog}: --filters is not JSON: {exc}", file=sys.stderr)
             return 2
     options = BatchOptions(
-        bundle=Path(args.bundle), out=args.out, users_file=args.users, top_k=args.top_k, filters=filters,
+        bundle=Path(args.bundle), out=args.out, users_file=args.users, gaps_file=args.gaps,
+        history_cap=args.history_cap, top_k=args.top_k, filters=filters,
         exclude_seen=args.exclude_seen, batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
         part_size=args.part_size,
         redis_url=args.redis_url, milvus_uri=args.milvus_uri, milvus_token=args.milvus_token,

@@ -35,10 +35,10 @@ class BatchError(RuntimeError):
 # ---- results ----------------------------------------------------------------------------------
 
 @dataclass
-class UserResult:
-    user_id: str
+class BatchResult:
+    key: str  # the user id, or a gap job's request id
     items: list[tuple[str, float, str | None]]  # item_id, score, display name; best first
-    fallback: str | None = None  # "popularity" when the user had no known item
+    fallback: str | None = None  # "popularity" when there was no known item to read
 
 
 def batch_key(version: str, user_id: str) -> str:
@@ -56,7 +56,7 @@ def redis_errors() -> tuple[type[Exception], ...]:
     return redis.RedisError, RedisClusterException
 
 
-def result_json(result: UserResult, version: str) -> str:
+def result_json(result: BatchResult, version: str) -> str:
     """The value stored under `batch_key`: the user's list as the JSON API shapes an answer."""
     items = []
     for item_id, score, name in result.items:
@@ -97,10 +97,11 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     replace_durably(tmp, path)
 
 
-def results_schema(display_names: bool) -> Any:
+def results_schema(display_names: bool, key: str = "user_id") -> Any:
+    """The output columns; `key` names the first: `user_id`, or `id` for gap jobs."""
     import pyarrow as pa
 
-    fields = [pa.field("user_id", pa.string(), nullable=False), pa.field("rank", pa.int32(), nullable=False),
+    fields = [pa.field(key, pa.string(), nullable=False), pa.field("rank", pa.int32(), nullable=False),
               pa.field("item_id", pa.string(), nullable=False), pa.field("score", pa.float32(), nullable=False)]
     if display_names:
         fields.append(pa.field("display_name", pa.string()))
@@ -108,14 +109,15 @@ def results_schema(display_names: bool) -> Any:
     return pa.schema(fields)
 
 
-def results_table(results: Sequence[UserResult], version: str, display_names: bool, metadata: dict[str, Any]) -> Any:
-    """One row per (user, recommended item), users in the given order, ranks from 1."""
+def results_table(results: Sequence[BatchResult], version: str, display_names: bool, metadata: dict[str, Any],
+                  key: str = "user_id") -> Any:
+    """One row per (key, recommended item), keys in the given order, ranks from 1."""
     import pyarrow as pa
 
     counts = [len(r.items) for r in results]
     total = sum(counts)
     columns: dict[str, Any] = {
-        "user_id": [r.user_id for r in results for _ in r.items],
+        key: [r.key for r in results for _ in r.items],
         "rank": np.concatenate([np.arange(1, c + 1, dtype=np.int32) for c in counts]) if total else
         np.zeros(0, dtype=np.int32),
         "item_id": [item for r in results for item, _, _ in r.items],
@@ -125,11 +127,11 @@ def results_table(results: Sequence[UserResult], version: str, display_names: bo
         columns["display_name"] = [name for r in results for _, _, name in r.items]
     columns["model_version"] = [version] * total
     columns["fallback"] = [r.fallback for r in results for _ in r.items]
-    schema = results_schema(display_names).with_metadata({METADATA_KEY: json.dumps(metadata)})
+    schema = results_schema(display_names, key).with_metadata({METADATA_KEY: json.dumps(metadata)})
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-def store_in_redis(client: Any, version: str, results: Sequence[UserResult], ttl_s: int) -> None:
+def store_in_redis(client: Any, version: str, results: Sequence[BatchResult], ttl_s: int) -> None:
     """SET each user's list (JSON) under `batch_key`, with a TTL when ttl_s > 0; idempotent."""
     from seqrec.services.ranker.history_store import HistoryStoreUnavailable
 
@@ -137,7 +139,7 @@ def store_in_redis(client: Any, version: str, results: Sequence[UserResult], ttl
         try:
             with client.pipeline(transaction=False) as pipe:
                 for result in results[start:start + REDIS_READ_CHUNK]:
-                    pipe.set(batch_key(version, result.user_id), result_json(result, version), ex=ttl_s or None)
+                    pipe.set(batch_key(version, result.key), result_json(result, version), ex=ttl_s or None)
                 pipe.execute()
         except redis_errors() as exc:
             raise HistoryStoreUnavailable(f"--to-redis: Redis is unavailable: {exc}") from exc
@@ -216,14 +218,15 @@ def write_part(table: Any, path: Path) -> None:
     replace_durably(tmp, path)
 
 
-def merge_parts(output: OutputLayout, n_parts: int, names: bool, job_id: str, job: dict[str, Any]) -> None:
+def merge_parts(output: OutputLayout, n_parts: int, names: bool, job_id: str, job: dict[str, Any],
+                key: str = "user_id") -> None:
     """Concatenate the parts into the single output file, atomically."""
     import pyarrow.parquet as pq
 
     assert output.final is not None
     output.final.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.final.with_name(f".{output.final.name}.tmp")
-    schema = results_schema(names).with_metadata({METADATA_KEY: json.dumps({"format": FORMAT, "job_id": job_id,
+    schema = results_schema(names, key).with_metadata({METADATA_KEY: json.dumps({"format": FORMAT, "job_id": job_id,
                                                                        "job": job, "n_parts": n_parts})})
     with pq.ParquetWriter(tmp, schema) as writer:
         for index in range(n_parts):

@@ -118,7 +118,7 @@ class Recommender:
         """Encode the history, search item rows by inner product and merge in the bundle's sequence prior
         (`Scorer.merge`: the items it lifts are read from Milvus, filtered as the search is); popularity when the
         sequence is empty. With `following`, the history is what comes before a gap and `following` what comes
-        after it: the encoder answers at the gap and the prior's transitions start from the item before it."""
+        after it: the encoder answers at the gap and the prior reads the transitions from both sides of it."""
         keep = self.encoder.max_len - 1
         if following is None:
             history = history[-keep:]
@@ -127,10 +127,10 @@ class Recommender:
         if not history and not following:
             return self._popularity(top_k, clauses, exclude, unknown)
         intent = self.encoder.intents([history], None if following is None else [following])
-        limit = top_k + self.scorer.overfetch(history, exclude)
+        limit = top_k + self.scorer.overfetch(history, exclude, following)
         hits = self.items.search(self.version, intent, limit, expr, [sorted(exclude)])[0]
         hits = self.scorer.merge(history, intent, hits, top_k, limit, exclude,
-                                 lambda indices: self.items.rows(self.version, indices, expr))
+                                 lambda indices: self.items.rows(self.version, indices, expr), following)
         items = [(item_id, score, *_display(display)) for _, score, item_id, display in hits]
         return Recommendation(items, self.version, common_pb2.FALLBACK_NONE, unknown,
                               len(history) + len(following or ()))
