@@ -9,13 +9,16 @@ catalog, with seen items kept and excluded, exactly as the trainer evaluates.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from seqrec.shared.bundle import Bundle
 from seqrec.shared.metrics import ranking_metrics, target_ranks
-from seqrec.shared.sequence_prior import SequencePrior
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from markov import MarkovChain  # noqa: E402
 
 BLOCK_CELLS = 50_000_000  # users × items scored at once
 
@@ -33,20 +36,12 @@ def markov_test_metrics(path: Path) -> dict[str, dict[str, float]]:
     n_items = bundle.manifest.n_items
     sequences = [seq for seq in _sequences(bundle) if len(seq) >= 3]
     train = [seq[:-2] for seq in sequences]
-    # the trainer's own transition counts (as columns: previous index = column + 1), every successor kept
-    prior = SequencePrior.from_sequences([seq + 1 for seq in train], n_items + 2, 1, max_successors=n_items)
-    popularity = np.bincount(np.concatenate(train), minlength=n_items).astype(np.float64)
-    tie_break = popularity / (popularity.max() + 1.0)  # below one transition count
+    chain = MarkovChain([seq + 1 for seq in train], n_items)  # item index = column + 1
     block = max(1, BLOCK_CELLS // n_items)
     kept, excluded = [], []
     for start in range(0, len(sequences), block):
         users = sequences[start:start + block]
-        scores = np.tile(tie_break, (len(users), 1))
-        for row, seq in enumerate(users):
-            previous = seq[-2] + 1
-            successors = prior.successors[prior.indptr[previous]:prior.indptr[previous + 1]]
-            counts = np.rint(np.expm1(prior.log_counts[prior.indptr[previous]:prior.indptr[previous + 1]]))
-            scores[row, successors - 1] += counts
+        scores = chain.scores([int(seq[-2]) + 1 for seq in users])
         targets = np.array([seq[-1] for seq in users])
         kept.append(target_ranks(scores, targets))
         for row, seq in enumerate(users):

@@ -37,7 +37,9 @@ from seqrec.shared.bundle import ENCODER, HISTORIES, Bundle
 from seqrec.shared.history import encode_histories
 from seqrec.shared.metrics import ranking_metrics, target_ranks
 from seqrec.shared.scoring import Scorer
-from seqrec.shared.sequence_prior import SequencePrior
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from markov import MarkovChain  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -125,22 +127,15 @@ def encoder_alone(bundle_path: Path, heldout: pd.DataFrame) -> dict[str, float]:
 
 
 def markov_chain(bundle_path: Path, heldout: pd.DataFrame) -> dict[str, float]:
-    """First-order Markov chain over the training file: how often an item followed the user's last item, ties by
-    popularity; seen excluded, full catalogue."""
+    """First-order Markov chain over the training file from the user's last item (`bench/markov.py`); seen
+    excluded, full catalogue."""
     bundle = Bundle.open(bundle_path)
     histories, targets = _histories(bundle, heldout)
-    n_items = bundle.manifest.n_items
-    counts = SequencePrior.from_sequences(histories, n_items + 2, 1, max_successors=n_items)
-    popularity = np.bincount(np.concatenate(histories), minlength=n_items + 1)[1:].astype(np.float64)
-    tie_break = popularity / (popularity.max() + 1.0)
+    chain = MarkovChain(histories, bundle.manifest.n_items)
     ranks = []
     for start in range(0, len(histories), BLOCK_USERS):
         block = histories[start:start + BLOCK_USERS]
-        scores = np.tile(tie_break, (len(block), 1))
-        for row, history in enumerate(block):
-            last = int(history[-1])
-            lo, hi = counts.indptr[last], counts.indptr[last + 1]
-            scores[row, counts.successors[lo:hi] - 1] += np.expm1(counts.log_counts[lo:hi])
+        scores = chain.scores([int(history[-1]) for history in block])
         ranks.append(_ranked(scores, block, targets[start:start + BLOCK_USERS]))
     return ranking_metrics(np.concatenate(ranks), cutoffs=(10,))
 

@@ -60,11 +60,16 @@ def _grid_ranks(scores: np.ndarray, histories: Sequence[np.ndarray], targets: np
     return out
 
 
+def transition_counts(sequences: Sequence[np.ndarray], mask_index: int, max_len: int) -> SequencePrior:
+    """The prior's counts over `sequences` for a model of `max_len` with this [MASK] index, weights zero."""
+    return SequencePrior.from_sequences(sequences, mask_index + 1, max_len - 1)
+
+
 def fit_sequence_prior(model: BERT4Rec, scorer: Scorer, train: Sequence[np.ndarray], valid: EvalSet,
                        mask_index: int, seed: int = 0) -> PriorFit:
     """Transition counts over `train` and the grid point that ranks `valid` best with `scorer` (the model's rows,
     no prior yet); returns the weighted prior, the model and scorer are left as they are."""
-    prior = SequencePrior.from_sequences(train, mask_index + 1, model.cfg.max_len - 1)
+    prior = transition_counts(train, mask_index, model.cfg.max_len)
     users = valid.sample(CALIBRATION_USERS, seed) if len(valid) > CALIBRATION_USERS else valid
     block = max(1, BLOCK_CELLS // max(mask_index - 1, 1))
     ranks = []
