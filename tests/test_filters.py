@@ -17,6 +17,7 @@ from seqrec.services.ranker.filters import (
     build_expression,
     exclusion_expr,
     field_name,
+    presence_name,
     quote,
     validate_clauses,
 )
@@ -51,20 +52,25 @@ def to_proto(filters: dict[str, Any]) -> list[common_pb2.FilterClause]:
     return out
 
 
+def _gate(column: str, test: str) -> str:
+    return f"(h_{column} == true and {test})"
+
+
 @pytest.mark.parametrize(("filters", "expr"), [
-    ({"meta.brand": "acme"}, 'm_brand == "acme"'),
-    ({"meta.in_stock": False}, "m_in_stock == false"),
-    ({"meta.year": 2001}, "m_year == 2001"),
-    ({"meta.year": 2001.0}, "m_year == 2001"),
-    ({"meta.price": 5}, "m_price == 5.0"),
-    ({"meta.price": -0.25}, "m_price == -0.25"),
-    ({"meta.price": 1e300}, "m_price == 1e+300"),
-    ({"meta.brand": ["a", "b"]}, 'm_brand in ["a", "b"]'),
-    ({"meta.in_stock": [True]}, "m_in_stock in [true]"),
-    ({"meta.price": {"gte": 1, "lt": 2.5}}, "(m_price >= 1.0 and m_price < 2.5)"),
-    ({"meta.year": {"gt": 2003.5, "lte": 2010.9}}, "(m_year > 2003 and m_year <= 2010)"),
-    ({"meta.year": {"gte": 2.5, "lt": 7.5}}, "(m_year >= 3 and m_year < 8)"),
-    ({"meta.brand": "a", "meta.price": {"lte": 9}}, 'm_brand == "a" and (m_price <= 9.0)'),
+    ({"meta.brand": "acme"}, _gate("brand", 'm_brand == "acme"')),
+    ({"meta.in_stock": False}, _gate("in_stock", "m_in_stock == false")),
+    ({"meta.year": 2001}, _gate("year", "m_year == 2001")),
+    ({"meta.year": 2001.0}, _gate("year", "m_year == 2001")),
+    ({"meta.price": 5}, _gate("price", "m_price == 5.0")),
+    ({"meta.price": -0.25}, _gate("price", "m_price == -0.25")),
+    ({"meta.price": 1e300}, _gate("price", "m_price == 1e+300")),
+    ({"meta.brand": ["a", "b"]}, _gate("brand", 'm_brand in ["a", "b"]')),
+    ({"meta.in_stock": [True]}, _gate("in_stock", "m_in_stock in [true]")),
+    ({"meta.price": {"gte": 1, "lt": 2.5}}, _gate("price", "m_price >= 1.0 and m_price < 2.5")),
+    ({"meta.year": {"gt": 2003.5, "lte": 2010.9}}, _gate("year", "m_year > 2003 and m_year <= 2010")),
+    ({"meta.year": {"gte": 2.5, "lt": 7.5}}, _gate("year", "m_year >= 3 and m_year < 8")),
+    ({"meta.brand": "a", "meta.price": {"lte": 9}},
+     _gate("brand", 'm_brand == "a"') + " and " + _gate("price", "m_price <= 9.0")),
     ({}, ""),
     (None, ""),
 ])
@@ -163,7 +169,7 @@ def test_proto_errors_name_the_key(clauses: Any, message: str) -> None:
 ])
 def test_quote_escapes(text: str, literal: str) -> None:
     assert quote(text) == literal
-    assert build_expression({"meta.brand": text}, SCHEMA) == f"m_brand == {literal}"
+    assert build_expression({"meta.brand": text}, SCHEMA) == _gate("brand", f"m_brand == {literal}")
 
 
 def unquote(expr: str, start: int) -> tuple[str, int]:
@@ -184,22 +190,25 @@ def unquote(expr: str, start: int) -> tuple[str, int]:
 @pytest.mark.parametrize("text", HOSTILE)
 def test_hostile_strings_stay_one_literal(text: str) -> None:
     expr = build_expression({"meta.brand": text, "meta.in_stock": True}, SCHEMA)
-    head = "m_brand == "
+    head = "(h_brand == true and m_brand == "
     assert expr.startswith(head)
     decoded, end = unquote(expr, len(head))
     assert decoded == text
-    assert expr[end:] == " and m_in_stock == true"
+    assert expr[end:] == ") and " + _gate("in_stock", "m_in_stock == true")
     listed = build_expression({"meta.brand": [text, "b"]}, SCHEMA)
-    decoded, end = unquote(listed, len("m_brand in ["))
-    assert decoded == text and listed[end:] == ', "b"]'
+    decoded, end = unquote(listed, len("(h_brand == true and m_brand in ["))
+    assert decoded == text and listed[end:] == ', "b"])'
 
 
 @pytest.mark.parametrize("text", HOSTILE)
 def test_hostile_strings_parse_back_in_milvus_lite(text: str) -> None:
     parser = pytest.importorskip("milvus_lite.search.filter", reason="milvus-lite is not installed")
     tree = parser.parse_expr(build_expression({"meta.brand": text}, SCHEMA))
-    assert type(tree).__name__ == "CmpOp" and tree.op == "=="
-    assert tree.left.name == "m_brand" and tree.right.value == text
+    assert type(tree).__name__ == "And" and len(tree.operands) == 2
+    flag, test = tree.operands
+    assert flag.left.name == "h_brand" and flag.right.value is True
+    assert type(test).__name__ == "CmpOp" and test.op == "=="
+    assert test.left.name == "m_brand" and test.right.value == text
 
 
 def test_field_names_are_safe_and_distinct() -> None:
@@ -209,7 +218,10 @@ def test_field_names_are_safe_and_distinct() -> None:
     assert all(re.fullmatch(r"m_[A-Za-z0-9_]+", n) for n in names)
     assert len(set(names)) == len(names)
     schema = {"x == 1 or y": "int64"}
-    assert build_expression({"meta.x == 1 or y": 3}, schema) == f"{field_name('x == 1 or y')} == 3"
+    assert build_expression({"meta.x == 1 or y": 3}, schema) == (f"({presence_name('x == 1 or y')} == true and "
+                                                                 f"{field_name('x == 1 or y')} == 3)")
+    flags = [presence_name(c) for c in columns]
+    assert all(re.fullmatch(r"h_[A-Za-z0-9_]+", n) for n in flags) and len(set(flags) | set(names)) == 2 * len(names)
 
 
 def test_exclusion_expression() -> None:

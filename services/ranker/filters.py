@@ -75,6 +75,15 @@ def field_name(column: str) -> str:
     return safe_name("m_", column)
 
 
+def presence_name(column: str) -> str:
+    """Milvus BOOL field saying whether the item has a value in metadata column `column`, e.g. `h_brand`.
+
+    Nullable fields need Milvus 2.5+, so a missing value is stored as a placeholder in `field_name(column)` with
+    this flag false, on every Milvus alike; every clause is gated on the flag, so a missing value never matches.
+    """
+    return safe_name("h_", column)
+
+
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -235,18 +244,19 @@ def literal(value: Scalar) -> str:
 
 
 def to_expr(clauses: Sequence[Clause]) -> str:
-    """Clauses joined with `and`; the empty string when there are none."""
+    """Clauses joined with `and`, each gated on its column's presence flag; the empty string when there are
+    none."""
     parts = []
     for clause in clauses:
         field = field_name(clause.column)
         if isinstance(clause, Equals):
-            parts.append(f"{field} == {literal(clause.value)}")
+            test = f"{field} == {literal(clause.value)}"
         elif isinstance(clause, AnyOf):
-            parts.append(f"{field} in [{', '.join(literal(v) for v in clause.values)}]")
+            test = f"{field} in [{', '.join(literal(v) for v in clause.values)}]"
         else:
-            bounds = [f"{field} {RANGE_OPS[op]} {literal(getattr(clause, op))}"
-                      for op in RANGE_OPS if getattr(clause, op) is not None]
-            parts.append("(" + " and ".join(bounds) + ")")
+            test = " and ".join(f"{field} {RANGE_OPS[op]} {literal(getattr(clause, op))}"
+                                for op in RANGE_OPS if getattr(clause, op) is not None)
+        parts.append(f"({presence_name(clause.column)} == true and {test})")
     return " and ".join(parts)
 
 

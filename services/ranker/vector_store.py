@@ -1,11 +1,13 @@
 """The ranker's vector search over a bundle's item vectors, in Milvus (or a `milvus-lite server`).
 
 One collection per bundle version, `seqrec_<version>`, with an explicit schema: the model's item
-index as INT64 primary key, `item_id`, the item vector, one typed nullable scalar field per
-metadata column (`filters.field_name`) for filtering, and `display`, a JSON string with the
-display name and full metadata for responses. The alias `seqrec_live` points at the served
-version. Every call carries a timeout; an outage raises `VectorStoreUnavailable`, never an empty
-result.
+index as INT64 primary key, `item_id`, the item vector, per metadata column a typed scalar field
+(`filters.field_name`) and a BOOL presence flag (`filters.presence_name`) for filtering, and
+`display`, a JSON string with the display name and full metadata for responses. The same schema
+works on Milvus Lite and on every Milvus server from 2.3 on (nullable fields need 2.5+): a missing
+value is a placeholder with its flag false, and filters test the flag first. The alias
+`seqrec_live` points at the served version. Every call carries a timeout; an outage raises
+`VectorStoreUnavailable`, never an empty result.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import ConnectError, ErrorCode, MilvusException, MilvusUnavailableException
 from tqdm import tqdm
 
-from seqrec.services.ranker.filters import MAX_STRING_CHARS, PRIMARY_KEY, field_name, safe_name
+from seqrec.services.ranker.filters import MAX_STRING_CHARS, PRIMARY_KEY, field_name, presence_name, safe_name
+from seqrec.services.ranker.milvus_compat import MilvusEngine
 
 LIVE_ALIAS = "seqrec_live"
 COLLECTION_PREFIX = "seqrec_"
@@ -38,6 +41,8 @@ DISPLAY_BYTES = 65535
 STRING_BYTES = 4 * MAX_STRING_CHARS
 VERSION_PROPERTY = "seqrec.version"
 ROWS_PROPERTY = "seqrec.rows"  # set after the last batch: the collection is complete
+LAYOUT_PROPERTY, LAYOUT = "seqrec.layout", "presence-flags/1"  # how metadata is stored; another layout is rebuilt
+_PLACEHOLDER = {"bool": False, "int64": 0, "double": 0.0, "string": ""}  # a missing value, its flag false
 INDEX_TYPES = ("FLAT", "HNSW")
 _DTYPES = {"bool": DataType.BOOL, "int64": DataType.INT64, "double": DataType.DOUBLE, "string": DataType.VARCHAR}
 _OUTPUT = ["item_id", "display"]
@@ -73,7 +78,8 @@ def collection_name(bundle_version: str) -> str:
 
 def _typed(kind: str, value: Any) -> Any:
     """A metadata value for its typed field; values that do not fit the column type (or strings no
-    filter can name) become null there, so they never match a filter. `display` keeps them as they are."""
+    filter can name) count as missing there (None), so they never match a filter. `display` keeps them as they
+    are."""
     if kind == "bool":
         return bool(value) if isinstance(value, (bool, np.bool_)) else None
     if isinstance(value, (bool, np.bool_)):
@@ -105,7 +111,10 @@ def _rows(vectors: np.ndarray, item_indices: np.ndarray, item_ids: Sequence[str]
         if len(display.encode()) > DISPLAY_BYTES:
             raise ValueError(f"item {item_id!r}: display name and metadata exceed {DISPLAY_BYTES} bytes")
         row = {PRIMARY_KEY: int(index), "item_id": item_id, "vector": vector, "display": display}
-        row.update({field_name(col): _typed(kind, meta.get(col)) for col, kind in metadata_schema.items()})
+        for col, kind in metadata_schema.items():
+            value = _typed(kind, meta.get(col))
+            row[field_name(col)] = _PLACEHOLDER[kind] if value is None else value
+            row[presence_name(col)] = value is not None
         yield row
 
 
@@ -117,6 +126,7 @@ class MilvusItemStore:
         self.uri, self.timeout, self.ef, self.live_alias = uri, timeout, ef, live_alias
         self._token = token
         self._client: MilvusClient | None = None
+        self._engine_info: MilvusEngine | None = None
         self._lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -198,7 +208,9 @@ class MilvusItemStore:
 
     @staticmethod
     def _complete(description: dict[str, Any] | None) -> bool:
-        return bool(description) and ROWS_PROPERTY in description.get("properties", {})
+        """Fully written, in this module's layout (a collection of an older layout is rebuilt at publish)."""
+        properties = (description or {}).get("properties", {})
+        return ROWS_PROPERTY in properties and properties.get(LAYOUT_PROPERTY) == LAYOUT
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -209,19 +221,29 @@ class MilvusItemStore:
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         for column, kind in metadata_schema.items():
             extra = {"max_length": STRING_BYTES} if kind == "string" else {}
-            schema.add_field(field_name(column), _DTYPES[kind], nullable=True, **extra)
+            schema.add_field(field_name(column), _DTYPES[kind], **extra)
+            schema.add_field(presence_name(column), DataType.BOOL)
         schema.add_field("display", DataType.VARCHAR, max_length=DISPLAY_BYTES)
         return schema
 
-    @staticmethod
-    def _index_params(index_type: str, metadata_schema: dict[str, str]) -> Any:
+    def _engine(self) -> MilvusEngine:
+        """What this Milvus supports (`milvus_compat`), asked once per store."""
+        if self._engine_info is None:
+            self._engine_info = MilvusEngine.from_version(self._call("server version", "get_server_version"))
+        return self._engine_info
+
+    def _index_params(self, index_type: str, metadata_schema: dict[str, str]) -> Any:
         params = MilvusClient.prepare_index_params()
         if index_type == "HNSW":
             params.add_index("vector", index_type="HNSW", metric_type="IP", params={"M": 16, "efConstruction": 200})
         else:
             params.add_index("vector", index_type="FLAT", metric_type="IP")
-        for column in metadata_schema:  # Milvus Lite implements INVERTED for bool, int, double and varchar
-            params.add_index(field_name(column), index_type="INVERTED")
+        engine = self._engine()
+        for column, kind in metadata_schema.items():
+            for field, field_kind in ((field_name(column), kind), (presence_name(column), "bool")):
+                scalar = engine.scalar_index(field_kind)
+                if scalar is not None:
+                    params.add_index(field, index_type=scalar)
         return params
 
     def _write(self, what: str, method: str, name: str, rows: Iterator[dict[str, Any]], total: int,
@@ -256,14 +278,16 @@ class MilvusItemStore:
         name = collection_name(version)
         described = self._describe(name)
         if described is not None:
-            if described.get("properties", {}).get(ROWS_PROPERTY) == str(n) and self._dim(described) == dim:
+            if (self._complete(described) and described["properties"][ROWS_PROPERTY] == str(n)
+                    and self._dim(described) == dim):
                 self._call(f"flush {name}", "flush", name)  # a collection written before flushing existed
                 return False
             self.drop(version)
         rows = _rows(vectors, np.asarray(item_indices, dtype=np.int64), item_ids, metadata, metadata_schema,
                      display_names)
         self._call(f"create_collection {name}", "create_collection", name,
-                   schema=self._schema(dim, metadata_schema), properties={VERSION_PROPERTY: version})
+                   schema=self._schema(dim, metadata_schema),
+                   properties={VERSION_PROPERTY: version, LAYOUT_PROPERTY: LAYOUT})
         self._write("insert", "insert", name, rows, n, batch_size, progress)
         # Seal the segments: Milvus Lite searches unsealed ("growing") rows 14-16x slower (measured:
         # 112 ms vs 8 ms per search at 10k items, about 1 s vs 68 ms at 100k).
