@@ -1,7 +1,8 @@
 """`seqrec up`: the whole product on this machine, each service its own process on loopback.
 
-Redis (the binary the set-up installed), `milvus-lite server`, embedder, ranker, trainer and
-gateway. With no bundle it trains on a demo dataset (or `--data`) and publishes the result first.
+Redis (the binary the set-up installed), Milvus (`milvus-lite server`, or with `--milvus server` a Milvus
+standalone server from the dev extra's `milvus` package), embedder, ranker, trainer and gateway. With no
+bundle it trains on a demo dataset (or `--data`) and publishes the result first.
 Ctrl-C or SIGTERM stops every child cleanly; a child that dies is reported and stops the stack.
 """
 
@@ -25,6 +26,7 @@ from seqrec.shared.local_services import (
     ServiceStartError,
     free_port,
     start_milvus_lite,
+    start_milvus_server,
     start_redis,
     start_service,
 )
@@ -44,6 +46,9 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the spec's)")
     parser.add_argument("--port", type=int, default=8080, help="gateway HTTP port")
     parser.add_argument("--workdir", type=Path, default=Path(".seqrec"), help="stores, bundles and logs")
+    parser.add_argument("--milvus", choices=["lite", "server"], default="lite",
+                        help="vector store: `milvus-lite server` (default: in the base install, light on memory) or "
+                             "a Milvus standalone server (`milvus-server`, dev extra: much faster searches)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -147,8 +152,11 @@ def start_stack(args: argparse.Namespace, say: Callable[[str], None] = _say) -> 
     logs = workdir / "logs"
     try:
         redis = stack.add(start_redis(workdir / "redis"))
-        milvus = stack.add(start_milvus_lite(workdir / "milvus"))
-        say(f"redis on {redis.address}, milvus-lite on {milvus.address}")
+        if args.milvus == "server":
+            milvus = stack.add(start_milvus_server(workdir / "milvus-server"))
+        else:
+            milvus = stack.add(start_milvus_lite(workdir / "milvus"))
+        say(f"redis on {redis.address}, {milvus.name} on {milvus.address}")
         redis_url, milvus_uri = f"redis://{redis.address}/0", f"http://{milvus.address}"
         embedder_port = free_port()
         embedder = stack.add(start_service("embedder", {"SEQREC_EMBEDDER_ADDRESS": f"127.0.0.1:{embedder_port}"},
