@@ -16,10 +16,13 @@ row's positions mean what they meant in training, where Cloze masks sit anywhere
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 
 from seqrec.shared.vocab import PAD_INDEX
+
+T = TypeVar("T")
 
 
 def history_window(history: Sequence[int], keep: int) -> Sequence[int]:
@@ -33,6 +36,14 @@ def gap_window(before: Sequence[int], after: Sequence[int], keep: int) -> tuple[
     n_after = min(len(after), max(keep - len(before), keep // 2))
     n_before = min(len(before), keep - n_after)
     return history_window(before, n_before), after[:n_after]
+
+
+def split_at_gap(sequence: Sequence[T], gap_position: int, what: str) -> tuple[Sequence[T], Sequence[T]]:
+    """(the items before the gap, the items from it on) of a sequence with a gap before index `gap_position`;
+    ValueError naming `gap_position` (and `what` the sequence is) when the position is outside it."""
+    if not 0 <= gap_position <= len(sequence):
+        raise ValueError(f"gap_position: must be between 0 and {len(sequence)} ({what}), got {gap_position}")
+    return sequence[:gap_position], sequence[gap_position:]
 
 
 def encode_histories(

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,17 +52,19 @@ class ManagedProcess:
         except OSError:
             return ""
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float, ready: Callable[[], bool] | None = None, what: str = "") -> None:
+        """Until the child listens on its port and `ready()` (when given) is true; stopped and ServiceStartError
+        when it exits first or `timeout` seconds pass. `what` says what `ready` waits for, in the error."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServiceStartError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
-            if port_open("127.0.0.1", self.port):
+            if port_open("127.0.0.1", self.port) and (ready is None or ready()):
                 return
             time.sleep(0.1)
         self.stop()
-        raise ServiceStartError(f"{self.name} did not listen on port {self.port} within {timeout:.0f} s:\n"
-                                f"{self.log_tail()}")
+        raise ServiceStartError(f"{self.name} did not {what or f'listen on port {self.port}'} within "
+                                f"{timeout:.0f} s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM to the process group (a launcher's children too), SIGKILL after `timeout` seconds."""
@@ -89,14 +91,15 @@ class ManagedProcess:
             pass
 
 
-def _spawn(name: str, argv: list[str], port: int, data_dir: Path, timeout: float) -> ManagedProcess:
+def _spawn(name: str, argv: list[str], port: int, data_dir: Path, timeout: float,
+           ready: Callable[[], bool] | None = None, what: str = "") -> ManagedProcess:
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / f"{name}.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir,
                                    start_new_session=True)
     managed = ManagedProcess(name, process, port, log_path)
-    managed.wait_ready(timeout)
+    managed.wait_ready(timeout, ready, what)
     return managed
 
 
@@ -241,31 +244,23 @@ def start_milvus_server(data_dir: Path, port: int | None = None, timeout: float 
     if binary is None:
         raise ServiceStartError("no milvus-server: install the project's dev extra (pip install -e '.[dev]')")
     argv = [binary, "--data", str(data_dir), "--proxy-port", str(port), "--etcd-port", str(free_port())]
-    server = _spawn("milvus-server", argv, port, Path(data_dir), timeout)
-    _wait_answering(server, timeout)
-    return server
+    return _spawn("milvus-server", argv, port, Path(data_dir), timeout, lambda: _milvus_answers(port),
+                  "answer a request")
 
 
-def _wait_answering(server: ManagedProcess, timeout: float) -> None:
-    """Until Milvus answers a request: the proxy listens before the coordinators are up."""
+def _milvus_answers(port: int) -> bool:
+    """Whether Milvus answers a request: its proxy listens before the coordinators are up."""
     from pymilvus import MilvusClient
 
-    deadline, error = time.monotonic() + timeout, ""
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise ServiceStartError(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
+    try:
+        client = MilvusClient(uri=f"http://127.0.0.1:{port}", timeout=5.0)
         try:
-            client = MilvusClient(uri=f"http://{server.address}", timeout=5.0)
-            try:
-                client.list_collections()
-                return
-            finally:
-                client.close()
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"; the last one is reported
-            error = str(exc)
-            time.sleep(1.0)
-    server.stop()
-    raise ServiceStartError(f"{server.name} did not answer within {timeout:.0f} s ({error}):\n{server.log_tail()}")
+            client.list_collections()
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - any failure means "not ready yet"
+        return False
+    return True
 
 
 def start_service(name: str, env: Mapping[str, str], port: int, log_dir: Path, timeout: float = 120.0

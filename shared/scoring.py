@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from seqrec.shared.history import gap_window, history_window
 from seqrec.shared.manifest import Layout
 from seqrec.shared.sequence_prior import SequencePrior
 
@@ -175,9 +174,7 @@ class Scorer:
         top-k of a vector search."""
         if self.prior is None or self.prior.repeat_bias >= 0:
             return 0
-        if following is None:
-            return len(set(history_window(history, self.prior.window)) - set(exclude))
-        before, after = gap_window(history, following, self.prior.window)
+        before, after = self.prior.context(history, following)
         return len((set(before) | set(after)) - set(exclude))
 
     def merge(self, history: Sequence[int], intent: np.ndarray, hits: Sequence[Hit], top_k: int, limit: int,

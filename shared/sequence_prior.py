@@ -80,16 +80,20 @@ class SequencePrior:
     def active(self) -> bool:
         return self.transition_weight != 0.0 or self.repeat_bias != 0.0
 
+    def context(self, history: Sequence[int], following: Sequence[int] | None = None
+                ) -> tuple[Sequence[int], Sequence[int]]:
+        """(items before, items after) that count as seen: the history's window, or the gap's (`gap_window`)."""
+        if following is None:
+            return history_window(history, self.window), ()
+        return gap_window(history, following, self.window)
+
     def components(self, history: Sequence[int], following: Sequence[int] | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(indices, log counts, seen) of every item the prior touches for `history` (item indices, oldest
         first): the successors of its last item and the items of its window, each index once. With `following`
         (a gap between `history` and `following`) also the predecessors of the first item after the gap, and
         the window is the gap's."""
-        if following is None:
-            before, after = history_window(history, self.window), ()
-        else:
-            before, after = gap_window(history, following, self.window)
+        before, after = self.context(history, following)
         seen_items = np.asarray([*before, *after], dtype=np.int64)
         if len(seen_items) == 0:
             empty = np.zeros(0, np.int64)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +73,15 @@ def _train_series(data: Path, items: Path, out: Path, embedder) -> tuple[Path, d
         seed=7,
     )
     return run_training(cfg, out, progress=False, embedder=embedder)
+
+
+def bundle_before_gap_filling(bundle: Path, out: Path) -> Path:
+    """A copy of `bundle` at `out` whose manifest reads as written before gap filling (no `gap_filling`)."""
+    shutil.copytree(bundle, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["gap_filling"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
 
 
 @pytest.fixture(scope="session")

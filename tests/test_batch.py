@@ -23,6 +23,7 @@ from seqrec.services.ranker.recommender import Recommender
 from seqrec.services.ranker.vector_store import MilvusItemStore
 from seqrec.shared.bundle import HISTORIES, Bundle
 from seqrec.shared.json_api import FALLBACK_NAMES, RequestError, parse_filters
+from tests.conftest import bundle_before_gap_filling
 
 DRAMA_IN_STOCK = {"meta.genre": "drama", "meta.in_stock": True}
 
@@ -404,13 +405,7 @@ def test_cli_answers_a_gap_file(published, tmp_path):
 
 
 def test_gap_jobs_need_a_bundle_that_fills_gaps(published, tmp_path):
-    import shutil
-
-    old = tmp_path / "old"
-    shutil.copytree(published[0], old)
-    manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["gap_filling"]
-    (old / "manifest.json").write_text(json.dumps(manifest))
+    old = bundle_before_gap_filling(published[0], tmp_path / "old")
     gaps = _gaps_file(tmp_path, [{"id": "a", "session_items": ["s1e0", "s1e2"], "gap_position": 1}])
     with pytest.raises(BatchError, match="without gap filling"):
         _run(old, tmp_path / "out", gaps_file=gaps)

@@ -27,6 +27,7 @@ from seqrec.shared.local_services import free_port, start_redis
 from seqrec.shared.scoring import Scorer
 from seqrec.shared.sequence_prior import SequencePrior
 from seqrec.shared.settings import Env, SettingsError
+from tests.conftest import bundle_before_gap_filling
 
 SERVICE = "seqrec.proto.v1.RankerService"
 
@@ -181,12 +182,7 @@ def test_gap_needs_a_bundle_whose_encoder_answers_at_the_mask(published, tmp_pat
     """A bundle written before gap filling (no `gap_filling` in its manifest) is refused, not answered wrongly."""
     from seqrec.services.ranker.encoder import OnnxEncoder
 
-    old = tmp_path / "old"
-    shutil.copytree(published[0], old)
-    manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["gap_filling"]
-    (old / "manifest.json").write_text(json.dumps(manifest))
-    encoder = OnnxEncoder(Bundle.open(old))
+    encoder = OnnxEncoder(Bundle.open(bundle_before_gap_filling(published[0], tmp_path / "old")))
     assert encoder.intents([[1, 2]]).shape[0] == 1
     with pytest.raises(ValueError, match="gap filling"):
         encoder.intents([[1]], following=[[2]])
@@ -380,7 +376,6 @@ def test_health_tracks_redis(trained_bundle, milvus_server, published, tmp_path)
 
 
 def test_not_serving_until_published(trained_bundle, redis_server, milvus_server, tmp_path):
-    import shutil
 
     copy = tmp_path / "unpublished" / "v-unpublished"
     shutil.copytree(trained_bundle[0], copy)

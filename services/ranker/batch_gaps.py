@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seqrec.services.ranker.batch_output import BatchError
+from seqrec.shared.history import split_at_gap
 from seqrec.shared.json_api import MAX_ID_CHARS, RequestError, parse_request
 from seqrec.shared.vocab import ItemVocab
 
@@ -123,13 +124,13 @@ def gap_sides(jobs: Sequence[GapJob], read_histories: Callable[[Sequence[str]], 
     sides = GapSides([], [], [])
     for job in jobs:
         sequence = list(job.session_items) if job.session_items else stored[job.user_id]
-        if not 0 <= job.gap_position <= len(sequence):
-            what = ("session_items" if job.session_items else
-                    f"the {len(sequence)} stored events of user {job.user_id!r}")
-            raise BatchError(f"--gaps line {job.line}: gap_position: must be between 0 and {len(sequence)} ({what}), "
-                             f"got {job.gap_position}")
-        before = vocab.encode(sequence[:job.gap_position])[0]
-        after = vocab.encode(sequence[job.gap_position:])[0]
+        what = "session_items" if job.session_items else f"the {len(sequence)} stored events of user {job.user_id!r}"
+        try:
+            items_before, items_after = split_at_gap(sequence, job.gap_position, what)
+        except ValueError as exc:
+            raise BatchError(f"--gaps line {job.line}: {exc}") from exc
+        before = vocab.encode(items_before)[0]
+        after = vocab.encode(items_after)[0]
         excluded = {key for key in map(excluded_key, job.exclude_item_ids) if key is not None}
         if exclude_seen:
             excluded |= set(before) | set(after)

@@ -30,7 +30,7 @@ from seqrec.services.ranker.online_items import (
 from seqrec.services.ranker.publish import I2I_SUFFIX, bundle_item_to_item_vectors
 from seqrec.services.ranker.vector_store import MilvusItemStore
 from seqrec.shared.bundle import Bundle
-from seqrec.shared.history import gap_window
+from seqrec.shared.history import gap_window, split_at_gap
 from seqrec.shared.json_api import MAX_LIST_ITEMS, MAX_TOP_K
 from seqrec.shared.scoring import Scorer
 from seqrec.shared.text import item_text
@@ -213,11 +213,13 @@ class Recommender:
         clauses, expr = self._filters(clauses)
         sequence = list(session_items) if session_items else [
             item for item, _ in self.histories.read(user_id, self.histories.cap)]
-        if not 0 <= gap_position <= len(sequence):
-            what = "session_items" if session_items else f"the {len(sequence)} stored events of user {user_id!r}"
-            raise InvalidQuery(f"gap_position: must be between 0 and {len(sequence)} ({what}), got {gap_position}")
-        before, unknown = self.vocab.encode(sequence[:gap_position])
-        after, unknown_after = self.vocab.encode(sequence[gap_position:])
+        what = "session_items" if session_items else f"the {len(sequence)} stored events of user {user_id!r}"
+        try:
+            items_before, items_after = split_at_gap(sequence, gap_position, what)
+        except ValueError as exc:
+            raise InvalidQuery(str(exc)) from exc
+        before, unknown = self.vocab.encode(items_before)
+        after, unknown_after = self.vocab.encode(items_after)
         unknown = unknown + unknown_after if session_items else []
         exclude = self._excluded(exclude_ids) | (set(before) | set(after) if exclude_seen else set())
         return self._from_history(before, top_k, clauses, expr, exclude, unknown, following=after)
