@@ -1,7 +1,7 @@
 """`seqrec up`: the whole product on this machine, each service its own process on loopback.
 
-Redis (the binary the set-up installed), Milvus (`milvus-lite server`, or with `--milvus server` a Milvus
-standalone server from the dev extra's `milvus` package), embedder, ranker, trainer and gateway. With no
+Redis (the binary the set-up installed), Milvus (a Milvus standalone server from the dev extra's `milvus`
+package when installed, else `milvus-lite server`; `--milvus` chooses), embedder, ranker, trainer and gateway. With no
 bundle it trains on a demo dataset (or `--data`) and publishes the result first.
 Ctrl-C or SIGTERM stops every child cleanly; a child that dies is reported and stops the stack.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import sys
 import threading
@@ -46,9 +47,10 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the spec's)")
     parser.add_argument("--port", type=int, default=8080, help="gateway HTTP port")
     parser.add_argument("--workdir", type=Path, default=Path(".seqrec"), help="stores, bundles and logs")
-    parser.add_argument("--milvus", choices=["lite", "server"], default="lite",
-                        help="vector store: `milvus-lite server` (default: in the base install, light on memory) or "
-                             "a Milvus standalone server (`milvus-server`, dev extra: much faster searches)")
+    parser.add_argument("--milvus", choices=["auto", "server", "lite"], default="auto",
+                        help="vector store: a Milvus standalone server (`milvus-server`, dev extra: the engine "
+                             "production runs, much faster searches), `milvus-lite server` (base install, lighter "
+                             "and quicker to start) or auto (default: the server when installed, else lite)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -77,6 +79,13 @@ class Stack:
     def stop(self) -> None:
         for child in reversed(self.children):
             child.stop()
+
+
+def milvus_engine(choice: str) -> str:
+    """`--milvus auto` is the Milvus server when its binary is installed, else Milvus Lite."""
+    if choice != "auto":
+        return choice
+    return "server" if shutil.which("milvus-server") else "lite"
 
 
 def _say(message: str) -> None:
@@ -152,7 +161,7 @@ def start_stack(args: argparse.Namespace, say: Callable[[str], None] = _say) -> 
     logs = workdir / "logs"
     try:
         redis = stack.add(start_redis(workdir / "redis"))
-        if args.milvus == "server":
+        if milvus_engine(args.milvus) == "server":
             milvus = stack.add(start_milvus_server(workdir / "milvus-server"))
         else:
             milvus = stack.add(start_milvus_lite(workdir / "milvus"))

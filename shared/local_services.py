@@ -92,12 +92,13 @@ class ManagedProcess:
 
 
 def _spawn(name: str, argv: list[str], port: int, data_dir: Path, timeout: float,
-           ready: Callable[[], bool] | None = None, what: str = "") -> ManagedProcess:
+           ready: Callable[[], bool] | None = None, what: str = "", env: Mapping[str, str] | None = None
+           ) -> ManagedProcess:
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / f"{name}.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir,
-                                   start_new_session=True)
+                                   env={**os.environ, **(env or {})}, start_new_session=True)
     managed = ManagedProcess(name, process, port, log_path)
     managed.wait_ready(timeout, ready, what)
     return managed
@@ -243,9 +244,24 @@ def start_milvus_server(data_dir: Path, port: int | None = None, timeout: float 
     binary = shutil.which("milvus-server")
     if binary is None:
         raise ServiceStartError("no milvus-server: install the project's dev extra (pip install -e '.[dev]')")
-    argv = [binary, "--data", str(data_dir), "--proxy-port", str(port), "--etcd-port", str(free_port())]
-    return _spawn("milvus-server", argv, port, Path(data_dir), timeout, lambda: _milvus_answers(port),
-                  "answer a request")
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    client_port = free_port()
+    argv = [binary, "--data", str(data_dir), "--proxy-port", str(port), "--etcd-port", str(client_port)]
+    env = {"ETCD_CONFIG_PATH": str(_embedded_etcd_config(data_dir, client_port, free_port()))}
+    return _spawn("milvus-server", argv, port, data_dir, timeout, lambda: _milvus_answers(port),
+                  "answer a request", env)
+
+
+def _embedded_etcd_config(data_dir: Path, client_port: int, peer_port: int) -> Path:
+    """The embedded etcd's own config file on free ports: by default it binds 2379 and 2380, so a second
+    server on the machine would fail to start. Milvus reads the file's path from ETCD_CONFIG_PATH."""
+    client, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    path = data_dir / "embedded-etcd.yaml"
+    path.write_text(f"name: seqrec\nlisten-client-urls: {client}\nadvertise-client-urls: {client}\n"
+                    f"listen-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n"
+                    f"initial-cluster: seqrec={peer}\n")
+    return path
 
 
 def _milvus_answers(port: int) -> bool:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.milvus_fixtures import milvus_server  # noqa: F401 (a session fixture for every test)
+from tests.milvus_fixtures import milvus_server, milvus_standalone  # noqa: F401 (session fixtures for every test)
 
 SERIES, EPISODES = 30, 8
 

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from seqrec.shared.local_services import ManagedProcess, free_port
+from seqrec.shared.local_services import ManagedProcess, free_port, start_milvus_server
 
 # A launcher: its child listens on the port and ignores SIGTERM; the launcher itself exits on SIGTERM.
 LAUNCHER = """
@@ -63,3 +63,20 @@ def test_stop_kills_a_launchers_stubborn_child_after_the_grace(tmp_path: Path) -
     while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in children) and _group(process.pid) == []
+
+
+def test_a_second_milvus_server_starts_beside_the_sessions(milvus_standalone: str, tmp_path: Path) -> None:
+    """Each server's embedded etcd gets its own ports, so two servers (a test's and `seqrec up`'s) coexist."""
+    from pymilvus import MilvusClient
+
+    second = start_milvus_server(tmp_path / "second")
+    try:
+        for uri in (milvus_standalone, f"http://{second.address}"):
+            client = MilvusClient(uri=uri, timeout=10.0)
+            try:
+                assert isinstance(client.list_collections(), list)
+            finally:
+                client.close()
+    finally:
+        second.stop()
+    assert _group(second.process.pid) == []

@@ -56,7 +56,7 @@ def _ids(body: dict) -> list[str]:
 def test_every_service_runs_as_its_own_process(stack):
     _, running, _ = stack
     names = [c.name for c in running.children]
-    assert names == ["redis", "milvus-lite", "embedder", "ranker", "trainer", "gateway"]
+    assert names == ["redis", "milvus-server", "embedder", "ranker", "trainer", "gateway"]  # --milvus auto
     assert len({c.process.pid for c in running.children}) == 6 and running.dead() is None
     state = json.loads((running.workdir / "stack.json").read_text())
     assert set(state) == set(names)
@@ -130,22 +130,36 @@ def test_up_reports_a_dead_child_and_stops_everything(stack, tmp_path):
         os.kill(state["ranker"]["pid"], signal.SIGKILL)
         assert proc.wait(timeout=60) == 1
         assert "ranker exited" in proc.stderr.read()
-        time.sleep(0.5)
-        for child in state.values():
-            with pytest.raises(ProcessLookupError):
-                os.kill(child["pid"], 0)
+        for child in state.values():  # each child's whole process group: milvus-server's own children too
+            _assert_group_gone(child["pid"])
     finally:
         proc.kill()
 
 
-def test_up_stops_cleanly_on_sigterm(stack, tmp_path):
+def _assert_group_gone(pgid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"process group {pgid} still running")
+
+
+def test_up_on_milvus_lite_serves_and_stops_cleanly_on_sigterm(stack, tmp_path):
     bundle = _own_copy(stack[2], tmp_path)
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "seqrec.services.cli", "up", "--bundle", str(bundle),
-                             "--workdir", str(tmp_path), "--port", str(free_port()), "--no-progress"],
+                             "--workdir", str(tmp_path), "--port", str(port), "--no-progress", "--milvus", "lite"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert any("seqrec is up" in line for line in proc.stdout), proc.stderr.read()
         state = json.loads((tmp_path / "stack.json").read_text())
+        assert "milvus-lite" in state and "milvus-server" not in state
+        status, body = _post(f"http://127.0.0.1:{port}/v1/recommend",
+                             {"query_type": "item_to_item", "item_id": "s12e03", "filters": {"meta.genre": "kids"}})
+        assert status == 200 and body["items"] and all(i["meta"]["genre"] == "kids" for i in body["items"])
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         assert "stopped" in proc.stderr.read()
