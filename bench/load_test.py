@@ -73,8 +73,8 @@ class Catalog:
 
 
 def load_catalog(bundle_path: Path) -> Catalog:
-    from seqrec.services.ranker.publish import resolve_bundle
     from seqrec.shared.bundle import HISTORIES, ITEMS, Bundle
+    from seqrec.shared.registry import resolve_bundle
 
     bundle = Bundle.open(resolve_bundle(bundle_path), verify=False)
     users, histories = [], []

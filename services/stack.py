@@ -134,8 +134,8 @@ def _train(args: argparse.Namespace, root: Path, embedder: str) -> Path:
 
 def _examples(bundle_path: Path) -> list[dict[str, Any]]:
     """The spec's four request shapes and a gap, filled with ids that exist in the served bundle."""
-    from seqrec.services.ranker.publish import resolve_bundle
     from seqrec.shared.bundle import HISTORIES, Bundle
+    from seqrec.shared.registry import resolve_bundle
 
     bundle = Bundle.open(resolve_bundle(bundle_path), verify=False)
     row = next(r for r in bundle.iter_jsonl(HISTORIES) if len(r["items"]) >= 3)
@@ -153,7 +153,8 @@ def _examples(bundle_path: Path) -> list[dict[str, Any]]:
 
 def start_stack(args: argparse.Namespace, say: Callable[[str], None] = _say) -> tuple[Stack, Path]:
     """Start every service (training and publishing first when needed); returns the stack and bundle root."""
-    from seqrec.services.ranker.publish import publish, resolve_bundle
+    from seqrec.services.ranker.publish import publish
+    from seqrec.shared.registry import resolve_bundle
 
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)

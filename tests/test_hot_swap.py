@@ -51,7 +51,7 @@ def test_publish_and_rollback_swap_versions_without_failed_calls(trained_bundle,
             w.start()
         publish(second, redis_url, milvus_server, progress=False)
         _wait_version(stub, second.name)
-        rollback(tmp_path, milvus_server)
+        rollback(tmp_path, redis_url, milvus_server)
         _wait_version(stub, first.name)
     finally:
         stop.set()

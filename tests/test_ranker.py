@@ -19,11 +19,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from seqrec.proto.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
-from seqrec.services.ranker.publish import publish, resolve_bundle, rollback
+from seqrec.services.ranker.publish import publish, rollback
 from seqrec.services.ranker.server import RankerApp, RankerSettings
 from seqrec.shared.bundle import HISTORIES, Bundle
 from seqrec.shared.history import encode_histories
 from seqrec.shared.local_services import free_port, start_redis
+from seqrec.shared.registry import resolve_bundle
 from seqrec.shared.scoring import Scorer
 from seqrec.shared.sequence_prior import SequencePrior
 from seqrec.shared.settings import Env, SettingsError
@@ -397,7 +398,7 @@ def test_rollback_repoints_live(trained_bundle, published, tmp_path):
     root = published[0].parent
     assert resolve_bundle(root) == published[0]
     with pytest.raises(Exception, match="no earlier published version"):
-        rollback(root, published[2])
+        rollback(root, published[1], published[2])
 
 
 def test_settings_errors_name_the_variable(tmp_path):

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from seqrec.services.demo_data import demo_items
-from seqrec.services.ranker.publish import resolve_bundle
 from seqrec.services.stack import add_up_arguments, start_stack
 from seqrec.shared.local_services import free_port
+from seqrec.shared.registry import resolve_bundle
 
 CATALOG = set(demo_items()["item_id"])
 

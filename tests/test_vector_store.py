@@ -108,7 +108,7 @@ def queries() -> np.ndarray:
 
 class VectorStoreContract:
     """What the ranker relies on; a subclass provides the `uri` fixture. Each class run uses its own
-    versions and live alias, and drops them at the end, so a shared Milvus server is left as found."""
+    versions, and drops them at the end, so a shared Milvus server is left as found."""
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -124,12 +124,10 @@ class VectorStoreContract:
     @classmethod
     def store(cls, uri: str, run: str) -> Iterator[MilvusItemStore]:
         token = os.environ.get("MILVUS_TOKEN", "")
-        store = MilvusItemStore(uri, token, timeout=30.0, live_alias=f"seqrec_live_{run}")
+        store = MilvusItemStore(uri, token, timeout=30.0)
         yield store
         store.close()
         client = MilvusClient(uri=uri, token=token, timeout=30.0)
-        if store.live_alias in client.list_aliases()["aliases"]:
-            client.drop_alias(store.live_alias)
         for name in client.list_collections():
             if f"_{run}_" in name:
                 client.drop_collection(name)
@@ -224,39 +222,23 @@ class VectorStoreContract:
         with pytest.raises(ValueError, match="item_id"):
             store.load_items(version, batch_size=100, **broken)  # fails after one batch is written
         assert self.row_count(uri, version) == 100
-        assert version not in store.list_versions()
-        with pytest.raises(VectorStoreError, match="not loaded"):
-            store.set_live(version)
+        assert version not in store.list_versions() and not store.has_version(version)
         assert store.load_items(version, batch_size=100, **small)
         assert self.row_count(uri, version) == 300
         assert version in store.list_versions()
         other_dim = dict(small, vectors=np.ones((300, DIM + 1), dtype=np.float32))
         assert store.load_items(version, **other_dim)  # same count, other dim: rebuilt
 
-    def test_live_alias_and_rollback(self, store: MilvusItemStore, run: str, queries: np.ndarray) -> None:
+    def test_versions_are_listed_oldest_first_and_dropped(self, store: MilvusItemStore, run: str) -> None:
         versions = [f"0000-{run}-v1", f"0000-{run}-v2", f"0000-{run}-v3"]  # older than every other version
-        for seed, version in enumerate(versions):
+        for seed, version in enumerate(reversed(versions)):
             store.load_items(version, **make_catalog(30, seed=10 + seed))
-        assert store.live_version() is None
-        with pytest.raises(VectorStoreError, match="no live version"):
-            store.rollback()
-        assert set(versions) <= set(store.list_versions())
-        store.set_live(versions[2])
-        assert store.live_version() == versions[2]
-        store.set_live(versions[2])  # repointing at the same version is fine
-        assert store.rollback() == versions[1]
-        assert store.live_version() == versions[1]
-        with pytest.raises(VectorStoreError, match="is live"):
-            store.drop(versions[1])
+        listed = store.list_versions()
+        assert [v for v in listed if v in versions] == versions
         store.drop(versions[0])
         store.drop(versions[0])  # absent: no-op
-        assert versions[0] not in store.list_versions()
-        with pytest.raises(VectorStoreError, match="no loaded version older"):
-            store.rollback()
-        store.set_live(versions[2])
-        assert store.rollback() == versions[1]
-        with pytest.raises(VectorStoreError, match="not loaded"):
-            store.set_live(f"{run}-never")
+        assert versions[0] not in store.list_versions() and versions[1] in store.list_versions()
+        assert not store.has_version(versions[0])
 
     def test_missing_version_is_an_error_not_an_empty_result(self, store: MilvusItemStore, run: str,
                                                               queries: np.ndarray) -> None:

@@ -267,7 +267,7 @@ def run_batch(options: BatchOptions) -> BatchSummary:
     from tqdm import tqdm
 
     from seqrec.services.ranker.encoder import OnnxEncoder
-    from seqrec.services.ranker.publish import resolve_bundle
+    from seqrec.shared.registry import resolve_bundle
 
     if options.batch_size < 1 or options.part_size < 1:
         raise BatchError("--batch-size and --part-size must be at least 1")

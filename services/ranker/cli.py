@@ -28,7 +28,7 @@ def run_publish(args: argparse.Namespace) -> int:
 
     try:
         if args.rollback:
-            version = rollback(Path(args.bundle), args.milvus_uri, args.milvus_token)
+            version = rollback(Path(args.bundle), args.redis_url, args.milvus_uri, args.milvus_token)
         else:
             version = publish(Path(args.bundle), args.redis_url, args.milvus_uri, args.milvus_token,
                               progress=not args.no_progress, index_type=args.index).version

@@ -15,7 +15,7 @@ from seqrec.services.ranker.encoder import OnnxEncoder
 from seqrec.services.ranker.filters import FilterError
 from seqrec.services.ranker.history_store import HistoryStoreUnavailable, RedisHistoryStore
 from seqrec.services.ranker.online_items import InvalidItem
-from seqrec.services.ranker.publish import I2I_SUFFIX, resolve_bundle
+from seqrec.services.ranker.publish import I2I_SUFFIX
 from seqrec.services.ranker.recommender import InvalidQuery, NotSupported, Recommender, UnknownItem
 from seqrec.services.ranker.service import RankerServicer
 from seqrec.services.ranker.vector_store import MilvusItemStore, VectorStoreError, VectorStoreUnavailable
@@ -29,6 +29,7 @@ from seqrec.shared.grpc_server import (
     run_service,
 )
 from seqrec.shared.json_api import RequestError
+from seqrec.shared.registry import resolve_bundle
 from seqrec.shared.settings import Env
 from seqrec.shared.tls import TlsSettings, add_port
 

@@ -5,9 +5,9 @@ index as INT64 primary key, `item_id`, the item vector, per metadata column a ty
 (`filters.field_name`) and a BOOL presence flag (`filters.presence_name`) for filtering, and
 `display`, a JSON string with the display name and full metadata for responses. The same schema
 works on Milvus Lite and on every Milvus server from 2.3 on (nullable fields need 2.5+): a missing
-value is a placeholder with its flag false, and filters test the flag first. The alias
-`seqrec_live` points at the served version. Every call carries a timeout; an outage raises
-`VectorStoreUnavailable`, never an empty result.
+value is a placeholder with its flag false, and filters test the flag first. Which version is
+served is not kept here but in the bundle registry (`seqrec.shared.registry`). Every call carries
+a timeout; an outage raises `VectorStoreUnavailable`, never an empty result.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from tqdm import tqdm
 from seqrec.services.ranker.filters import MAX_STRING_CHARS, PRIMARY_KEY, field_name, presence_name, safe_name
 from seqrec.services.ranker.milvus_compat import MilvusEngine
 
-LIVE_ALIAS = "seqrec_live"
 COLLECTION_PREFIX = "seqrec_"
 INSERT_BATCH = 5000
 GET_BATCH = 1000
@@ -55,7 +54,7 @@ log = logging.getLogger(__name__)
 
 # Calls that change nothing: safe to repeat once on a fresh connection.
 _RETRYABLE = frozenset({"search", "get", "query", "has_collection", "describe_collection", "get_load_state",
-                        "list_collections", "list_aliases", "get_server_version", "load_collection"})
+                        "list_collections", "get_server_version", "load_collection"})
 
 
 class VectorStoreError(RuntimeError):
@@ -71,7 +70,7 @@ def collection_name(bundle_version: str) -> str:
     if not isinstance(bundle_version, str) or not bundle_version:
         raise ValueError(f"bundle version must be a non-empty string, got {bundle_version!r}")
     name = safe_name(COLLECTION_PREFIX, bundle_version)
-    if name == LIVE_ALIAS or len(name) > 255:
+    if len(name) > 255:
         raise ValueError(f"bundle version {bundle_version!r} cannot name a collection")
     return name
 
@@ -121,9 +120,8 @@ def _rows(vectors: np.ndarray, item_indices: np.ndarray, item_ids: Sequence[str]
 class MilvusItemStore:
     """Item vectors of bundle versions in Milvus; exact inner-product search (FLAT) by default."""
 
-    def __init__(self, uri: str, token: str = "", timeout: float = 10.0, *, ef: int = 128,
-                 live_alias: str = LIVE_ALIAS):
-        self.uri, self.timeout, self.ef, self.live_alias = uri, timeout, ef, live_alias
+    def __init__(self, uri: str, token: str = "", timeout: float = 10.0, *, ef: int = 128):
+        self.uri, self.timeout, self.ef = uri, timeout, ef
         self._token = token
         self._client: MilvusClient | None = None
         self._engine_info: MilvusEngine | None = None
@@ -318,7 +316,7 @@ class MilvusItemStore:
         """Completely loaded versions, oldest first (versions sort by creation time)."""
         versions = []
         for name in self._call("list_collections", "list_collections"):
-            if name.startswith(COLLECTION_PREFIX):  # aliases are not listed
+            if name.startswith(COLLECTION_PREFIX):
                 described = self._describe(name)
                 if self._complete(described):
                     versions.append(described["properties"][VERSION_PROPERTY])
@@ -342,37 +340,8 @@ class MilvusItemStore:
             self._call(f"load_collection {name}", "load_collection", name)
         return self.has_version(version)
 
-    def live_version(self) -> str | None:
-        """The version the live alias points at, or None when it is not set."""
-        if self.live_alias not in self._call("list_aliases", "list_aliases")["aliases"]:
-            return None
-        described = self._call(f"describe {self.live_alias}", "describe_collection", self.live_alias)
-        return described["properties"].get(VERSION_PROPERTY)
-
-    def set_live(self, version: str) -> None:
-        """Point the live alias at a completely loaded version."""
-        name = collection_name(version)
-        if not self._complete(self._describe(name)):
-            raise VectorStoreError(f"version {version!r} is not loaded (missing or half-written)")
-        method = "alter_alias" if self.live_alias in self._call("list_aliases", "list_aliases")["aliases"] \
-            else "create_alias"
-        self._call(f"{method} {self.live_alias} -> {name}", method, name, self.live_alias)
-
-    def rollback(self) -> str:
-        """Point the live alias at the newest loaded version older than the live one; returns it."""
-        current = self.live_version()
-        if current is None:
-            raise VectorStoreError("rollback: no live version")
-        older = [v for v in self.list_versions() if v < current]
-        if not older:
-            raise VectorStoreError(f"rollback: no loaded version older than {current!r}")
-        self.set_live(older[-1])
-        return older[-1]
-
     def drop(self, version: str) -> None:
-        """Drop a version's collection (no-op when absent); the live version is refused."""
-        if version == self.live_version():
-            raise VectorStoreError(f"drop: {version!r} is live; set_live or rollback first")
+        """Drop a version's collection (no-op when absent)."""
         name = collection_name(version)
         if self._call(f"has_collection {name}", "has_collection", name):
             self._call(f"drop_collection {name}", "drop_collection", name)

@@ -12,13 +12,7 @@ import grpc
 from seqrec.proto.v1 import trainer_pb2, trainer_pb2_grpc
 from seqrec.services.trainer.jobs import JobManager, JobNotFound, RootInUse, TrainerClosed
 from seqrec.services.trainer.messages import InvalidRequest
-from seqrec.services.trainer.service import (
-    BundleNotFound,
-    BundleStore,
-    NotPossible,
-    StoreUnavailable,
-    TrainerServicer,
-)
+from seqrec.services.trainer.service import BundleStore, StoreUnavailable, TrainerServicer
 from seqrec.shared.bundle import BundleError
 from seqrec.shared.grpc_server import (
     ErrorInterceptor,
@@ -28,6 +22,7 @@ from seqrec.shared.grpc_server import (
     make_server,
     run_service,
 )
+from seqrec.shared.registry import InvalidVersion, NothingToRollBack, VersionNotFound
 from seqrec.shared.settings import Env
 from seqrec.shared.tls import TlsSettings, add_port
 
@@ -38,8 +33,9 @@ EMBEDDER_ENV = "SEQREC_EMBEDDER"  # handed to each training process (hybrid text
 ERRORS = ErrorMapping([
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (JobNotFound, grpc.StatusCode.NOT_FOUND),
-    (BundleNotFound, grpc.StatusCode.NOT_FOUND),
-    (NotPossible, grpc.StatusCode.FAILED_PRECONDITION),
+    (InvalidVersion, grpc.StatusCode.INVALID_ARGUMENT),
+    (VersionNotFound, grpc.StatusCode.NOT_FOUND),
+    (NothingToRollBack, grpc.StatusCode.FAILED_PRECONDITION),
     (BundleError, grpc.StatusCode.FAILED_PRECONDITION),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (TrainerClosed, grpc.StatusCode.UNAVAILABLE),

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -25,20 +25,11 @@ from seqrec.services.trainer.messages import (
     request_to_config,
     timestamp,
 )
-from seqrec.shared.bundle import MANIFEST, Bundle, BundleError
+from seqrec.shared.bundle import Bundle
+from seqrec.shared.registry import BundleRegistry
 
 log = logging.getLogger(__name__)
-LIVE_FILE = "LIVE"  # as in seqrec.services.ranker.publish (not imported: the trainer runs without the ranker extra)
 STREAM_POLL_S = 1.0  # a progress stream re-checks that its client is still there at least this often
-
-
-
-class BundleNotFound(LookupError):
-    """No bundle with this version in the bundle root."""
-
-
-class NotPossible(RuntimeError):
-    """The call is valid but the state does not allow it (e.g. nothing to roll back to)."""
 
 
 class StoreUnavailable(RuntimeError):
@@ -48,41 +39,20 @@ class StoreUnavailable(RuntimeError):
 # -- bundles ----------------------------------------------------------------------------------------
 
 class BundleStore:
-    """The bundle root: listing, and publishing / rolling back through seqrec.services.ranker.publish."""
+    """The bundle root seen through the registry, with the stores the ranker serves from."""
 
     def __init__(self, root: Path, redis_url: str, milvus_uri: str, milvus_token: str = ""):
-        self.root = Path(root)
+        self.registry = BundleRegistry(root)
         self.redis_url, self.milvus_uri, self.milvus_token = redis_url, milvus_uri, milvus_token
-        self._lock = threading.Lock()  # one publication at a time (published.json is read-modify-write)
 
     def live_version(self) -> str:
-        try:
-            return (self.root / LIVE_FILE).read_text().strip()
-        except OSError:
-            return ""
+        return self.registry.live_version()
 
     def path_of(self, version: str) -> Path:
-        version = version.strip()
-        if not version:
-            raise InvalidRequest("version: required")
-        if version != Path(version).name or version.startswith("."):
-            raise InvalidRequest(f"version: {version!r} is not a bundle version")
-        path = self.root / version
-        if not (path / MANIFEST).is_file():
-            raise BundleNotFound(f"version: no bundle {version!r} in {self.root}")
-        return path
+        return self.registry.path_of(version)
 
     def versions(self) -> list[Bundle]:
-        """Every readable bundle, newest first (manifests only: checksums are verified when publishing)."""
-        bundles = []
-        for path in self.root.iterdir() if self.root.is_dir() else ():
-            if path.name.startswith(".") or not (path / MANIFEST).is_file():
-                continue
-            try:
-                bundles.append(Bundle.open(path, verify=False))
-            except BundleError as exc:
-                log.warning("skipping unreadable bundle", extra={"path": str(path), "error": str(exc)})
-        return sorted(bundles, key=lambda b: (b.manifest.created_at, b.version), reverse=True)
+        return self.registry.versions()
 
     def info(self, bundle: Bundle, live: str, job_id: str = "") -> trainer_pb2.BundleInfo:
         m = bundle.manifest
@@ -101,27 +71,21 @@ class BundleStore:
                                       metrics=common_pb2.Metrics(values=metrics), live=bundle.version == live,
                                       job_id=job_id, model=model)
 
-    def publish(self, path: Path) -> Bundle:
-        """Load the bundle into Milvus and Redis and make it live (idempotent)."""
-        from seqrec.services.ranker.publish import publish
-
-        with self._lock, _store_errors(f"publishing {path.name}"):
-            return publish(path, self.redis_url, self.milvus_uri, self.milvus_token, progress=False)
+    def publish(self, path: Path) -> str:
+        """Load the bundle into Milvus and Redis and make it live (idempotent); returns its version."""
+        with _store_errors(f"publishing {path.name}"):
+            return self.registry.publish(path, self._loader())
 
     def rollback(self, version: str = "") -> str:
         """Make `version` (default: the one published before the live one) live again; returns it."""
-        from seqrec.services.ranker.publish import rollback
+        with _store_errors("rolling back"):
+            return self.registry.rollback(self._loader(), version)
 
-        if version.strip():
-            path = self.path_of(version)
-            if path.name != self.live_version():
-                self.publish(path)  # idempotent: reuses its Milvus collections, merges histories
-            return path.name
-        with self._lock, _store_errors("rolling back"):
-            try:
-                return rollback(self.root, self.milvus_uri, self.milvus_token)
-            except BundleError as exc:
-                raise NotPossible(str(exc)) from exc
+    def _loader(self) -> Callable[[Path], object]:
+        from seqrec.services.ranker.publish import load_stores  # the ranker extra loads lazily
+
+        return functools.partial(load_stores, redis_url=self.redis_url, milvus_uri=self.milvus_uri,
+                                 milvus_token=self.milvus_token, progress=False)
 
 
 @contextlib.contextmanager
@@ -202,8 +166,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             bundles=[self.bundles.info(b, live, jobs.get(b.version, "")) for b in bundles], live_version=live)
 
     def PublishBundle(self, request: trainer_pb2.PublishBundleRequest, context: grpc.ServicerContext):
-        bundle = self.bundles.publish(self.bundles.path_of(request.version))
-        return self._info(bundle.version)
+        return self._info(self.bundles.publish(self.bundles.path_of(request.version)))
 
     def RollbackBundle(self, request: trainer_pb2.RollbackBundleRequest, context: grpc.ServicerContext):
         return self._info(self.bundles.rollback(request.version))
