@@ -1,16 +1,20 @@
-"""Serving latency of the ranker over gRPC on loopback, against the floor of its own parts.
+"""Serving latency of the ranker over gRPC on loopback, on Milvus Lite and a Milvus server side by side.
 
-    python bench/serving_latency.py --items 10000 100000 --concurrency 1 8 32 --seconds 20 \
-        --out docs/serving_latency.md
+    python bench/serving_latency.py --out docs/serving_latency.md
 
-Per catalog size: a synthetic bundle (bench/synthetic_bundle.py, cached under --scratch), a fresh
-redis-server and `milvus-lite server`, `seqrec publish` with a FLAT index, and the ranker as its own
-process (`python -m seqrec.services.cli serve ranker`, SEQREC_ORT_THREADS=1). Measured:
+Each --setup `ITEMS:TYPES:CLIENTS:INDEXES` (default: 10k items user_to_item at 1 and 8 clients,
+FLAT; 100k items, the four query types at 1, 8 and 32 clients, FLAT and HNSW; 1M items
+user_to_item at 1 and 8 clients, HNSW) runs once per --engines entry (`lite` = `milvus-lite
+server`, `server` = `milvus-server` 2.3.5) and index: a synthetic bundle written by the trainer's
+own builder (bench/synthetic_bundle.py, untrained, cached under --scratch), a fresh redis-server
+and Milvus, `seqrec publish` with that index, and the ranker as its own process (`python -m
+seqrec.services.cli serve ranker`, SEQREC_ORT_THREADS=1). Measured:
 
 - the floor: encoder forward on a 49-item history (this process, 1 thread), one Milvus search,
   one Redis read, a no-work gRPC round trip, and the ranker's servicer called in this process;
+- recall@k of the served index against exact search (numpy) on the same intents;
 - per query type and concurrency: a closed loop of N client threads (one channel each) for a
-  fixed time: throughput, p50/p99 latency, errors, CPU cores used by each process.
+  fixed time: throughput, p50/p99 latency, errors, CPU cores used by each process group.
 
 Writes the Markdown report to --out, and the plot (.png) and raw results (.json) beside it.
 Every child process is stopped on exit, Ctrl-C or SIGTERM.
@@ -32,14 +36,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pymilvus import MilvusClient
-from pymilvus.exceptions import MilvusException
 from serving_latency_report import breakdown, json_safe, machine, markdown, plot, ratios
 
 from seqrec.proto.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
@@ -48,9 +51,15 @@ from seqrec.services.ranker.history_store import RedisHistoryStore
 from seqrec.services.ranker.publish import I2I_SUFFIX, bundle_item_to_item_vectors, publish
 from seqrec.services.ranker.recommender import Recommender
 from seqrec.services.ranker.service import RankerServicer
-from seqrec.services.ranker.vector_store import MilvusItemStore, collection_name
+from seqrec.services.ranker.vector_store import INDEX_TYPES, MilvusItemStore
 from seqrec.shared.bundle import HISTORIES, MANIFEST, Bundle, BundleError
-from seqrec.shared.local_services import ManagedProcess, free_port, start_milvus_lite, start_redis
+from seqrec.shared.local_services import (
+    ManagedProcess,
+    free_port,
+    start_milvus_lite,
+    start_milvus_server,
+    start_redis,
+)
 
 SERVICE = "seqrec.proto.v1.RankerService"
 QUERY_TYPES = ("user_to_item", "contextual", "sequential", "item_to_item")
@@ -58,7 +67,36 @@ METHODS = {"user_to_item": "UserToItem", "contextual": "Contextual", "sequential
            "item_to_item": "ItemToItem"}
 HISTORY_LEN = 49  # max_len - 1: the longest history the encoder reads
 CALL_TIMEOUT_S = 30.0
+RECALL_QUERIES = 200
+ENGINES = {"lite": ("milvus-lite", start_milvus_lite), "server": ("milvus-server", start_milvus_server)}
+DEFAULT_SETUPS = ("10000:user_to_item:1,8:FLAT", "100000:all:1,8,32:FLAT,HNSW", "1000000:user_to_item:1,8:HNSW")
 Stats = dict[str, float]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One catalog size: the query types, client counts and indexes measured on it."""
+
+    items: int
+    types: tuple[str, ...]
+    concurrency: tuple[int, ...]
+    indexes: tuple[str, ...]
+
+
+def parse_setup(text: str) -> Setup:
+    """`ITEMS:TYPES:CLIENTS:INDEXES`, e.g. `100000:all:1,8,32:FLAT,HNSW` or `10000:user_to_item:1,8:FLAT`."""
+    try:
+        items, types, clients, indexes = text.split(":")
+        setup = Setup(int(items), QUERY_TYPES if types == "all" else tuple(types.split(",")),
+                      tuple(sorted({int(c) for c in clients.split(",")})), tuple(indexes.upper().split(",")))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected ITEMS:TYPES:CLIENTS:INDEXES, got {text!r}") from exc
+    if setup.items < 2 or min(setup.concurrency) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: ITEMS must be >= 2 and CLIENTS >= 1")
+    for name, allowed in ((setup.types, QUERY_TYPES), (setup.indexes, INDEX_TYPES)):
+        if not set(name) <= set(allowed):
+            raise argparse.ArgumentTypeError(f"{text!r}: {sorted(set(name) - set(allowed))} not in {allowed}")
+    return setup
 
 
 # ---- measuring -------------------------------------------------------------------------------
@@ -94,13 +132,20 @@ def time_calls(fn: Callable[[int], object], seconds: float, min_reps: int = 20, 
     return summarize(samples)
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all threads) from /proc; 0 when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def process_cpu_s(pgid: int) -> float:
+    """User + system CPU seconds of every process in a process group (all threads) from /proc.
+
+    The servers are started in their own sessions, so the group holds a server and its children
+    (milvus-server's launcher and the milvus binary it runs)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def settle(pids: Sequence[int], max_wait: float = 120.0, idle_cores: float = 0.15) -> float:
@@ -287,6 +332,7 @@ def measure_floor(bundle: Bundle, requests: dict[str, list[Any]], histories: lis
         floor["grpc_model_info"] = time_calls(lambda i: stub.GetModelInfo(common_pb2.GetModelInfoRequest()), seconds)
         floor["grpc_health_check"] = time_calls(
             lambda i: health.Check(health_pb2.HealthCheckRequest(service=SERVICE)), seconds)
+    floor["recall"] = {"n": q, f"recall@{k}": recall_at_k(bundle, store, intents, k)}
     recommender = Recommender(bundle, encoder, store, redis_store)
     servicer = RankerServicer(lambda: recommender, common_pb2.ModelInfo)
     for kind, method in METHODS.items():
@@ -294,6 +340,18 @@ def measure_floor(bundle: Bundle, requests: dict[str, list[Any]], histories: lis
         floor[f"in_process_{kind}"] = time_calls(lambda i, h=handler, r=reqs: h(r[i % len(r)], None), seconds)
     store.close()
     return floor
+
+
+def recall_at_k(bundle: Bundle, store: MilvusItemStore, intents: np.ndarray, k: int, chunk: int = 20) -> float:
+    """Mean share of the exact top-k (numpy inner products over every item) that the served search returns."""
+    vectors = bundle.item_vectors()[1:bundle.vocab().n_items + 1]
+    found = []
+    for start in range(0, len(intents), chunk):
+        block = intents[start:start + chunk]
+        exact = np.argpartition(-(block @ vectors.T), k, axis=1)[:, :k] + 1  # item indices start at 1
+        served = store.search(bundle.version, block, k)
+        found += [len(set(e.tolist()) & {hit[0] for hit in hits}) / k for e, hits in zip(exact, served, strict=True)]
+    return float(np.mean(found))
 
 
 # ---- one catalog -----------------------------------------------------------------------------
@@ -313,21 +371,6 @@ def connected_store(milvus_uri: str, attempts: int = 5) -> MilvusItemStore:
     raise RuntimeError(f"Milvus at {milvus_uri} does not answer")
 
 
-def flush(milvus_uri: str, version: str, attempts: int = 5) -> None:
-    """Seal the version's two collections (publish leaves their rows in growing segments)."""
-    for attempt in range(attempts):
-        try:
-            client = MilvusClient(uri=milvus_uri)
-            for name in (version, version + I2I_SUFFIX):
-                client.flush(collection_name(name))
-            client.close()
-            return
-        except MilvusException:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(1.0)
-
-
 def ranker_log_summary(path: Path) -> dict[str, Any]:
     """Counts of the ranker's JSON log lines by level, refused requests by status code, GOAWAY notices."""
     levels: Counter = Counter()
@@ -344,70 +387,72 @@ def ranker_log_summary(path: Path) -> dict[str, Any]:
     return {"levels": dict(levels), "refused": dict(refused), "goaway_lines": goaway}
 
 
-def search_now(bundle: Bundle, milvus_uri: str, seconds: float, top_k: int) -> Stats:
-    """The `search` floor again (top-k, one query at a time), e.g. after the load or after a flush."""
-    store = connected_store(milvus_uri)
-    vectors = bundle.item_vectors()[1:201]  # any fixed queries: FLAT cost does not depend on them
-    try:
-        return time_calls(lambda i: store.search(bundle.version, vectors[i % 200: i % 200 + 1], top_k), seconds)
-    finally:
-        store.close()
-
-
-def run_catalog(n_items: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Build/publish/serve one catalog size, measure the floor and every (query type, concurrency)."""
+def run_setup(n_items: int, engine: str, index: str, types: Sequence[str], concurrency: Sequence[int],
+              args: argparse.Namespace) -> dict[str, Any]:
+    """Build/publish/serve one catalog on one engine and index; measure the floor and each (query type, clients)."""
     bundle_path, build_s = cached_bundle(args.scratch, n_items, args.users, args.seed)
     bundle = Bundle.open(bundle_path)
+    engine_name, start_milvus = ENGINES[engine]
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=args.scratch))
-    result: dict[str, Any] = {"items": n_items, "users": args.users, "bundle": str(bundle_path),
-                              "bundle_build_s": build_s, "flushed_after_publish": args.flush_after_publish}
+    result: dict[str, Any] = {"items": n_items, "engine": engine_name, "index": index, "users": args.users,
+                              "bundle": str(bundle_path), "bundle_build_s": build_s}
     with contextlib.ExitStack() as stack:
         if not args.keep_stores:
             stack.callback(shutil.rmtree, run_dir, True)
         redis = start_redis(run_dir / "redis", appendonly=False)
         stack.callback(redis.stop)
-        milvus = start_milvus_lite(run_dir / "milvus")
+        t0 = time.perf_counter()
+        milvus = start_milvus(run_dir / "milvus")
         stack.callback(milvus.stop)
+        result["milvus_start_s"] = time.perf_counter() - t0
         redis_url, milvus_uri = f"redis://{redis.address}/0", f"http://{milvus.address}"
         t0 = time.perf_counter()
-        publish(bundle_path, redis_url, milvus_uri, progress=False, index_type="FLAT")
-        if args.flush_after_publish:
-            flush(milvus_uri, bundle.version)
+        publish(bundle_path, redis_url, milvus_uri, progress=False, index_type=index)
         result["publish_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         ranker = start_ranker(bundle_path, redis_url, milvus_uri, run_dir, dict(args.ranker_env))
         stack.callback(ranker.stop)
         result["ranker_start_s"] = time.perf_counter() - t0
-        log(f"{n_items} items: bundle {build_s:.0f} s, publish {result['publish_s']:.0f} s, "
+        log(f"{n_items} items on {engine_name} {index}: bundle {build_s:.0f} s, {engine_name} up in "
+            f"{result['milvus_start_s']:.0f} s, publish {result['publish_s']:.0f} s, "
             f"ranker up in {result['ranker_start_s']:.1f} s")
-        servers = [ranker.process.pid, milvus.process.pid, redis.process.pid]
+        pids = {"ranker": ranker.process.pid, "milvus": milvus.process.pid, "redis": redis.process.pid}
         requests, histories = build_requests(bundle, args.top_k, 2000, args.seed)
-        settle(servers)
+        settle(list(pids.values()))
         result["floor"] = measure_floor(bundle, requests, histories, ranker.address, redis_url, milvus_uri,
                                         args.floor_seconds, args.top_k)
-        log("floor p50 ms: " + ", ".join(f"{k} {v['p50_ms']:.2f}" for k, v in result["floor"].items()))
-        pids = {"ranker": ranker.process.pid, "milvus": milvus.process.pid, "redis": redis.process.pid}
+        result["recall"] = result["floor"].pop("recall")
+        log("floor p50 ms: " + ", ".join(f"{k} {v['p50_ms']:.2f}" for k, v in result["floor"].items())
+            + f"; recall {result['recall']}")
+        result["memory_mib"] = {name: group_rss_mib(pid) for name, pid in pids.items()}
         result["load"] = {}
-        for kind in args.types:
+        for kind in types:
             result["load"][kind] = []
-            for concurrency in args.concurrency:
-                waited = settle(servers)
-                level = closed_loop(ranker.address, METHODS[kind], requests[kind], concurrency, args.seconds,
+            for clients in concurrency:
+                waited = settle(list(pids.values()))
+                level = closed_loop(ranker.address, METHODS[kind], requests[kind], clients, args.seconds,
                                     args.warmup, pids)
                 level["settled_s"] = waited
                 result["load"][kind].append(level)
-                log(f"{kind} c={concurrency}: {level['rps']:.1f} req/s, p50 {level['p50_ms']:.2f} ms, "
+                log(f"{kind} c={clients}: {level['rps']:.1f} req/s, p50 {level['p50_ms']:.2f} ms, "
                     f"p99 {level['p99_ms']:.2f} ms, errors {level['errors']} (waited {waited:.1f} s for idle)")
                 if ranker.process.poll() is not None:
                     raise RuntimeError(f"the ranker exited with {ranker.process.returncode}:\n{ranker.log_tail()}")
-        settle(servers)
-        result["search_after_load"] = search_now(bundle, milvus_uri, args.floor_seconds, args.top_k)
-        flush(milvus_uri, bundle.version)
-        result["search_after_flush"] = search_now(bundle, milvus_uri, args.floor_seconds, args.top_k)
-        log(f"search p50 after the load {result['search_after_load']['p50_ms']:.2f} ms, "
-            f"after flush {result['search_after_flush']['p50_ms']:.2f} ms")
         result["ranker_log"] = ranker_log_summary(ranker.log_path)
     return result
+
+
+def group_rss_mib(pgid: int) -> float:
+    """Resident memory of every process in a process group."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    return total / 2**20
 
 
 # ---- command line ----------------------------------------------------------------------------
@@ -425,12 +470,13 @@ def _env_pair(text: str) -> tuple[str, str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000], help="catalog sizes")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="client threads per level")
-    p.add_argument("--seconds", type=float, default=20.0, help="measured duration of each level")
+    p.add_argument("--setup", type=parse_setup, action="append", dest="setups", metavar="ITEMS:TYPES:CLIENTS:INDEXES",
+                   help=f"a catalog to measure (repeatable; default {' '.join(DEFAULT_SETUPS)})")
+    p.add_argument("--engines", nargs="+", choices=list(ENGINES), default=list(ENGINES),
+                   help="Milvus engines, each measured on every setup")
+    p.add_argument("--seconds", type=float, default=10.0, help="measured duration of each level")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured warm-up before each level")
-    p.add_argument("--floor-seconds", type=float, default=5.0, help="duration of each floor measurement")
-    p.add_argument("--types", nargs="+", choices=QUERY_TYPES, default=list(QUERY_TYPES))
+    p.add_argument("--floor-seconds", type=float, default=3.0, help="duration of each floor measurement")
     p.add_argument("--users", type=int, default=10_000, help="users with histories in the synthetic bundle")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
@@ -438,16 +484,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="extra environment for the ranker (e.g. SEQREC_GRPC_WORKERS=4)")
     p.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "seqrec-bench" / "serving",
                    help="bundle cache and per-run store directories")
-    p.add_argument("--flush-after-publish", action="store_true",
-                   help="flush the Milvus collections after publish (publish itself does not)")
     p.add_argument("--keep-stores", action="store_true", help="keep the redis/milvus data and ranker log")
     p.add_argument("--out", type=Path, default=Path("docs/serving_latency.md"))
     p.add_argument("--render-only", action="store_true",
                    help="measure nothing: rewrite the report and plot from the JSON beside --out")
     args = p.parse_args(argv)
-    if min(args.concurrency) < 1 or min(args.items) < 2 or args.seconds <= 0:
-        p.error("--concurrency must be >= 1, --items >= 2 and --seconds > 0")
-    args.concurrency = sorted(set(args.concurrency))
+    if args.seconds <= 0:
+        p.error("--seconds must be > 0")
+    args.setups = args.setups or [parse_setup(text) for text in DEFAULT_SETUPS]
     return args
 
 
@@ -475,15 +519,20 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "command": shlex.join(["python", "bench/serving_latency.py", *(sys.argv[1:] if argv is None else argv)]),
         "machine": machine(), "seconds": args.seconds, "warmup": args.warmup, "floor_seconds": args.floor_seconds,
-        "top_k": args.top_k, "users": args.users, "concurrency": args.concurrency, "types": args.types,
+        "top_k": args.top_k, "users": args.users, "engines": [ENGINES[e][0] for e in args.engines],
         "ranker_env": dict(args.ranker_env), "results": []}
+    t0 = time.perf_counter()
     try:
         with interruptible():
-            for n_items in args.items:
-                report["results"].append(run_catalog(n_items, args))
+            for setup in args.setups:
+                for index in setup.indexes:
+                    for engine in args.engines:
+                        report["results"].append(run_setup(setup.items, engine, index, setup.types,
+                                                           setup.concurrency, args))
     except KeyboardInterrupt:
         log("interrupted: child processes stopped, nothing written")
         return 130
+    report["wall_s"] = time.perf_counter() - t0
     report["load_average_end"] = list(os.getloadavg())
     write_outputs(report, args.out)
     return 0
