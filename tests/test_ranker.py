@@ -259,6 +259,41 @@ def test_filters_are_honoured(ranker):
     assert {i.meta["genre"].string_value for i in got.items} <= {"docs", "comedy"}
 
 
+def test_rows_beside_the_search_come_from_memory_exactly_as_milvus_holds_them(ranker, published):
+    """The rows the prior's merge reads beside a search (vector, id, display, filter verdict) come from the bundle in
+    memory; they are the rows Milvus holds, for every filter; without Redis (which records online changes) they
+    come from Milvus."""
+    from seqrec.services.ranker.filters import build_expression
+    from seqrec.services.ranker.history_store import RedisHistoryStore
+
+    app, _, _ = ranker
+    recommender = app.recommender
+    indices = list(range(1, recommender.vocab.n_items + 1))
+    drama = _clause("meta.genre", equals=common_pb2.MetadataValue(string_value="drama"))
+    in_stock = _clause("meta.in_stock", equals=common_pb2.MetadataValue(bool_value=True))
+    docs_or_comedy = _clause("meta.genre", any_of=common_pb2.ValueList(values=[
+        common_pb2.MetadataValue(string_value="docs"), common_pb2.MetadataValue(string_value="comedy")]))
+
+    def same(got: dict, want: dict) -> None:
+        assert sorted(got) == sorted(want)
+        for index, (row, item_id, display) in want.items():
+            np.testing.assert_array_equal(got[index][0], row)
+            assert got[index][1:] == (item_id, display)
+
+    for clauses in ([], [drama], [drama, in_stock], [docs_or_comedy]):
+        expr = build_expression(clauses, recommender.catalog.schema)
+        want = recommender.items.rows(recommender.version, indices, expr)
+        assert 0 < len(want) <= len(indices)
+        same(recommender._rows(indices, clauses, expr), want)
+    histories = recommender.histories
+    recommender.histories = RedisHistoryStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+    try:
+        expr = build_expression([drama], recommender.catalog.schema)
+        same(recommender._rows(indices, [drama], expr), recommender.items.rows(recommender.version, indices, expr))
+    finally:
+        recommender.histories = histories
+
+
 @pytest.mark.parametrize("hostile", ['drama" or m_genre != "', '\\" || 1==1 #', "drama') or ('1'='1", "*"])
 def test_hostile_filter_values_cannot_widen_the_query(ranker, hostile):
     _, stub, _ = ranker

@@ -1,7 +1,9 @@
 """The bundle's catalog in memory: popularity order, display names and typed metadata columns.
 
-Serves the popularity fallback (with filters evaluated on numpy columns, no vector search) and
-the display data of popularity answers.
+Serves the popularity fallback (with filters evaluated on numpy columns, no vector search), the
+display data of popularity answers, and the rows of bundle items a query needs beside its vector
+search. Column values are typed exactly as the vector store types them (`typed_value`), so a filter
+accepts the same items here as in Milvus.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from seqrec.proto.v1 import common_pb2
+from seqrec.services.ranker.filters import typed_value
 from seqrec.shared.bundle import ITEMS, Bundle
 from seqrec.shared.json_api import from_metadata_value
 from seqrec.shared.vocab import ItemVocab
@@ -36,18 +39,21 @@ class Catalog:
                     continue
                 self.display_names[index] = row.get("display_name")
                 self.meta[index] = row.get("meta") or {}
-                for col, value in self.meta[index].items():
-                    if col in self.columns:
-                        self.columns[col][index] = value
+                for col, kind in self.schema.items():
+                    self.columns[col][index] = typed_value(kind, self.meta[index].get(col))
 
     def display(self, index: int) -> tuple[str | None, dict[str, Any]]:
         return self.display_names[index], self.meta[index]
 
-    def filter_mask(self, clauses: Sequence[common_pb2.FilterClause]) -> np.ndarray:
-        """Boolean mask over all indices of the items every (already validated) clause accepts."""
-        mask = np.ones(self.vocab.n_indices, dtype=bool)
+    def filter_mask(self, clauses: Sequence[common_pb2.FilterClause], indices: np.ndarray | None = None
+                    ) -> np.ndarray:
+        """Boolean mask of the items every (already validated) clause accepts: over all indices, or over
+        `indices` (bundle item indices) in their order."""
+        mask = np.ones(self.vocab.n_indices if indices is None else len(indices), dtype=bool)
         for clause in clauses:
             column = self.columns[clause.field.removeprefix("meta.")]
+            if indices is not None:
+                column = column[indices]
             op = clause.WhichOneof("op")
             if op == "equals":
                 wanted = from_metadata_value(clause.equals)

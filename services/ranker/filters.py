@@ -12,8 +12,10 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Any
+
+import numpy as np
 
 from seqrec.proto.v1 import common_pb2
 
@@ -82,6 +84,21 @@ def presence_name(column: str) -> str:
     this flag false, on every Milvus alike; every clause is gated on the flag, so a missing value never matches.
     """
     return safe_name("h_", column)
+
+
+def typed_value(kind: str, value: Any) -> Any:
+    """A metadata value for its typed field; values that do not fit the column type (or strings no
+    filter can name) count as missing there (None), so they never match a filter. `display` keeps them as they
+    are."""
+    if kind == "bool":
+        return bool(value) if isinstance(value, (bool, np.bool_)) else None
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if kind == "int64":
+        return int(value) if isinstance(value, Integral) and -(2**63) <= value < 2**63 else None
+    if kind == "double":
+        return float(value) if isinstance(value, Real) and math.isfinite(value) else None
+    return value if isinstance(value, str) and len(value) <= MAX_STRING_CHARS else None
 
 
 def _show(value: Any) -> str:

@@ -13,6 +13,10 @@ alone. No command, pipeline or transaction touches keys of two hash slots. Write
 transactions, acknowledged only after Redis applied them: on one endpoint a call's whole batch is
 one transaction; on a cluster the batch is split by hash slot into one transaction per slot (in
 practice per user), so each user's write is atomic but a batch is not atomic as a whole.
+
+Beside the histories, one set per bundle version, `seqrec:changed:{<version>}`, holds the keys of the
+items UpsertItems changed: the rankers read unchanged bundle items from the bundle in memory and
+only changed ones from Milvus.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from redis.retry import Retry
 from tqdm.auto import tqdm
 
 KEY_PREFIX = "seqrec:hist:"
+CHANGED_PREFIX = "seqrec:changed:"
 DEFAULT_CAP = 1000  # entries kept per user; older ones are trimmed
 WATCH_ATTEMPTS = 5  # read-merge-write attempts of one merge transaction after lost connections
 SERVER_SCHEMES = ("redis", "rediss", "unix")
@@ -61,6 +66,11 @@ def history_key(user_id: str) -> str:
     whole id and distinct ids never share a key."""
     safe = user_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
     return f"{KEY_PREFIX}{{{safe}}}"
+
+
+def changed_items_key(version: str) -> str:
+    """`seqrec:changed:{<version>}`: the set of item keys of a bundle version changed online (one slot)."""
+    return f"{CHANGED_PREFIX}{{{version}}}"
 
 
 def history_slot(user_id: str) -> int:
@@ -226,6 +236,19 @@ class RedisHistoryStore:
             rows = self._call(lambda client, s=start: lrange_all(client, user_ids[s:s + chunk]))
             out.extend([_parse(e) for e in entries] for entries in rows)
         return out
+
+    def mark_changed_items(self, version: str, item_keys: Sequence[int]) -> None:
+        """Record that these items of bundle `version` were changed online (UpsertItems), for every replica."""
+        if item_keys:
+            self._call(lambda client: client.sadd(changed_items_key(version), *map(int, item_keys)))
+
+    def changed_items(self, version: str, item_keys: Sequence[int]) -> set[int]:
+        """The given items of bundle `version` that were changed online since it was published."""
+        if not item_keys:
+            return set()
+        keys = [int(k) for k in item_keys]
+        found = self._call(lambda client: client.smismember(changed_items_key(version), keys))
+        return {k for k, hit in zip(keys, found, strict=True) if hit}
 
     def append(self, events: Iterable[Event]) -> int:
         """Append events (each user's in timestamp order, stable); returns the count once Redis applied them.

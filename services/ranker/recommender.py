@@ -13,12 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from seqrec.proto.v1 import common_pb2
 from seqrec.services.embedder.client import EmbedderClient
 from seqrec.services.ranker.catalog import Catalog
 from seqrec.services.ranker.encoder import OnnxEncoder
 from seqrec.services.ranker.filters import build_expression
-from seqrec.services.ranker.history_store import Event, RedisHistoryStore
+from seqrec.services.ranker.history_store import Event, HistoryStoreUnavailable, RedisHistoryStore
 from seqrec.services.ranker.online_items import (
     MAX_UPSERT,
     CatalogEntry,
@@ -130,10 +132,30 @@ class Recommender:
         limit = top_k + self.scorer.overfetch(history, exclude, following)
         hits = self.items.search(self.version, intent, limit, expr, [sorted(exclude)])[0]
         hits = self.scorer.merge(history, intent, hits, top_k, limit, exclude,
-                                 lambda indices: self.items.rows(self.version, indices, expr), following)
+                                 lambda indices: self._rows(indices, clauses, expr), following)
         items = [(item_id, score, *_display(display)) for _, score, item_id, display in hits]
         return Recommendation(items, self.version, common_pb2.FALLBACK_NONE, unknown,
                               len(history) + len(following or ()))
+
+    def _rows(self, indices: list[int], clauses: Sequence[common_pb2.FilterClause], expr: str
+              ) -> dict[int, tuple[np.ndarray, str, dict[str, Any]]]:
+        """(row, item id, display) of the items that pass the filters, as the search reads them: bundle items
+        from memory, items UpsertItems changed (recorded in Redis) or added from Milvus. Reading memory instead
+        of querying Milvus keeps a query to one round trip to Milvus."""
+        bundle_items = [i for i in indices if 1 <= i <= self.vocab.n_items]
+        try:
+            changed = self.histories.changed_items(self.version, bundle_items)
+        except HistoryStoreUnavailable:
+            changed = set(bundle_items)  # cannot tell which changed: read them all where changes land
+        local = np.asarray([i for i in bundle_items if i not in changed], dtype=np.int64)
+        out: dict[int, tuple[np.ndarray, str, dict[str, Any]]] = {}
+        for index in local[self.catalog.filter_mask(clauses, local)].tolist():
+            name, meta = self.catalog.display(index)
+            out[index] = (self.scorer.rows[index], self.vocab.item_id(index), {"display_name": name, "meta": meta})
+        remote = sorted(set(indices) - set(local.tolist()))
+        if remote:
+            out.update(self.items.rows(self.version, remote, expr))
+        return out
 
     def _stored_history(self, user_id: str) -> tuple[list[int], list[str]]:
         entries = self.histories.read(user_id, self.encoder.max_len - 1)
@@ -246,6 +268,8 @@ class Recommender:
         keys, vectors, i2i = self.text_vectors.vectors([e.item_id for e in entries], text)
         rows = dict(item_indices=keys, item_ids=[e.item_id for e in entries], metadata=[e.meta for e in entries],
                     metadata_schema=self.catalog.schema, display_names=[e.display_name for e in entries])
+        # Recorded before Milvus changes, so no replica reads a changed item's old row from its bundle.
+        self.histories.mark_changed_items(self.version, [k for k in keys if 1 <= k <= self.vocab.n_items])
         self.items.upsert_items(self.version, vectors, **rows)
         self.items.upsert_items(self.version + I2I_SUFFIX, i2i, **rows)
         return len(entries)

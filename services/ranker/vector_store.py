@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 from collections.abc import Iterator, Sequence
-from numbers import Integral, Real
 from typing import Any
 
 import grpc
@@ -26,7 +24,14 @@ from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import ConnectError, ErrorCode, MilvusException, MilvusUnavailableException
 from tqdm import tqdm
 
-from seqrec.services.ranker.filters import MAX_STRING_CHARS, PRIMARY_KEY, field_name, presence_name, safe_name
+from seqrec.services.ranker.filters import (
+    MAX_STRING_CHARS,
+    PRIMARY_KEY,
+    field_name,
+    presence_name,
+    safe_name,
+    typed_value,
+)
 from seqrec.services.ranker.milvus_compat import MilvusEngine
 
 COLLECTION_PREFIX = "seqrec_"
@@ -75,21 +80,6 @@ def collection_name(bundle_version: str) -> str:
     return name
 
 
-def _typed(kind: str, value: Any) -> Any:
-    """A metadata value for its typed field; values that do not fit the column type (or strings no
-    filter can name) count as missing there (None), so they never match a filter. `display` keeps them as they
-    are."""
-    if kind == "bool":
-        return bool(value) if isinstance(value, (bool, np.bool_)) else None
-    if isinstance(value, (bool, np.bool_)):
-        return None
-    if kind == "int64":
-        return int(value) if isinstance(value, Integral) and -(2**63) <= value < 2**63 else None
-    if kind == "double":
-        return float(value) if isinstance(value, Real) and math.isfinite(value) else None
-    return value if isinstance(value, str) and len(value) <= MAX_STRING_CHARS else None
-
-
 def _rows(vectors: np.ndarray, item_indices: np.ndarray, item_ids: Sequence[str], metadata: Sequence[dict],
           metadata_schema: dict[str, str], display_names: Sequence[str | None]) -> Iterator[dict[str, Any]]:
     """Validated rows in insertion order (checked lazily, one row at a time)."""
@@ -111,7 +101,7 @@ def _rows(vectors: np.ndarray, item_indices: np.ndarray, item_ids: Sequence[str]
             raise ValueError(f"item {item_id!r}: display name and metadata exceed {DISPLAY_BYTES} bytes")
         row = {PRIMARY_KEY: int(index), "item_id": item_id, "vector": vector, "display": display}
         for col, kind in metadata_schema.items():
-            value = _typed(kind, meta.get(col))
+            value = typed_value(kind, meta.get(col))
             row[field_name(col)] = _PLACEHOLDER[kind] if value is None else value
             row[presence_name(col)] = value is not None
         yield row
