@@ -38,8 +38,9 @@ from seqrec.shared.scoring import Scorer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablation import bootstrap  # noqa: E402
-from markov import MarkovChain  # noqa: E402
 from served_quality import SETTINGS, _run, load_interactions  # noqa: E402
+
+from seqrec.shared.markov import MarkovChain  # noqa: E402
 
 BLOCK_USERS = 1024
 ROWS = ("gap query", "gap query without the transitions into the item after", "gap query, encoder alone",

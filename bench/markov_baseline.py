@@ -18,7 +18,7 @@ from seqrec.shared.bundle import Bundle
 from seqrec.shared.metrics import ranking_metrics, target_ranks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from markov import MarkovChain  # noqa: E402
+from seqrec.shared.markov import MarkovChain  # noqa: E402
 
 BLOCK_CELLS = 50_000_000  # users × items scored at once
 

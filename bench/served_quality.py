@@ -39,7 +39,7 @@ from seqrec.shared.metrics import ranking_metrics, target_ranks
 from seqrec.shared.scoring import Scorer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from markov import MarkovChain  # noqa: E402
+from seqrec.shared.markov import MarkovChain  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -502,7 +502,8 @@ def write_outputs(report: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(markdown(report))
     out.with_suffix(".json").write_text(json.dumps(json_safe(report), indent=1, allow_nan=False))
-    plot(report, out.with_suffix(".png"))
+    if report["results"]:
+        plot(report, out.with_suffix(".png"))
     log(f"wrote {out}, {out.with_suffix('.png')} and {out.with_suffix('.json')}")
 
 
@@ -522,20 +523,27 @@ def main(argv: list[str] | None = None) -> int:
         "top_k": args.top_k, "users": args.users, "engines": [ENGINES[e][0] for e in args.engines],
         "ranker_env": dict(args.ranker_env), "results": []}
     t0 = time.perf_counter()
+    report["failed"] = []
     try:
         with interruptible():
             for setup in args.setups:
                 for index in setup.indexes:
                     for engine in args.engines:
-                        report["results"].append(run_setup(setup.items, engine, index, setup.types,
-                                                           setup.concurrency, args))
+                        try:
+                            report["results"].append(run_setup(setup.items, engine, index, setup.types,
+                                                               setup.concurrency, args))
+                        except Exception as exc:  # noqa: BLE001 - reported in the page; the other runs go on
+                            log(f"{setup.items} items on {ENGINES[engine][0]} {index} failed: {exc}")
+                            report["failed"].append({"items": setup.items, "engine": ENGINES[engine][0],
+                                                     "index": index, "error": f"{type(exc).__name__}: {exc}"})
+                        # what is done so far is on disk, so a later failure or a kill loses only its own run
+                        report["wall_s"] = time.perf_counter() - t0
+                        report["load_average_end"] = list(os.getloadavg())
+                        write_outputs(report, args.out)
     except KeyboardInterrupt:
-        log("interrupted: child processes stopped, nothing written")
+        log("interrupted: child processes stopped; the runs finished before are written")
         return 130
-    report["wall_s"] = time.perf_counter() - t0
-    report["load_average_end"] = list(os.getloadavg())
-    write_outputs(report, args.out)
-    return 0
+    return 1 if report["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -173,6 +173,10 @@ def markdown(report: dict[str, Any]) -> str:
         *[f"| {goal} | {measured} | {'met' if met else 'missed'} |" for goal, measured, met in goals(report)], "",
         *_side_by_side(report),
     ]
+    if report.get("failed"):
+        lines += ["## Runs that failed", "", "| items | engine | index | error |", "|--:|---|---|---|",
+                  *[f"| {f['items']:,} | {f['engine']} | {f['index']} | {f['error'][:300]} |"
+                    for f in report["failed"]], ""]
     for result in report["results"]:
         lines += _catalog_section(result)
     lines += [

@@ -84,7 +84,11 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    configure_logging()
+    try:
+        configure_logging()
+    except ValueError as exc:  # a bad SEQREC_LOG_FORMAT
+        print(f"seqrec: error: {exc}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import signal
 import sys
 import threading
@@ -25,12 +24,14 @@ from seqrec.shared.bundle import BundleError
 from seqrec.shared.local_services import (
     ManagedProcess,
     ServiceStartError,
+    console_script,
     free_port,
     start_milvus_lite,
     start_milvus_server,
     start_redis,
     start_service,
 )
+from seqrec.shared.logs import show_progress
 
 READY_TIMEOUT_S = 120.0
 
@@ -85,7 +86,7 @@ def milvus_engine(choice: str) -> str:
     """`--milvus auto` is the Milvus server when its binary is installed, else Milvus Lite."""
     if choice != "auto":
         return choice
-    return "server" if shutil.which("milvus-server") else "lite"
+    return "server" if console_script("milvus-server") else "lite"
 
 
 def _say(message: str) -> None:
@@ -117,7 +118,8 @@ def _train(args: argparse.Namespace, root: Path, embedder: str) -> Path:
         from seqrec.services.demo_data import write_demo_dataset
 
         data, items = write_demo_dataset(args.workdir / "demo")
-        _say(f"demo dataset: {data} and {items} (series watched in order; genre, in_stock, description)")
+        _say(f"demo dataset: {data} and {items} (viewing histories of series, with strays, noise and new shows; "
+             "genre, in_stock, description)")
         dc = DataConfig(data=str(data), items=str(items), meta_cols=("genre", "in_stock", "description"),
                         name_col="title")
         hp = build_hparams(max_len=20, epochs=args.epochs or 30, patience=30)
@@ -126,9 +128,11 @@ def _train(args: argparse.Namespace, root: Path, embedder: str) -> Path:
                         meta_cols=tuple(c for c in args.meta_cols.split(",") if c), name_col=args.name_col,
                         items=str(args.items) if args.items else None)
         hp = build_hparams(epochs=args.epochs)
-    path, metrics = run_training(TrainConfig(data=dc, hparams=hp), root, progress=not args.no_progress,
+    path, metrics = run_training(TrainConfig(data=dc, hparams=hp), root, progress=show_progress(args.no_progress),
                                  embedder=EmbedderClient(embedder, timeout=60.0))
-    _say(f"trained {path.name}: test HR@10 {metrics['test']['hr@10']:.3f}, NDCG@10 {metrics['test']['ndcg@10']:.3f}")
+    test, popular = metrics["test"], metrics["popularity_test"]
+    _say(f"trained {path.name}: test HR@10 {test['hr@10']:.3f}, NDCG@10 {test['ndcg@10']:.3f} "
+         f"(popularity on the same split: HR@10 {popular['hr@10']:.3f}, NDCG@10 {popular['ndcg@10']:.3f})")
     return path
 
 
@@ -179,7 +183,7 @@ def start_stack(args: argparse.Namespace, say: Callable[[str], None] = _say) -> 
         else:
             root = workdir / "bundles"
             bundle = _train(args, root, embedder.address)
-        publish(bundle, redis_url, milvus_uri, progress=not args.no_progress)  # idempotent
+        publish(bundle, redis_url, milvus_uri, progress=show_progress(args.no_progress))  # idempotent
         say(f"published {bundle.name}")
         common = {"REDIS_URL": redis_url, "MILVUS_URI": milvus_uri, "SEQREC_EMBEDDER": embedder.address}
         ranker_port, trainer_port, grpc_port = free_port(), free_port(), free_port()
@@ -215,7 +219,8 @@ def run_up(args: argparse.Namespace) -> int:
         _say(f"seqrec up: {exc}")
         return 1
     url = f"http://127.0.0.1:{args.port}"
-    lines = [f"\nseqrec is up: {url}   (API docs: {url}/docs, logs: {stack.workdir / 'logs'})", ""]
+    lines = [f"\nseqrec is up: {url}", f"  console:  {url}/ui   (pick a user, see the four query types side by side)",
+             f"  API docs: {url}/docs", f"  logs:     {stack.workdir / 'logs'}", ""]
     examples = _examples(root)
     for example in examples:
         lines.append(f"curl -s {url}/v1/recommend -H 'content-type: application/json' -d '{json.dumps(example)}'")

@@ -33,6 +33,7 @@ POPULARITY = "popularity.npy"
 ITEMS = "items.jsonl"
 HISTORIES = "histories.jsonl"
 METRICS = "metrics.json"
+REPORT_HTML = "report.html"  # the training report, one self-contained page
 # Hybrid bundles only:
 TEXT_EMBEDDINGS = "text_embeddings.npy"  # [n_indices, 384] MiniLM embeddings of item text (zero rows: no text)
 ITEM_ID_PARTS = "item_id_parts.npy"  # [n_indices, id_width]: what each item's id contributes to its row

@@ -228,10 +228,17 @@ def start_redis_cluster(data_dir: Path, n_masters: int = 3, appendonly: bool = T
     return LocalRedisCluster(nodes)
 
 
+def console_script(name: str) -> str | None:
+    """An installed command: on PATH, or beside this interpreter (a virtual environment used without
+    activating it)."""
+    beside = Path(sys.executable).parent / name
+    return shutil.which(name) or (str(beside) if os.access(beside, os.X_OK) else None)
+
+
 def start_milvus_lite(data_dir: Path, port: int | None = None, timeout: float = 60.0) -> ManagedProcess:
     """`milvus-lite server` on loopback; one process owns the data directory, clients connect by URI."""
     port = port or free_port()
-    binary = shutil.which("milvus-lite") or "milvus-lite"
+    binary = console_script("milvus-lite") or "milvus-lite"
     argv = [binary, "server", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
     return _spawn("milvus-lite", argv, port, Path(data_dir), timeout)
 
@@ -241,7 +248,7 @@ def start_milvus_server(data_dir: Path, port: int | None = None, timeout: float 
     on `port`; ready once it answers a request. It takes more than 15 s to stop on SIGTERM, so `stop` gives it
     a bounded grace and then kills its whole process group."""
     port = port or free_port()
-    binary = shutil.which("milvus-server")
+    binary = console_script("milvus-server")
     if binary is None:
         raise ServiceStartError("no milvus-server: install the project's dev extra (pip install -e '.[dev]')")
     data_dir = Path(data_dir)

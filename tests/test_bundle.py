@@ -1,6 +1,7 @@
 """The bundle: contents, verification, ONNX/torch parity, offline metrics reproduced from the bundle alone."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -91,7 +92,7 @@ def test_bundle_contents(trained_bundle):
     assert m.format_version == FORMAT_VERSION == 2 and m.bundle_version == path.name
     assert m.pad_index == 0 and m.mask_index == m.n_items + 1 and m.max_len == 12
     for name in (b.ENCODER, b.ITEM_VECTORS, b.VOCAB, b.POPULARITY, b.ITEMS, b.HISTORIES, b.METRICS,
-                 b.ITEM_ID_PARTS, b.ITEM_FLAGS, b.TEXT_HEAD, "report.md", "training_curves.png"):
+                 b.ITEM_ID_PARTS, b.ITEM_FLAGS, b.TEXT_HEAD, "report.md", b.REPORT_HTML, "training_curves.png"):
         assert name in m.files and len(m.files[name]["sha256"]) == 64
     assert m.config["hparams"]["hidden_size"] == 32 and m.libraries["torch"]
     vectors = bundle.item_vectors()
@@ -109,6 +110,19 @@ def test_bundle_contents(trained_bundle):
     assert items["s0e0"]["meta"] == {"genre": "drama", "in_stock": False}
     assert m.metadata_schema == {"genre": "string", "in_stock": "bool"}
     assert not list(path.glob("*.pkl")) and not list(path.glob("*.pt"))
+
+
+def test_the_html_report_is_one_self_contained_page(trained_bundle):
+    """report.html names no external file (it opens offline), inlines the curves, and puts the model next to
+    popularity and a first-order Markov chain on the same test split, with the numbers of metrics.json."""
+    path, metrics = trained_bundle
+    page = (path / b.REPORT_HTML).read_text(encoding="utf-8")
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    assert not re.findall(r"(?:src|href)=['\"](?!data:)", page) and "http" not in page.replace(str(path), "")
+    assert "src='data:image/png;base64," in page
+    for name, key in (("the model", "test"), ("popularity", "popularity_test"), ("Markov chain", "markov_test")):
+        assert re.search(rf"{name}</td><td class=n>{metrics[key]['ndcg@10']:.4f}<", page), name
+    assert set(metrics["markov_test"]) == set(metrics["popularity_test"])
 
 
 def test_sequence_model_beats_popularity(trained_bundle):

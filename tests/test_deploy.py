@@ -246,7 +246,8 @@ def test_services_probes_and_shutdown(path: str) -> None:
         assert spec["terminationGracePeriodSeconds"] > grace + pause, name
 
     for key in ("REDIS_URL", "MILVUS_URI", "SEQREC_BUNDLE", "SEQREC_EMBEDDER", "SEQREC_RANKER",
-                "SEQREC_BUNDLE_ROOT", "SEQREC_DATA_ROOT", "SEQREC_LOG_LEVEL", "SEQREC_ORT_PROVIDER",
+                "SEQREC_BUNDLE_ROOT", "SEQREC_DATA_ROOT", "SEQREC_LOG_LEVEL", "SEQREC_LOG_FORMAT",
+                "SEQREC_ORT_PROVIDER",
                 "SEQREC_EMBEDDER_DEVICE", "SEQREC_DEADLINE_S", "SEQREC_MAX_REQUEST_BYTES"):
         assert key in config["data"], key
 

@@ -209,16 +209,17 @@ REQUESTS: dict[str, st.SearchStrategy[Message]] = {
         st.lists(st.builds(R.CatalogItem, item_id=item_ids, text=hostile_text, display_name=hostile_text,
                            meta=st.dictionaries(st.sampled_from(list(COLUMNS)) | hostile_text, metadata_values,
                                                 max_size=3)), max_size=3)),
+    "GetTrainingReport": st.just(R.GetTrainingReportRequest()),
 }
 REQUEST_TYPES: dict[str, type[Message]] = {
     "ItemToItem": R.ItemToItemRequest, "UserToItem": R.UserToItemRequest, "Contextual": R.ContextualRequest,
     "Sequential": R.SequentialRequest, "IngestEvents": R.IngestEventsRequest, "GetHistory": R.GetHistoryRequest,
-    "UpsertItems": R.UpsertItemsRequest,
+    "UpsertItems": R.UpsertItemsRequest, "GetTrainingReport": R.GetTrainingReportRequest,
 }
 RESPONSE_TYPES: dict[str, type[Message]] = {
     "ItemToItem": R.RecommendResponse, "UserToItem": R.RecommendResponse, "Contextual": R.RecommendResponse,
     "Sequential": R.RecommendResponse, "IngestEvents": R.IngestEventsResponse, "GetHistory": R.GetHistoryResponse,
-    "UpsertItems": R.UpsertItemsResponse,
+    "UpsertItems": R.UpsertItemsResponse, "GetTrainingReport": R.TrainingReport,
 }
 RPCS = tuple(REQUESTS)
 QUERY_FIELDS = {"item_to_item": "ItemToItem", "user_to_item": "UserToItem", "contextual": "Contextual",

@@ -4,9 +4,11 @@ front door in front of it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,6 +16,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -76,21 +80,28 @@ def _wait_health(channel: grpc.Channel, service: str, wanted: int, timeout: floa
         time.sleep(0.1)
 
 
+@contextlib.contextmanager
+def serving_ranker(bundle: Path, redis_url: str, milvus_uri: str) -> Iterator[str]:
+    """A real ranker serving `bundle` (published first) on a loopback port, once SERVING; yields its address."""
+    publish(bundle, redis_url, milvus_uri, progress=False)
+    app = RankerApp(RankerSettings.from_env(Env({
+        "SEQREC_BUNDLE": str(bundle), "SEQREC_RANKER_ADDRESS": f"127.0.0.1:{free_port()}", "REDIS_URL": redis_url,
+        "MILVUS_URI": milvus_uri, "SEQREC_HEALTH_INTERVAL_S": "0.2"})))
+    app.start()
+    try:
+        address = f"127.0.0.1:{app.port}"
+        with grpc.insecure_channel(address) as channel:
+            _wait_health(channel, "seqrec.proto.v1.RankerService", SERVING)
+        yield address
+    finally:
+        app.stop(0)
+
+
 @pytest.fixture(scope="module")
 def ranker(trained_bundle, redis_server, milvus_server):
     """A real ranker serving the published test bundle on a loopback port; yields its address."""
-    path, _ = trained_bundle
-    redis_url = f"redis://{redis_server.address}/0"
-    publish(path, redis_url, milvus_server, progress=False)
-    app = RankerApp(RankerSettings.from_env(Env({
-        "SEQREC_BUNDLE": str(path), "SEQREC_RANKER_ADDRESS": f"127.0.0.1:{free_port()}", "REDIS_URL": redis_url,
-        "MILVUS_URI": milvus_server, "SEQREC_HEALTH_INTERVAL_S": "0.2"})))
-    app.start()
-    address = f"127.0.0.1:{app.port}"
-    with grpc.insecure_channel(address) as channel:
-        _wait_health(channel, "seqrec.proto.v1.RankerService", SERVING)
-    yield address
-    app.stop(0)
+    with serving_ranker(trained_bundle[0], f"redis://{redis_server.address}/0", milvus_server) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -339,8 +350,9 @@ def test_api_keys(ranker, caplog):
         assert client.get("/metrics").status_code == 401
         assert client.get("/metrics", headers={"X-API-Key": KEYS[1]}).status_code == 200
         assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
-        schema = client.get("/openapi.json", headers={"X-API-Key": KEYS[0]}).json()
+        schema = client.get("/openapi.json").json()  # the API's description and its pages are open
         assert "ApiKeyHeader" in schema["components"]["securitySchemes"]
+        assert client.get("/docs").status_code == 200 and client.get("/docs-assets/swagger-ui.css").status_code == 200
     logged = " ".join(json.dumps(record.__dict__, default=str) for record in caplog.records)
     assert "unauthenticated request" in logged and not any(key in logged for key in KEYS)
 
@@ -377,6 +389,18 @@ def test_openapi_and_docs(client):
     assert {"/v1/events", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+@pytest.mark.parametrize("page, script", [("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")])
+def test_docs_pages_load_nothing_from_the_network(client, page, script):
+    """Swagger UI and ReDoc work offline: every script, stylesheet and icon the page names is served here."""
+    html = client.get(page).text
+    urls = re.findall(r'(?:src|href)="([^"]+)"', html) + re.findall(r"url: '([^']+)'", html)
+    assert urls and not [u for u in urls if "//" in u]  # no absolute or protocol-relative URL: no CDN
+    assert any(u.endswith(script) for u in urls) and "fonts.googleapis" not in html
+    for url in urls:
+        got = client.get(url)
+        assert got.status_code == 200 and len(got.content) > 0, url
 
 
 def test_request_id_is_echoed(client):

@@ -34,3 +34,27 @@ def test_hand_computed_metrics():
 
 def test_empty_ranks():
     assert ranking_metrics(np.array([])) == {}
+
+
+def test_markov_baseline_metrics_match_brute_force_counts():
+    """The report's Markov chain: an item scores how often it followed the input's last item in training, ties
+    broken by training popularity; every item is ranked."""
+    from seqrec.shared.markov import markov_metrics
+
+    rng = np.random.default_rng(5)
+    n_items = 30
+    train = [rng.integers(1, n_items + 1, size=int(rng.integers(2, 12))) for _ in range(200)]
+    inputs = [rng.integers(1, n_items + 1, size=int(rng.integers(1, 6))) for _ in range(120)]
+    targets = rng.integers(1, n_items + 1, size=len(inputs))
+    follows = np.zeros((n_items + 1, n_items + 1))
+    for seq in train:
+        for a, b in zip(seq[:-1], seq[1:], strict=True):
+            follows[a, b] += 1
+    popularity = np.bincount(np.concatenate(train), minlength=n_items + 1)[1:].astype(float)
+    ranks = []
+    for row, target in zip(inputs, targets, strict=True):
+        scores = follows[row[-1], 1:] + popularity / (popularity.max() + 1.0)
+        ranks.append(int((scores > scores[target - 1]).sum()))
+    want = ranking_metrics(np.array(ranks))
+    got = markov_metrics(train, n_items, inputs, targets)
+    assert got == pytest.approx(want)

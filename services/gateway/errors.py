@@ -95,3 +95,18 @@ def upstream_error_response(rpc: str, code: grpc.StatusCode, details: str, deadl
     field = field_of(details) if status < 500 else None
     log.info("ranker refused", extra={"rpc": rpc, "code": code.name, "details": details, "request_id": request_id})
     return error_response(status, code.name.lower(), details, field=field, request_id=request_id)
+
+
+async def ranker_answer(request: Any, rpc: str, message: Any, deadline_s: float) -> Any:
+    """The ranker's answer to one RPC, or the error response its failure maps to (502 with an incident id for
+    anything that is not a gRPC status)."""
+    request_id = request.state.request_id
+    try:
+        return await request.app.state.ranker.call(rpc, message, deadline_s, request_id)
+    except grpc.RpcError as exc:
+        return upstream_error_response(rpc, exc.code(), exc.details() or "", deadline_s, request_id)
+    except Exception:  # noqa: BLE001 - a broken channel or the like: 502, logged with an incident id
+        incident = new_incident()
+        log.exception("ranker call failed", extra={"rpc": rpc, "incident": incident, "request_id": request_id})
+        return error_response(502, "upstream_error", f"the ranker call failed (incident {incident})",
+                              incident=incident, request_id=request_id)

@@ -1,5 +1,6 @@
 """The HTTP JSON API (FastAPI): POST /v1/recommend and /v1/events onto the ranker's typed RPCs, probes,
-Prometheus metrics and the OpenAPI document.
+Prometheus metrics, the OpenAPI document and its pages (/docs, /redoc, served offline), and the web
+console (/ui, console.py).
 
 Validation: pydantic (strict types, unknown fields refused) then `json_api.parse_request`, whose
 messages name the field; every invalid argument is 400 with `{"error": {"code": "invalid_argument",
@@ -8,13 +9,11 @@ messages name the field; every invalid argument is 400 with `{"error": {"code": 
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-import grpc
 from fastapi import Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -24,7 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from seqrec.proto.v1 import common_pb2, ranker_pb2
 from seqrec.services.gateway.auth import ApiKeys
-from seqrec.services.gateway.errors import error_response, new_incident, upstream_error_response
+from seqrec.services.gateway.console import add_console
+from seqrec.services.gateway.docs_pages import add_docs_pages
+from seqrec.services.gateway.errors import error_response, ranker_answer
 from seqrec.services.gateway.metrics import GatewayMetrics
 from seqrec.services.gateway.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from seqrec.services.gateway.models import (
@@ -40,8 +41,6 @@ from seqrec.services.gateway.ranker_client import AsyncRanker
 from seqrec.services.gateway.settings import GatewaySettings
 from seqrec.services.gateway.validation import describe_invalid, message_of
 from seqrec.shared.json_api import QUERY_TYPES, RequestError, parse_request, response_to_json, rpc_name
-
-log = logging.getLogger("seqrec.gateway.http")
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid argument; `error.field` names the field."},
@@ -74,7 +73,7 @@ def create_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None)
             await app.state.ranker.close()
 
     app = FastAPI(
-        title="seqrec gateway", version="1", lifespan=lifespan,
+        title="seqrec gateway", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
         description="Hybrid BERT4Rec recommendations: one JSON request per query, routed by `query_type` "
                     "(item_to_item, user_to_item, contextual, sequential, gap), and interaction ingestion.")
     app.state.settings = settings
@@ -138,17 +137,7 @@ def create_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None)
         return JSONResponse({"accepted": answer.accepted, "rejected": answer.rejected})
 
     async def _call_ranker(request: Request, rpc: str, message: Any) -> Any:
-        """The ranker's answer, or the error response its failure maps to."""
-        request_id = request.state.request_id
-        try:
-            return await request.app.state.ranker.call(rpc, message, settings.deadline_s, request_id)
-        except grpc.RpcError as exc:
-            return upstream_error_response(rpc, exc.code(), exc.details() or "", settings.deadline_s, request_id)
-        except Exception:  # noqa: BLE001 - a broken channel or the like: 502, logged with an incident id
-            incident = new_incident()
-            log.exception("ranker call failed", extra={"rpc": rpc, "incident": incident, "request_id": request_id})
-            return error_response(502, "upstream_error", f"the ranker call failed (incident {incident})",
-                                  incident=incident, request_id=request_id)
+        return await ranker_answer(request, rpc, message, settings.deadline_s)
 
     @app.get("/healthz", tags=["operations"], summary="Liveness: the process is up")
     async def healthz() -> dict[str, str]:
@@ -167,6 +156,8 @@ def create_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None)
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    add_docs_pages(app)
+    add_console(app, settings.deadline_s)
     app.openapi = _openapi_builder(app, ApiKeys(settings.api_keys).enabled)  # type: ignore[method-assign]
     return app
 

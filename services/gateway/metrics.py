@@ -5,7 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-KNOWN_PATHS = ("/v1/recommend", "/v1/events", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
+KNOWN_PATHS = ("/v1/recommend", "/v1/events", "/v1/model", "/v1/model/report", "/v1/history", "/healthz", "/readyz",
+               "/metrics", "/openapi.json", "/docs", "/redoc", "/ui")
 
 
 class GatewayMetrics:

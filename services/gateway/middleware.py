@@ -19,8 +19,15 @@ log = logging.getLogger("seqrec.gateway.http")
 
 REQUEST_ID_HEADER = "x-request-id"
 _GOOD_REQUEST_ID = re.compile(r"^[\w.:-]{1,128}$")
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # no API key needed: probes
+# No API key needed: the probes, and the API's description, its pages and the console page (no data; the pages
+# send the key the person types with each call they make).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/redoc", "/ui"})
+OPEN_PREFIXES = ("/docs-assets/", "/ui/assets/")
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # access-logged at debug level
+
+
+def is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 def request_id_of(scope: Scope) -> str | None:
@@ -76,14 +83,15 @@ class RequestContextMiddleware:
 
 
 class ApiKeyMiddleware:
-    """When keys are configured, every path but the probes needs `X-API-Key` or `Authorization: Bearer`."""
+    """When keys are configured, every path but the open ones (probes, API docs) needs `X-API-Key` or
+    `Authorization: Bearer`."""
 
     def __init__(self, app: ASGIApp, keys: ApiKeys):
         self.app = app
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.keys.enabled and scope["path"] not in OPEN_PATHS:
+        if scope["type"] == "http" and self.keys.enabled and not is_open(scope["path"]):
             headers = Headers(scope=scope)
             if not self.keys.allows(headers.get("x-api-key"), headers.get("authorization")):
                 log.info("unauthenticated request", extra={"path": scope["path"], "request_id": request_id_of(scope)})

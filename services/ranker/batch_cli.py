@@ -18,6 +18,7 @@ from seqrec.services.ranker.batch import (
 )
 from seqrec.services.ranker.batch_output import REDIS_KEY_PREFIX
 from seqrec.shared.json_api import RequestError
+from seqrec.shared.logs import show_progress
 
 # ---- command line ---------------------------------------------------------------------------------
 
@@ -89,7 +90,7 @@ def run_batch_cli(args: argparse.Namespace) -> int:
         part_size=args.part_size,
         redis_url=args.redis_url, milvus_uri=args.milvus_uri, milvus_token=args.milvus_token,
         to_redis=args.to_redis, redis_ttl_s=args.redis_ttl, ort_threads=args.ort_threads,
-        ort_provider=args.ort_provider, overwrite=args.overwrite, progress=not args.no_progress,
+        ort_provider=args.ort_provider, overwrite=args.overwrite, progress=show_progress(args.no_progress),
         stop_after_parts=args.stop_after_parts)
     try:
         result = run_batch(options)

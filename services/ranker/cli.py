@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from seqrec.shared.logs import show_progress
+
 
 def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", help="bundle directory (or, with --rollback, the bundle root)")
@@ -31,7 +33,7 @@ def run_publish(args: argparse.Namespace) -> int:
             version = rollback(Path(args.bundle), args.redis_url, args.milvus_uri, args.milvus_token)
         else:
             version = publish(Path(args.bundle), args.redis_url, args.milvus_uri, args.milvus_token,
-                              progress=not args.no_progress, index_type=args.index).version
+                              progress=show_progress(args.no_progress), index_type=args.index).version
     except (BundleError, HistoryStoreUnavailable, VectorStoreError, VectorStoreUnavailable) as exc:
         print(f"seqrec publish: error: {exc}", file=sys.stderr)
         return 1

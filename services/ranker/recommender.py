@@ -8,6 +8,7 @@ Transport-free: the gRPC servicer maps messages onto these calls, and domain err
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from seqrec.services.ranker.online_items import (
 )
 from seqrec.services.ranker.publish import I2I_SUFFIX, bundle_item_to_item_vectors
 from seqrec.services.ranker.vector_store import MilvusItemStore
-from seqrec.shared.bundle import Bundle
+from seqrec.shared.bundle import HISTORIES, REPORT_HTML, Bundle
 from seqrec.shared.history import gap_window, split_at_gap
 from seqrec.shared.json_api import MAX_LIST_ITEMS, MAX_TOP_K
 from seqrec.shared.scoring import Scorer
@@ -81,6 +82,7 @@ class Recommender:
         self.text_vectors = TextVectorizer(bundle, self.vocab) if bundle.hybrid else None
         text = bundle.manifest.text
         self.text_columns: list[str] = list(text.columns) if text is not None else []
+        self._example_users: list[str] | None = None
 
     # ---- helpers -------------------------------------------------------------------------------
     def _top_k(self, requested: int) -> int:
@@ -290,4 +292,21 @@ class Recommender:
         if limit < 0:
             raise InvalidQuery("limit: must be >= 0")
         return self.histories.read(user_id, limit or self.histories.cap)
+
+    # ---- the bundle, for consoles ---------------------------------------------------------------
+    def display_name(self, item_id: str) -> str | None:
+        """The catalog's display name of a bundle item (None for unknown items and items added online)."""
+        index = self.vocab.get(item_id)
+        return None if index is None else self.catalog.display_names[index]
+
+    def training_report(self) -> str:
+        """The bundle's report.html ("" for a bundle built before reports were HTML)."""
+        return self.bundle.file(REPORT_HTML).read_text(encoding="utf-8") if self.bundle.has(REPORT_HTML) else ""
+
+    def example_users(self, n: int = 20, min_items: int = 3) -> list[str]:
+        """The first `n` users of the bundle's training histories with at least `min_items` interactions."""
+        if self._example_users is None:
+            found = (row["user_id"] for row in self.bundle.iter_jsonl(HISTORIES) if len(row["items"]) >= min_items)
+            self._example_users = list(itertools.islice(found, n))
+        return self._example_users
 

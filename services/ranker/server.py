@@ -171,7 +171,8 @@ class RankerApp:
             bundle_version=self.bundle.version, hybrid=self.bundle.hybrid, num_items=m.n_items,
             num_users=m.n_users, max_len=m.max_len, hidden_size=m.scoring.layout.model,
             metadata_columns=list(m.metadata_schema), metrics=common_pb2.Metrics(values=metrics),
-            runtime=f"onnxruntime:{self.recommender.encoder.provider}", default_top_k=self.bundle.top_k)
+            runtime=f"onnxruntime:{self.recommender.encoder.provider}", default_top_k=self.bundle.top_k,
+            example_user_ids=self.recommender.example_users())
 
     def start(self) -> None:
         self.server.start()

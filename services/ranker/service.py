@@ -66,9 +66,15 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         return ranker_pb2.IngestEventsResponse(accepted=self.current().ingest(events))
 
     def GetHistory(self, request: ranker_pb2.GetHistoryRequest, context: grpc.ServicerContext):
-        entries = self.current().history(request.user_id, request.limit)
+        recommender = self.current()
+        entries = recommender.history(request.user_id, request.limit)
         return ranker_pb2.GetHistoryResponse(user_id=request.user_id, item_ids=[i for i, _ in entries],
-                                             timestamps_ms=[t for _, t in entries])
+                                             timestamps_ms=[t for _, t in entries],
+                                             display_names=[recommender.display_name(i) or "" for i, _ in entries])
+
+    def GetTrainingReport(self, request: ranker_pb2.GetTrainingReportRequest, context: grpc.ServicerContext):
+        recommender = self.current()
+        return ranker_pb2.TrainingReport(bundle_version=recommender.version, html=recommender.training_report())
 
     def GetModelInfo(self, request: common_pb2.GetModelInfoRequest, context: grpc.ServicerContext):
         return self.model_info()

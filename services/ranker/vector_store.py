@@ -43,6 +43,7 @@ DISPLAY_BYTES = 65535
 # Milvus counts VARCHAR max_length in UTF-8 bytes (Milvus Lite in characters): 4 bytes per
 # character holds any string a filter may name (filters.MAX_STRING_CHARS).
 STRING_BYTES = 4 * MAX_STRING_CHARS
+BULK_TIMEOUT_S = 1800.0  # each step of loading a whole catalogue when publishing (not a query)
 VERSION_PROPERTY = "seqrec.version"
 ROWS_PROPERTY = "seqrec.rows"  # set after the last batch: the collection is complete
 LAYOUT_PROPERTY, LAYOUT = "seqrec.layout", "presence-flags/1"  # how metadata is stored; another layout is rebuilt
@@ -140,21 +141,23 @@ class MilvusItemStore:
             except Exception:  # noqa: BLE001 - closing a broken channel may fail; it is discarded either way
                 pass
 
-    def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        """`client.<method>(*args, timeout=..., **kwargs)` with Milvus errors mapped to ours.
+    def _call(self, what: str, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """`client.<method>(*args, timeout=..., **kwargs)` with Milvus errors mapped to ours; `timeout` defaults
+        to the store's.
 
         On a connection failure the client is replaced, and a read is tried once more on the new one.
         """
+        timeout = self.timeout if timeout is None else timeout
         try:
-            return self._attempt(what, method, args, kwargs)
+            return self._attempt(what, method, args, kwargs, timeout)
         except VectorStoreUnavailable:
             if method not in _RETRYABLE:
                 raise
-            return self._attempt(what, method, args, kwargs)
+            return self._attempt(what, method, args, kwargs, timeout)
 
-    def _attempt(self, what: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _attempt(self, what: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float) -> Any:
         try:
-            return getattr(self._connect(), method)(*args, timeout=self.timeout, **kwargs)
+            return getattr(self._connect(), method)(*args, timeout=timeout, **kwargs)
         except (MilvusException, grpc.RpcError) as exc:
             error = self._error(what, exc)
             if isinstance(error, VectorStoreUnavailable):
@@ -235,17 +238,17 @@ class MilvusItemStore:
         return params
 
     def _write(self, what: str, method: str, name: str, rows: Iterator[dict[str, Any]], total: int,
-               batch_size: int, progress: bool) -> None:
+               batch_size: int, progress: bool, timeout: float | None = None) -> None:
         with tqdm(total=total, desc=f"{what} {name}", unit="item", disable=not progress) as bar:
             batch: list[dict[str, Any]] = []
             for row in rows:
                 batch.append(row)
                 if len(batch) == batch_size:
-                    self._call(f"{what} {name}", method, name, batch)
+                    self._call(f"{what} {name}", method, name, batch, timeout=timeout)
                     bar.update(len(batch))
                     batch = []
             if batch:
-                self._call(f"{what} {name}", method, name, batch)
+                self._call(f"{what} {name}", method, name, batch, timeout=timeout)
                 bar.update(len(batch))
 
     def load_items(self, version: str, vectors: np.ndarray, item_indices: np.ndarray, item_ids: list[str],
@@ -276,14 +279,18 @@ class MilvusItemStore:
         self._call(f"create_collection {name}", "create_collection", name,
                    schema=self._schema(dim, metadata_schema),
                    properties={VERSION_PROPERTY: version, LAYOUT_PROPERTY: LAYOUT})
-        self._write("insert", "insert", name, rows, n, batch_size, progress)
+        # Inserting, sealing, indexing and loading a whole catalogue take their time: one batch of a
+        # large insert waits while Milvus Lite seals and compacts what came before.
+        bulk = max(self.timeout, BULK_TIMEOUT_S)
+        self._write("insert", "insert", name, rows, n, batch_size, progress, timeout=bulk)
         # Seal the segments: Milvus Lite searches unsealed ("growing") rows 14-16x slower (measured:
         # 112 ms vs 8 ms per search at 10k items, about 1 s vs 68 ms at 100k).
-        self._call(f"flush {name}", "flush", name)
-        self._call(f"create_index {name}", "create_index", name, self._index_params(index_type, metadata_schema))
-        self._call(f"load_collection {name}", "load_collection", name)
+        self._call(f"flush {name}", "flush", name, timeout=bulk)
+        self._call(f"create_index {name}", "create_index", name, self._index_params(index_type, metadata_schema),
+                   timeout=bulk)
+        self._call(f"load_collection {name}", "load_collection", name, timeout=bulk)
         count = self._call(f"count {name}", "query", name, filter="", output_fields=["count(*)"],
-                           consistency_level="Strong")[0]["count(*)"]
+                           consistency_level="Strong", timeout=bulk)[0]["count(*)"]
         if count != n:
             raise VectorStoreError(f"load {name}: {count} rows after inserting {n}")
         self._call(f"mark {name}", "alter_collection_properties", name, properties={ROWS_PROPERTY: str(n)})

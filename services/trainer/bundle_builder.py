@@ -17,6 +17,7 @@ import numpy as np
 
 from seqrec.services.trainer.data import Interactions
 from seqrec.services.trainer.export import INPUT_NAME, OUTPUT_NAME, export_encoder
+from seqrec.services.trainer.html_report import html_report
 from seqrec.services.trainer.model import BERT4Rec, ModelConfig
 from seqrec.services.trainer.report import markdown_report, plot_curves
 from seqrec.services.trainer.train import EpochRecord, history_as_dicts
@@ -107,6 +108,9 @@ def write_bundle(out_dir: str | Path, model: BERT4Rec, contents: BundleContents)
             plot_curves(contents.history, writer.path("training_curves.png"), f"seqrec bundle {writer.version}")
         writer.path("report.md").write_text(markdown_report(writer.version, cfg, data.stats, contents.metrics,
                                                             contents.warnings))
+        curves = writer.path("training_curves.png") if contents.history else None
+        writer.path(b.REPORT_HTML).write_text(html_report(writer.version, cfg, data.stats, contents.metrics,
+                                                        contents.warnings, curves), encoding="utf-8")
         path = writer.commit(_manifest(model.cfg, parts, contents))
     except BaseException:
         writer.abort()

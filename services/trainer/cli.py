@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 from typing import Any
 
@@ -25,6 +26,9 @@ from seqrec.shared.config import (
     TrainConfig,
     build_hparams,
 )
+from seqrec.shared.logs import show_progress
+
+log = logging.getLogger("seqrec.train")
 
 
 def _bool(text: str) -> bool:
@@ -89,7 +93,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         cfg = config_from_args(args)
-        path, metrics = run_training(cfg, args.out, progress=not args.no_progress)
+        path, metrics = run_training(cfg, args.out, progress=show_progress(args.no_progress))
     except (ConfigError, DataError, TrainingError) as exc:
         where = "" if distributed.is_main() else f" [rank {distributed.rank()}]"
         print(f"seqrec train{where}: error: {exc}", file=sys.stderr)
@@ -97,8 +101,15 @@ def run_train(args: argparse.Namespace) -> int:
     if not distributed.is_main():
         return 0  # torchrun: rank 0 reports for every rank
     for warning in metrics["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
+        log.warning(warning)  # "hh:mm:ss warning: ..." on a terminal, a JSON line elsewhere
     summary = {"bundle": str(path), "valid": metrics["valid"], "test": metrics["test"],
                "epochs": metrics["epochs"], "train_seconds": metrics["train_seconds"]}
-    print(json.dumps(summary))
+    if sys.stdout.isatty():  # a person: the figures that matter, next to popularity; scripts get the JSON
+        test, popular = metrics["test"], metrics["popularity_test"]
+        print(f"bundle {path}\n"
+              f"test HR@10 {test['hr@10']:.4f}, NDCG@10 {test['ndcg@10']:.4f} (popularity on the same split: "
+              f"HR@10 {popular['hr@10']:.4f}, NDCG@10 {popular['ndcg@10']:.4f}); {metrics['epochs']} epochs in "
+              f"{metrics['train_seconds']:.0f} s")
+    else:
+        print(json.dumps(summary))
     return 0

@@ -40,6 +40,8 @@ def export_encoder(model: BERT4Rec, path: Path) -> Path:
         warnings.simplefilter("ignore")
         for name in ("torch.onnx", "onnx_ir", "onnxscript"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # "torchvision is not installed. Skipping torchvision::nms" and the like: it is not needed here
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
         program = torch.onnx.export(
             _IntentOnly(model), (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_shapes={"item_ids": {0: batch, 1: length}}, opset_version=OPSET, verbose=False,

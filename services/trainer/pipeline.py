@@ -31,6 +31,7 @@ from seqrec.services.trainer.report import training_warnings
 from seqrec.services.trainer.split import EvalSet, LeaveOneOut, everything, leave_one_out, training_windows
 from seqrec.services.trainer.train import EpochRecord, TrainingError, TrainResult, train_model
 from seqrec.shared.config import Hyperparameters, TrainConfig, validate_data_config, validate_hparams
+from seqrec.shared.markov import markov_metrics
 from seqrec.shared.metrics import ranking_metrics
 from seqrec.shared.scoring import Scorer
 from seqrec.shared.sequence_prior import SequencePrior
@@ -200,6 +201,7 @@ def _select(cfg: TrainConfig, data: Interactions, split: LeaveOneOut, result: Tr
         "sequence_prior": {**prior_fit.summary(),
                            "test_encoder_only": evaluate(model, split.test, mask_index, scorer=encoder_alone)},
         "popularity_test": popularity_metrics(train_counts, split.test),
+        "markov_test": markov_metrics(split.train, data.vocab.n_items, split.test.inputs, split.test.targets),
         "epochs": len(result.history),
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,

@@ -113,20 +113,27 @@ def plot_curves(history: list[EpochRecord], path: Path, title: str) -> Path:
     return path
 
 
+METRIC_COLUMNS = ("hr@1", "hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
+
+
+def report_rows(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The rows of the report's metrics table: the model on each split, then the baselines on the test split."""
+    rows = {"valid": metrics.get("valid"), "test": metrics.get("test"),
+            "test_seen_excluded": metrics.get("test_seen_excluded"),
+            "test, encoder alone": (metrics.get("sequence_prior") or {}).get("test_encoder_only"),
+            "popularity_test": metrics.get("popularity_test"),
+            "test, first-order Markov chain": metrics.get("markov_test")}
+    return {name: m for name, m in rows.items() if m}
+
+
 def markdown_report(version: str, cfg: TrainConfig, stats: dict[str, Any], metrics: dict[str, Any],
                     warnings: list[str]) -> str:
     lines = [f"# Training report — bundle {version}", "",
              f"Data: `{cfg.data.data}` — {stats['users']} users, {stats['items']} items, "
              f"{stats['rows_used']} interactions used of {stats['rows_read']} read.", "",
              "| split | HR@1 | HR@5 | HR@10 | HR@20 | NDCG@5 | NDCG@10 | NDCG@20 | MRR |", "|---|" + "---|" * 8]
-    splits = {"valid": metrics.get("valid"), "test": metrics.get("test"),
-              "test_seen_excluded": metrics.get("test_seen_excluded"),
-              "test, encoder alone": (metrics.get("sequence_prior") or {}).get("test_encoder_only"),
-              "popularity_test": metrics.get("popularity_test")}
-    for split, m in splits.items():
-        if m:
-            lines.append(f"| {split} | " + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in
-                         ("hr@1", "hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")) + " |")
+    for split, m in report_rows(metrics).items():
+        lines.append(f"| {split} | " + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in METRIC_COLUMNS) + " |")
     sampled = (metrics.get("test") or {}).get("sampled100_ndcg@10")
     if sampled is not None:
         lines += ["", f"Secondary (sampled, 100 popularity negatives; inflates numbers, for comparison with the "

@@ -34,6 +34,7 @@ from seqrec.services.trainer.losses import (
 )
 from seqrec.services.trainer.masking import cloze_mask
 from seqrec.services.trainer.model import BERT4Rec
+from seqrec.services.trainer.progress_display import LossDisplay, epoch_line
 from seqrec.services.trainer.split import EvalSet, LeaveOneOut, training_windows
 from seqrec.shared.config import Hyperparameters
 
@@ -263,6 +264,10 @@ def train_model(
     train_seconds, stale, stopped_early, out_of_time = 0.0, 0, False, False
     if deadline is None and hp.time_budget > 0:
         deadline = time.monotonic() + 60.0 * hp.time_budget
+    # One bar for the whole phase (its length known once the first epoch is planned), the latest validation
+    # beside the running loss; the lines logged per validation appear above it.
+    bar = tqdm(total=None, unit="batch", leave=False, disable=not progress, dynamic_ncols=True)
+    shown = LossDisplay(bar, device) if progress else None
     for epoch in range(1, hp.epochs + 1):
         model.train()
         plan = batch_plan(lengths, local_batch, shuffle_rng)
@@ -275,13 +280,13 @@ def train_model(
         if limits.steps_per_epoch:
             plan = plan[:limits.steps_per_epoch]
         n_batches = len(plan)
-        bar = tqdm(plan, desc=f"epoch {epoch}/{hp.epochs}", unit="batch", leave=False,
-                   disable=not progress, dynamic_ncols=True)
+        if bar.total is None:
+            bar.reset(total=hp.epochs * n_batches)
+        bar.set_description(f"{'training' if select else 'refit'} epoch {epoch}/{hp.epochs}", refresh=False)
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         masked = torch.zeros((), device=device, dtype=torch.long)  # summed on the device: no host sync per step
-        shown = _LossDisplay(bar, device) if progress else None
-        for b, (rows, width) in enumerate(bar):
+        for b, (rows, width) in enumerate(plan):
             index = torch.from_numpy(rows).to(data.device, non_blocking=True)
             batch = data[index, -width:].to(device, non_blocking=True)
             inputs, labels = cloze_mask(batch, hp.mask_ratio, mask_index, n_warm, hp.last_item_mask_share,
@@ -297,6 +302,7 @@ def train_model(
             scaler.update()
             loss_sum += loss.detach()
             masked += (labels != 0).sum()
+            bar.update(1)
             if shown is not None and (b % 10 == 0 or b == n_batches - 1):
                 shown.update(loss_sum, b + 1)
         if device.type == "cuda":
@@ -329,13 +335,14 @@ def train_model(
                 stale += 1
         history.append(record)
         release_freed_memory()
-        bar.close()
-        line = _epoch_line("epoch" if select else "refit epoch", record)
-        if progress:
-            tqdm.write(line)
-        if main:
-            log.info(line, extra={"epoch": epoch, "loss": mean_loss, "valid_ndcg10": record.valid.get("ndcg@10"),
-                                  "valid_hr10": record.valid.get("hr@10"), "seconds": round(seconds, 3)})
+        if shown is not None and record.valid:
+            shown.validated(record.valid)
+        if main:  # a line per validation (and for the last epoch); the others only at debug level
+            final = epoch == hp.epochs or out_of_time or stale >= hp.patience
+            log.log(logging.INFO if record.valid or final else logging.DEBUG,
+                    epoch_line("epoch" if select else "refit epoch", record),
+                    extra={"epoch": epoch, "loss": mean_loss, "valid_ndcg10": record.valid.get("ndcg@10"),
+                           "valid_hr10": record.valid.get("hr@10"), "seconds": round(seconds, 3)})
         if on_epoch and main:
             on_epoch(record)
         if stale >= hp.patience:
@@ -346,6 +353,7 @@ def train_model(
             log.warning("time budget of %g minutes reached after epoch %d of %d: keeping the best validated "
                         "weights (raise time_budget, 0 = no limit, to train longer)", hp.time_budget, epoch, hp.epochs)
             break
+    bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -353,42 +361,6 @@ def train_model(
                        train_seconds=train_seconds, stopped_early=stopped_early, device=str(device),
                        stopped_by_budget=out_of_time and len(history) < hp.epochs,
                        processes=world, batch_per_process=local_batch)
-
-
-def _epoch_line(what: str, record: EpochRecord) -> str:
-    """The one-line summary of an epoch for terminals and logs (validation only when it ran)."""
-    checked = ""
-    if record.valid:
-        checked = (f"  valid HR@10 {record.valid.get('hr@10', float('nan')):.4f}"
-                   f"  NDCG@10 {record.valid.get('ndcg@10', float('nan')):.4f}"
-                   f"  (train probe {record.train_probe.get('ndcg@10', float('nan')):.4f})")
-    return (f"{what} {record.epoch:>3}  loss {record.loss:.4f}{checked}  {record.sequences_per_s:,.0f} seq/s"
-            f"  ({record.seconds:.1f}s)")
-
-
-class _LossDisplay:
-    """The progress bar's running mean loss. On CUDA without a host sync: the sum is copied to pinned
-    memory asynchronously and shown once that copy has landed (a few steps late); on CPU at once."""
-
-    def __init__(self, bar: Any, device: torch.device):
-        self.bar = bar
-        self.cuda = device.type == "cuda"
-        if self.cuda:
-            self.host = torch.zeros((), pin_memory=True)
-            self.copied = torch.cuda.Event()
-            self.steps = 0
-
-    def update(self, loss_sum: torch.Tensor, steps: int) -> None:
-        if not self.cuda:
-            self.bar.set_postfix(loss=f"{loss_sum.item() / steps:.4f}")
-            return
-        if not self.copied.query():  # the last copy is still in flight: show it next time
-            return
-        if self.steps:
-            self.bar.set_postfix(loss=f"{self.host.item() / self.steps:.4f}")
-        self.host.copy_(loss_sum, non_blocking=True)
-        self.copied.record()
-        self.steps = steps
 
 
 def release_freed_memory() -> None:

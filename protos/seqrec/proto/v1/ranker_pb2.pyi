@@ -122,14 +122,28 @@ class GetHistoryRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class GetHistoryResponse(_message.Message):
-    __slots__ = ("user_id", "item_ids", "timestamps_ms")
+    __slots__ = ("user_id", "item_ids", "timestamps_ms", "display_names")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMPS_MS_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAMES_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     item_ids: _containers.RepeatedScalarFieldContainer[str]
     timestamps_ms: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, user_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ..., timestamps_ms: _Optional[_Iterable[int]] = ...) -> None: ...
+    display_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ..., timestamps_ms: _Optional[_Iterable[int]] = ..., display_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetTrainingReportRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TrainingReport(_message.Message):
+    __slots__ = ("bundle_version", "html")
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HTML_FIELD_NUMBER: _ClassVar[int]
+    bundle_version: str
+    html: str
+    def __init__(self, bundle_version: _Optional[str] = ..., html: _Optional[str] = ...) -> None: ...
 
 class CatalogItem(_message.Message):
     __slots__ = ("item_id", "text", "display_name", "meta")

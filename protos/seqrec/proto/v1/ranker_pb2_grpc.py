@@ -81,6 +81,11 @@ class RankerServiceStub:
                 request_serializer=seqrec_dot_proto_dot_v1_dot_common__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=seqrec_dot_proto_dot_v1_dot_common__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.GetTrainingReport = channel.unary_unary(
+                '/seqrec.proto.v1.RankerService/GetTrainingReport',
+                request_serializer=seqrec_dot_proto_dot_v1_dot_ranker__pb2.GetTrainingReportRequest.SerializeToString,
+                response_deserializer=seqrec_dot_proto_dot_v1_dot_ranker__pb2.TrainingReport.FromString,
+                _registered_method=True)
 
 
 class RankerServiceServicer:
@@ -150,6 +155,13 @@ class RankerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTrainingReport(self, request, context):
+        """The served bundle's training report, one self-contained HTML page.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RankerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +209,11 @@ def add_RankerServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=seqrec_dot_proto_dot_v1_dot_common__pb2.GetModelInfoRequest.FromString,
                     response_serializer=seqrec_dot_proto_dot_v1_dot_common__pb2.ModelInfo.SerializeToString,
+            ),
+            'GetTrainingReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrainingReport,
+                    request_deserializer=seqrec_dot_proto_dot_v1_dot_ranker__pb2.GetTrainingReportRequest.FromString,
+                    response_serializer=seqrec_dot_proto_dot_v1_dot_ranker__pb2.TrainingReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -443,6 +460,33 @@ class RankerService:
             '/seqrec.proto.v1.RankerService/GetModelInfo',
             seqrec_dot_proto_dot_v1_dot_common__pb2.GetModelInfoRequest.SerializeToString,
             seqrec_dot_proto_dot_v1_dot_common__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrainingReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seqrec.proto.v1.RankerService/GetTrainingReport',
+            seqrec_dot_proto_dot_v1_dot_ranker__pb2.GetTrainingReportRequest.SerializeToString,
+            seqrec_dot_proto_dot_v1_dot_ranker__pb2.TrainingReport.FromString,
             options,
             channel_credentials,
             insecure,

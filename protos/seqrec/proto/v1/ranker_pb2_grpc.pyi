@@ -57,6 +57,8 @@ class RankerServiceStub:
     """Adds or updates catalog items, e.g. brand-new (cold) items that have text but no history."""
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_common_pb2.GetModelInfoRequest, _common_pb2.ModelInfo]
     """Describes the model bundle being served."""
+    GetTrainingReport: _grpc.UnaryUnaryMultiCallable[_ranker_pb2.GetTrainingReportRequest, _ranker_pb2.TrainingReport]
+    """The served bundle's training report, one self-contained HTML page."""
 
 @_typing.type_check_only
 class RankerServiceAsyncStub(RankerServiceStub):
@@ -81,6 +83,8 @@ class RankerServiceAsyncStub(RankerServiceStub):
     """Adds or updates catalog items, e.g. brand-new (cold) items that have text but no history."""
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_common_pb2.GetModelInfoRequest, _common_pb2.ModelInfo]  # type: ignore[assignment]
     """Describes the model bundle being served."""
+    GetTrainingReport: _aio.UnaryUnaryMultiCallable[_ranker_pb2.GetTrainingReportRequest, _ranker_pb2.TrainingReport]  # type: ignore[assignment]
+    """The served bundle's training report, one self-contained HTML page."""
 
 class RankerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Recommendations, event ingestion and catalog management."""
@@ -156,5 +160,13 @@ class RankerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.ModelInfo, _abc.Awaitable[_common_pb2.ModelInfo]]:
         """Describes the model bundle being served."""
+
+    @_abc_1.abstractmethod
+    def GetTrainingReport(
+        self,
+        request: _ranker_pb2.GetTrainingReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ranker_pb2.TrainingReport, _abc.Awaitable[_ranker_pb2.TrainingReport]]:
+        """The served bundle's training report, one self-contained HTML page."""
 
 def add_RankerServiceServicer_to_server(servicer: RankerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

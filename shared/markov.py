@@ -1,4 +1,4 @@
-"""The first-order Markov chain the benchmarks compare against, in one place.
+"""The first-order Markov chain the trainer's report and the benchmarks compare against, in one place.
 
 An item scores how often it directly followed the anchor item in the training sequences (and, for a gap, how
 often it directly preceded the item after the gap), every neighbour kept; ties are broken by training
@@ -11,7 +11,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from seqrec.shared.metrics import ranking_metrics, target_ranks
 from seqrec.shared.sequence_prior import SequencePrior
+
+BLOCK_CELLS = 20_000_000  # users x items scored at once
 
 
 class MarkovChain:
@@ -37,3 +40,19 @@ class MarkovChain:
                     lo, hi = indptr[anchor], indptr[anchor + 1]
                     scores[row, items[lo:hi] - 1] += np.rint(np.expm1(log_counts[lo:hi]))
         return scores
+
+
+def markov_metrics(train: Sequence[np.ndarray], n_items: int, inputs: Sequence[np.ndarray],
+                   targets: np.ndarray) -> dict[str, float]:
+    """Full-ranking metrics of the chain fitted on `train` (item indices 1..n_items), predicting each target
+    from the last item of its input, every item ranked (seen ones too, as the model's `test` metrics)."""
+    if not len(inputs):
+        return {}
+    chain = MarkovChain(train, n_items)
+    block = max(1, BLOCK_CELLS // max(n_items, 1))
+    ranks = []
+    for start in range(0, len(inputs), block):
+        rows = inputs[start:start + block]
+        scores = chain.scores([int(row[-1]) if len(row) else 0 for row in rows])
+        ranks.append(target_ranks(scores, np.asarray(targets[start:start + block], dtype=np.int64) - 1))
+    return ranking_metrics(np.concatenate(ranks))
