@@ -112,6 +112,7 @@ def _train(args: argparse.Namespace, root: Path, embedder: str) -> Path:
     """Train on --data or the demo dataset (embedding text through the running embedder)."""
     from seqrec.services.embedder.client import EmbedderClient
     from seqrec.services.trainer.pipeline import run_training
+    from seqrec.services.trainer.report import test_headline
     from seqrec.shared.config import DataConfig, TrainConfig, build_hparams
 
     if args.data is None:
@@ -130,9 +131,7 @@ def _train(args: argparse.Namespace, root: Path, embedder: str) -> Path:
         hp = build_hparams(epochs=args.epochs)
     path, metrics = run_training(TrainConfig(data=dc, hparams=hp), root, progress=show_progress(args.no_progress),
                                  embedder=EmbedderClient(embedder, timeout=60.0))
-    test, popular = metrics["test"], metrics["popularity_test"]
-    _say(f"trained {path.name}: test HR@10 {test['hr@10']:.3f}, NDCG@10 {test['ndcg@10']:.3f} "
-         f"(popularity on the same split: HR@10 {popular['hr@10']:.3f}, NDCG@10 {popular['ndcg@10']:.3f})")
+    _say(f"trained {path.name}: {test_headline(metrics)}")
     return path
 
 

@@ -149,12 +149,13 @@ class Recommender:
             changed = self.histories.changed_items(self.version, bundle_items)
         except HistoryStoreUnavailable:
             changed = set(bundle_items)  # cannot tell which changed: read them all where changes land
-        local = np.asarray([i for i in bundle_items if i not in changed], dtype=np.int64)
+        local = [i for i in bundle_items if i not in changed]
+        local_keys = np.asarray(local, dtype=np.int64)
         out: dict[int, tuple[np.ndarray, str, dict[str, Any]]] = {}
-        for index in local[self.catalog.filter_mask(clauses, local)].tolist():
+        for index in local_keys[self.catalog.filter_mask(clauses, local_keys)].tolist():
             name, meta = self.catalog.display(index)
             out[index] = (self.scorer.rows[index], self.vocab.item_id(index), {"display_name": name, "meta": meta})
-        remote = sorted(set(indices) - set(local.tolist()))
+        remote = sorted(set(indices).difference(local))
         if remote:
             out.update(self.items.rows(self.version, remote, expr))
         return out

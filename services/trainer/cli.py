@@ -105,10 +105,9 @@ def run_train(args: argparse.Namespace) -> int:
     summary = {"bundle": str(path), "valid": metrics["valid"], "test": metrics["test"],
                "epochs": metrics["epochs"], "train_seconds": metrics["train_seconds"]}
     if sys.stdout.isatty():  # a person: the figures that matter, next to popularity; scripts get the JSON
-        test, popular = metrics["test"], metrics["popularity_test"]
-        print(f"bundle {path}\n"
-              f"test HR@10 {test['hr@10']:.4f}, NDCG@10 {test['ndcg@10']:.4f} (popularity on the same split: "
-              f"HR@10 {popular['hr@10']:.4f}, NDCG@10 {popular['ndcg@10']:.4f}); {metrics['epochs']} epochs in "
+        from seqrec.services.trainer.report import test_headline
+
+        print(f"bundle {path}\n{test_headline(metrics)}; {metrics['epochs']} epochs in "
               f"{metrics['train_seconds']:.0f} s")
     else:
         print(json.dumps(summary))

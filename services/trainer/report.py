@@ -126,6 +126,13 @@ def report_rows(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
     return {name: m for name, m in rows.items() if m}
 
 
+def test_headline(metrics: dict[str, Any]) -> str:
+    """The test figures a person looks at first, next to popularity's on the same split."""
+    test, popular = metrics["test"], metrics["popularity_test"]
+    return (f"test HR@10 {test['hr@10']:.4f}, NDCG@10 {test['ndcg@10']:.4f} (popularity on the same split: "
+            f"HR@10 {popular['hr@10']:.4f}, NDCG@10 {popular['ndcg@10']:.4f})")
+
+
 def markdown_report(version: str, cfg: TrainConfig, stats: dict[str, Any], metrics: dict[str, Any],
                     warnings: list[str]) -> str:
     lines = [f"# Training report — bundle {version}", "",
