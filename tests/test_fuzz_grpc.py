@@ -308,10 +308,10 @@ def wire_payloads(rpc: str) -> st.SearchStrategy[bytes]:
         st.tuples(valid, unknown_fields).map(b"".join),
         st.sampled_from([r for r in RPCS if r != rpc]).flatmap(lambda other: REQUESTS[other]).map(
             lambda m: m.SerializeToString()),
-        invalid_utf8(descriptor),
-        st.tuples(valid, invalid_utf8(descriptor)).map(b"".join),
         st.binary(max_size=64),
     ]
+    if string_paths(descriptor):  # a message without string fields has no UTF-8 to break
+        strategies += [invalid_utf8(descriptor), st.tuples(valid, invalid_utf8(descriptor)).map(b"".join)]
     if any(f.type in INTEGER_TYPES for f in descriptor.fields):
         strategies.append(st.tuples(valid, overlong_ints(descriptor)).map(b"".join))
     return st.one_of(*strategies)

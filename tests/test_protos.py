@@ -48,6 +48,7 @@ EXPECTED_METHODS: dict[str, tuple[ModuleType, list[str]]] = {
             "GetHistory",
             "UpsertItems",
             "GetModelInfo",
+            "GetTrainingReport",
         ],
     ),
     "EmbedderService": (embedder_pb2, ["Embed", "GetModelInfo"]),
@@ -233,6 +234,7 @@ def _requests() -> list[Message]:
             ]
         ),
         common_pb2.GetModelInfoRequest(),
+        ranker_pb2.GetTrainingReportRequest(),
         embedder_pb2.EmbedRequest(texts=["a red dress", "a blue shirt"], normalize=True),
         trainer_pb2.TrainingRequest(
             data_uri="data/interactions.parquet",
