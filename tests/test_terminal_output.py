@@ -110,6 +110,8 @@ def test_seqrec_train_on_a_terminal_reads_cleanly(series_csv, tmp_path):
     assert [int(re.search(r"epoch +(\d+)", e).group(1)) for e in epochs] == [2, 4], output
     assert all("valid HR@10" in e for e in epochs)
     assert "training epoch 4/4" in output  # the bar names the phase and the epoch
+    assert "export" in output and "manifest and checks" in output  # the export phase has its bar too
+    assert not re.search(r"(?m)(^|\r)\s*(0batch|0%\|)", ANSI.sub("", output)), output  # no bar without a name
     assert any(line.startswith("test HR@10") and "popularity on the same split" in line for line in lines), output
 
 

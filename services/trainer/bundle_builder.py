@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from seqrec.services.trainer.data import Interactions
 from seqrec.services.trainer.export import INPUT_NAME, OUTPUT_NAME, export_encoder
@@ -71,52 +72,76 @@ def scoring_parts(model: BERT4Rec, exposure_boost: float) -> ItemParts:
     return model.eval().item_parts().with_exposure(exposure_boost)
 
 
-def write_bundle(out_dir: str | Path, model: BERT4Rec, contents: BundleContents) -> Path:
+# What the export bar shows, in order.
+EXPORT_STEPS = ("ONNX encoder", "item vectors", "vocabulary and histories", "reports", "manifest and checks")
+
+
+def write_bundle(out_dir: str | Path, model: BERT4Rec, contents: BundleContents, progress: bool = False) -> Path:
     """Export the encoder, build the item rows through the scoring contract, write every file and the
     manifest, commit atomically and verify; returns the bundle's path."""
-    cfg, data = contents.cfg, contents.data
+    data = contents.data
     model = model.to("cpu").eval()
     parts = scoring_parts(model, contents.exposure_boost)
     text = parts.text
     writer = b.BundleWriter(Path(out_dir))
-    try:
-        export_encoder(model.fused(), writer.path(b.ENCODER))
-        rows = parts.rows()
-        writer.write_array(b.ITEM_VECTORS, rows)
-        for name, array in contents.prior.arrays().items():
-            writer.write_array(name, array)
-        if parts.head is not None and text is not None:
-            writer.write_array(b.TEXT_EMBEDDINGS, text)
-            writer.write_array(b.ITEM_ID_PARTS, parts.id_rows)
-            writer.write_array(b.ITEM_FLAGS, parts.flags)
-            writer.write_array(b.TEXT_HEAD, parts.head.array())
-            writer.write_array(b.ITEM_TO_ITEM, item_to_item_vectors(rows, parts.layout, text))
-        data.vocab.save(writer.path(b.VOCAB))
-        counts = np.bincount(np.concatenate(data.sequences or [np.zeros(0, np.int64)]),
-                             minlength=data.vocab.n_indices)
-        writer.write_array(b.POPULARITY, counts.astype(np.int64))
-        if data.items:
-            writer.write_jsonl(b.ITEMS, ({"item_id": item, "display_name": info.display_name, "meta": info.meta}
-                                         for item, info in data.items.items() if item in data.vocab))
-        writer.write_jsonl(b.HISTORIES, ({"user_id": user, "items": data.vocab.decode(seq),
-                                          "timestamps": np.asarray(ts).tolist()}
-                                         for user, seq, ts in zip(data.user_ids, data.sequences, data.timestamps,
-                                                                  strict=True)))
-        writer.write_json(b.METRICS, contents.metrics)
-        writer.write_json("training_history.json", history_as_dicts(contents.history))
-        if contents.history:
-            plot_curves(contents.history, writer.path("training_curves.png"), f"seqrec bundle {writer.version}")
-        writer.path("report.md").write_text(markdown_report(writer.version, cfg, data.stats, contents.metrics,
-                                                            contents.warnings))
-        curves = writer.path("training_curves.png") if contents.history else None
-        writer.path(b.REPORT_HTML).write_text(html_report(writer.version, cfg, data.stats, contents.metrics,
-                                                        contents.warnings, curves), encoding="utf-8")
-        path = writer.commit(_manifest(model.cfg, parts, contents))
-    except BaseException:
-        writer.abort()
-        raise
-    b.Bundle.open(path)  # verify what was written
+    with tqdm(total=len(EXPORT_STEPS), desc="export", unit="step", leave=False, disable=not progress) as bar:
+        def step(name: str) -> None:  # the previous step is done, `name` starts
+            bar.update(0 if name == EXPORT_STEPS[0] else 1)
+            bar.set_postfix_str(name)
+        try:
+            step(EXPORT_STEPS[0])
+            export_encoder(model.fused(), writer.path(b.ENCODER))
+            step(EXPORT_STEPS[1])
+            rows = parts.rows()
+            writer.write_array(b.ITEM_VECTORS, rows)
+            for name, array in contents.prior.arrays().items():
+                writer.write_array(name, array)
+            if parts.head is not None and text is not None:
+                writer.write_array(b.TEXT_EMBEDDINGS, text)
+                writer.write_array(b.ITEM_ID_PARTS, parts.id_rows)
+                writer.write_array(b.ITEM_FLAGS, parts.flags)
+                writer.write_array(b.TEXT_HEAD, parts.head.array())
+                writer.write_array(b.ITEM_TO_ITEM, item_to_item_vectors(rows, parts.layout, text))
+            step(EXPORT_STEPS[2])
+            _write_tables(writer, data)
+            step(EXPORT_STEPS[3])
+            _write_reports(writer, contents)
+            step(EXPORT_STEPS[4])
+            path = writer.commit(_manifest(model.cfg, parts, contents))
+            b.Bundle.open(path)  # verify what was written
+            bar.update(1)
+        except BaseException:
+            writer.abort()
+            raise
     return path
+
+
+def _write_tables(writer: b.BundleWriter, data: Interactions) -> None:
+    """Vocabulary, popularity, item metadata and the histories the ranker seeds Redis with."""
+    data.vocab.save(writer.path(b.VOCAB))
+    counts = np.bincount(np.concatenate(data.sequences or [np.zeros(0, np.int64)]), minlength=data.vocab.n_indices)
+    writer.write_array(b.POPULARITY, counts.astype(np.int64))
+    if data.items:
+        writer.write_jsonl(b.ITEMS, ({"item_id": item, "display_name": info.display_name, "meta": info.meta}
+                                     for item, info in data.items.items() if item in data.vocab))
+    writer.write_jsonl(b.HISTORIES, ({"user_id": user, "items": data.vocab.decode(seq),
+                                      "timestamps": np.asarray(ts).tolist()}
+                                     for user, seq, ts in zip(data.user_ids, data.sequences, data.timestamps,
+                                                              strict=True)))
+
+
+def _write_reports(writer: b.BundleWriter, contents: BundleContents) -> None:
+    """Metrics, the training history and curves, and the Markdown and HTML reports."""
+    cfg, data = contents.cfg, contents.data
+    writer.write_json(b.METRICS, contents.metrics)
+    writer.write_json("training_history.json", history_as_dicts(contents.history))
+    curves = writer.path("training_curves.png") if contents.history else None
+    if curves is not None:
+        plot_curves(contents.history, curves, f"seqrec bundle {writer.version}")
+    writer.path("report.md").write_text(markdown_report(writer.version, cfg, data.stats, contents.metrics,
+                                                        contents.warnings))
+    writer.path(b.REPORT_HTML).write_text(html_report(writer.version, cfg, data.stats, contents.metrics,
+                                                    contents.warnings, curves), encoding="utf-8")
 
 
 def _manifest(model_cfg: ModelConfig, parts: ItemParts, contents: BundleContents) -> Manifest:

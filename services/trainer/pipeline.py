@@ -113,7 +113,7 @@ def _run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool,
                              n_warm=data.n_warm, deadline=_selection_deadline(deadline, hp.refit_share))
     selected = distributed.on_main(lambda: _select(cfg, data, split, result, train_counts, newest))
     refit = _refit(model, data, hp, result, cfg.seed, progress, deadline)
-    return distributed.on_main(lambda: _write(cfg, out_dir, data, result, selected, refit, text))
+    return distributed.on_main(lambda: _write(cfg, out_dir, data, result, selected, refit, text, progress))
 
 
 def _selection_deadline(deadline: float | None, refit_share: float) -> float | None:
@@ -222,7 +222,7 @@ def _select(cfg: TrainConfig, data: Interactions, split: LeaveOneOut, result: Tr
 
 
 def _write(cfg: TrainConfig, out_dir: str | Path, data: Interactions, result: TrainResult, selection: Selection,
-           refit: dict[str, Any], text: np.ndarray | None) -> tuple[Path, dict[str, Any]]:
+           refit: dict[str, Any], text: np.ndarray | None, progress: bool) -> tuple[Path, dict[str, Any]]:
     """The verified bundle of the shipped model: after a refit its transition counts cover every interaction too,
     under the weights fitted on validation."""
     prior = selection.prior
@@ -231,5 +231,6 @@ def _write(cfg: TrainConfig, out_dir: str | Path, data: Interactions, result: Tr
         prior = prior.weighted(selection.prior.transition_weight, selection.prior.repeat_bias)
     metrics = {**selection.metrics, "refit": refit}
     path = write_bundle(out_dir, result.model, BundleContents(cfg, data, prior, metrics, selection.exposure_boost,
-                                                              result.history, selection.warnings))
+                                                              result.history, selection.warnings),
+                        progress)
     return path, metrics

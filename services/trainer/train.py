@@ -264,10 +264,10 @@ def train_model(
     train_seconds, stale, stopped_early, out_of_time = 0.0, 0, False, False
     if deadline is None and hp.time_budget > 0:
         deadline = time.monotonic() + 60.0 * hp.time_budget
-    # One bar for the whole phase (its length known once the first epoch is planned), the latest validation
-    # beside the running loss; the lines logged per validation appear above it.
-    bar = tqdm(total=None, unit="batch", leave=False, disable=not progress, dynamic_ncols=True)
-    shown = LossDisplay(bar, device) if progress else None
+    # One bar for the whole phase, opened once the first epoch is planned (so it shows its length from the
+    # start), the latest validation beside the running loss; the lines logged per validation appear above it.
+    bar: tqdm | None = None
+    shown: LossDisplay | None = None
     for epoch in range(1, hp.epochs + 1):
         model.train()
         plan = batch_plan(lengths, local_batch, shuffle_rng)
@@ -280,9 +280,12 @@ def train_model(
         if limits.steps_per_epoch:
             plan = plan[:limits.steps_per_epoch]
         n_batches = len(plan)
-        if bar.total is None:
-            bar.reset(total=hp.epochs * n_batches)
-        bar.set_description(f"{'training' if select else 'refit'} epoch {epoch}/{hp.epochs}", refresh=False)
+        what = f"{'training' if select else 'refit'} epoch {epoch}/{hp.epochs}"
+        if bar is None:
+            bar = tqdm(total=hp.epochs * n_batches, desc=what, unit="batch", leave=False, disable=not progress,
+                       dynamic_ncols=True)
+            shown = LossDisplay(bar, device) if progress else None
+        bar.set_description(what, refresh=False)
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         masked = torch.zeros((), device=device, dtype=torch.long)  # summed on the device: no host sync per step
@@ -353,7 +356,8 @@ def train_model(
             log.warning("time budget of %g minutes reached after epoch %d of %d: keeping the best validated "
                         "weights (raise time_budget, 0 = no limit, to train longer)", hp.time_budget, epoch, hp.epochs)
             break
-    bar.close()
+    if bar is not None:
+        bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
