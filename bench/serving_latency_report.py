@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-GOAL_P50, GOAL_P99 = 2.0, 3.0  # ms: the serving goal the page measures against
+GOAL_P50, GOAL_P99 = 2.0, 3.0  # latency over (encoder + one search): the goal the page measures against
 
 # ---- derived numbers -------------------------------------------------------------------------
 
@@ -251,7 +251,8 @@ def _catalog_section(result: dict[str, Any]) -> list[str]:
                          f"{_fmt(lv['p99_ms'])} | {_fmt(lv['max_ms'], 1)} | {errors} | {c['ranker']:.2f} / "
                          f"{c['milvus']:.2f} / {c['redis']:.2f} / {c['client']:.2f} |")
     lines += ["", "### Ratio to the floor (lowest concurrency)", "",
-              "| query | p50 ms | p99 ms | encoder + search p50 ms | p50 ratio | p99 ratio | goal |",
+              f"| query | p50 ms | p99 ms | encoder + search p50 ms | p50 ratio | p99 ratio | "
+              f"p50 <= {GOAL_P50:g}x and p99 <= {GOAL_P99:g}x |",
               "|---|--:|--:|--:|--:|--:|---|"]
     for kind, r in ratios(result).items():
         met = r["p50_ratio"] <= GOAL_P50 and r["p99_ratio"] <= GOAL_P99

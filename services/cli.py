@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_arguments(batch)
     batch.set_defaults(func=run_batch_cli)
 
+    from seqrec.services.ranker.events_cli import add_events_arguments, run_events
+
+    events = sub.add_parser("events", help="the durable event log: export it for the next training, or trim it")
+    add_events_arguments(events)
+    events.set_defaults(func=run_events)
+
     serve = sub.add_parser("serve", help="run a service (settings from environment variables)")
     serve.add_argument("service", choices=sorted(SERVICES))
     serve.set_defaults(func=run_serve)

@@ -43,6 +43,7 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--user-col", default="user_id")
     parser.add_argument("--item-col", default="item_id")
     parser.add_argument("--time-col", default="timestamp")
+    parser.add_argument("--time-unit", default="auto", help="unit of numeric timestamps: s, ms, us, ns or auto")
     parser.add_argument("--meta-cols", default="", help="comma-separated item metadata columns for --data")
     parser.add_argument("--name-col", default=None)
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the spec's)")
@@ -126,7 +127,8 @@ def _train(args: argparse.Namespace, root: Path, embedder: str) -> Path:
         hp = build_hparams(max_len=20, epochs=args.epochs or 30, patience=30)
     else:
         dc = DataConfig(data=str(args.data), user_col=args.user_col, item_col=args.item_col, time_col=args.time_col,
-                        meta_cols=tuple(c for c in args.meta_cols.split(",") if c), name_col=args.name_col,
+                        time_unit=args.time_unit, meta_cols=tuple(c for c in args.meta_cols.split(",") if c),
+                        name_col=args.name_col,
                         items=str(args.items) if args.items else None)
         hp = build_hparams(epochs=args.epochs)
     path, metrics = run_training(TrainConfig(data=dc, hparams=hp), root, progress=show_progress(args.no_progress),

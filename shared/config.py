@@ -48,6 +48,10 @@ class Hyperparameters:
     time_budget: float = 30.0  # wall-clock minutes for training (validations and refit included); 0 = no limit
 
 
+# Numeric timestamp units, in seconds; "auto" picks one by magnitude (see trainer.data.parse_timestamps).
+TIME_UNITS = {"auto": 0.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the interactions are and which columns mean what."""
@@ -56,6 +60,7 @@ class DataConfig:
     user_col: str = "user_id"
     item_col: str = "item_id"
     time_col: str = "timestamp"
+    time_unit: str = "auto"  # of numeric timestamps: s, ms, us, ns, or auto (by magnitude); dates are dates
     meta_cols: tuple[str, ...] = ()  # item features; activates the hybrid text engine
     name_col: str | None = None  # human-readable item label
     items: str | None = None  # optional item table joined on item_col
@@ -171,5 +176,6 @@ def validate_data_config(dc: DataConfig) -> None:
     for col in dc.meta_cols:
         _require(col not in (dc.user_col, dc.time_col),
                  f"meta_cols: {col!r} is the user or timestamp column, not an item feature")
+    _require(dc.time_unit in TIME_UNITS, f"time_unit: must be one of {list(TIME_UNITS)}, got {dc.time_unit!r}")
     _require(dc.min_user_interactions >= 0, "min_user_interactions: must be >= 0")
     _require(dc.min_item_interactions >= 0, "min_item_interactions: must be >= 0")

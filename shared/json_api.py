@@ -18,6 +18,7 @@ MAX_ID_CHARS = 512
 MAX_TEXT_CHARS = 10_000
 MAX_LIST_ITEMS = 1000
 MAX_FILTERS = 64
+MAX_EVENTS = 1000  # events per ingestion call, JSON and gRPC
 RANGE_OPS = ("gte", "gt", "lte", "lt")
 
 # query_type → (request message, RPC method name, {field: kind})
@@ -188,7 +189,7 @@ def parse_request(payload: Any) -> tuple[str, Message]:
     if not isinstance(payload, dict):
         raise RequestError("body", "expected a JSON object")
     query_type = payload.get("query_type")
-    if query_type not in _FIELDS:
+    if not isinstance(query_type, str) or query_type not in _FIELDS:  # an object or list is unhashable
         raise RequestError("query_type", f"must be one of {list(QUERY_TYPES)}, got {query_type!r}")
     message_type, _, fields = _FIELDS[query_type]
     unknown = sorted(set(payload) - set(fields) - {"query_type"})

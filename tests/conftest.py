@@ -121,3 +121,30 @@ def redis_url(redis_server) -> str:
     url = f"redis://{redis_server.address}/0"
     redis.Redis.from_url(url).flushdb()
     return url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A real Redis Cluster: 3 redis-server masters, slots split evenly."""
+    from seqrec.shared.local_services import start_redis_cluster
+
+    cluster = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster) -> str:
+    """The cluster, emptied for each test."""
+    import redis
+
+    for node in redis_cluster.nodes:
+        with redis.Redis(host="127.0.0.1", port=node.port) as client:
+            client.flushall()
+    return redis_cluster.url
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def store_url(request) -> str:
+    """REDIS_URL of a clean deployment: one redis-server, then the Redis Cluster."""
+    return request.getfixturevalue("redis_url" if request.param == "standalone" else "cluster_url")

@@ -36,6 +36,28 @@ def test_iso_dates_and_parquet(tmp_path):
     assert data.vocab.decode(data.sequences[0]) == ["20", "30", "10"]
 
 
+@pytest.mark.parametrize(("stamps", "unit", "expected_unit"), [
+    ([1_767_225_600, 1_767_225_660], "auto", "s"),
+    ([1_767_225_600_000, 1_767_225_660_000], "auto", "ms"),
+    ([1_767_225_600_000_000, 1_767_225_660_000_000], "auto", "us"),
+    ([1_767_225_600_000, 1_767_225_660_000], "ms", "ms"),
+    ([3, 1], "auto", "s"),  # an ordering rather than dates: small numbers stay small
+])
+def test_numeric_timestamps_become_epoch_seconds_in_their_unit(tmp_path, stamps, unit, expected_unit):
+    frame = pd.DataFrame({"user_id": [1, 1], "item_id": [10, 20], "timestamp": stamps})
+    data = load_interactions(DataConfig(data=_write(tmp_path, frame), time_unit=unit))
+    assert data.stats["timestamp_unit"] == expected_unit
+    scale = {"s": 1, "ms": 1e-3, "us": 1e-6}[expected_unit]
+    assert sorted(data.timestamps[0].tolist()) == pytest.approx(sorted(t * scale for t in stamps))
+
+
+def test_an_unknown_time_unit_is_refused():
+    from seqrec.shared.config import ConfigError, validate_data_config
+
+    with pytest.raises(ConfigError, match="time_unit: must be one of"):
+        validate_data_config(DataConfig(data="x.csv", time_unit="minutes"))
+
+
 def test_unparseable_timestamps_are_an_error(tmp_path):
     frame = pd.DataFrame({"user_id": [1, 1], "item_id": [1, 2], "timestamp": ["2024-01-01", "yesterday"]})
     with pytest.raises(DataError, match=r"timestamp: 1 timestamp\(s\).*yesterday"):

@@ -177,10 +177,26 @@ def test_events_then_user_to_item_changes(client):
     assert before["fallback"] == "popularity"
     events = [{"user_id": "gateway-fresh-user", "item_id": f"s9e{e}", "timestamp_ms": 1_000 + e} for e in (2, 0, 1)]
     ingested = client.post("/v1/events", json={"events": events})
-    assert ingested.status_code == 200 and ingested.json() == {"accepted": 3, "rejected": 0}
+    assert ingested.status_code == 200 and ingested.json() == {"accepted": 3, "rejected": 0, "duplicates": 0}
     after = client.post("/v1/recommend", json=query).json()
     assert after["fallback"] is None and "s9e3" in [item["item_id"] for item in after["items"]]
     assert not {"s9e0", "s9e1", "s9e2"} & {item["item_id"] for item in after["items"]}  # exclude_seen default
+
+
+def test_a_retried_events_request_with_ids_is_applied_once(client):
+    events = [{"user_id": "gateway-retry", "item_id": "s3e1", "timestamp_ms": 5_000, "event_id": "ev-1"},
+              {"user_id": "gateway-retry", "item_id": "s3e0", "timestamp_ms": 4_000, "event_id": "ev-0"}]
+    assert client.post("/v1/events", json={"events": events}).json()["duplicates"] == 0
+    assert client.post("/v1/events", json={"events": events}).json() == {"accepted": 2, "rejected": 0,
+                                                                         "duplicates": 2}
+    history = client.get("/v1/history", params={"user_id": "gateway-retry"}).json()
+    assert [entry["item_id"] for entry in history["items"]] == ["s3e0", "s3e1"]
+
+
+def test_an_event_far_in_the_future_is_a_400_naming_it(client):
+    future = {"user_id": "gateway-future", "item_id": "s3e1", "timestamp_ms": 4_102_444_800_000}  # 2100
+    answer = client.post("/v1/events", json={"events": [future]})
+    assert answer.status_code == 400 and answer.json()["error"]["field"] == "events[0].timestamp_ms", answer.text
 
 
 @pytest.mark.parametrize("body,field", [
@@ -355,6 +371,15 @@ def test_api_keys(ranker, caplog):
         assert client.get("/docs").status_code == 200 and client.get("/docs-assets/swagger-ui.css").status_code == 200
     logged = " ".join(json.dumps(record.__dict__, default=str) for record in caplog.records)
     assert "unauthenticated request" in logged and not any(key in logged for key in KEYS)
+
+
+@pytest.mark.parametrize("query_type", [{}, [], ["user_to_item"], 3, None])
+def test_a_query_type_of_the_wrong_json_type_is_a_400_naming_it(ranker, query_type):
+    """Found by schemathesis's coverage phase: an object where the string belongs answered 500."""
+    with TestClient(create_app(_settings(ranker))) as client:
+        answer = client.post("/v1/recommend", json={"query_type": query_type, "user_id": "u", "top_k": 5})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["field"] == "query_type"
 
 
 def test_metrics_count_requests_by_query_type_and_status(ranker):

@@ -21,37 +21,12 @@ from seqrec.services.ranker.history_store import (
 from seqrec.shared.local_services import free_port
 
 
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory):
-    """A real Redis Cluster: 3 redis-server masters, slots split evenly."""
-    from seqrec.shared.local_services import start_redis_cluster
-
-    cluster = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture
-def cluster_url(redis_cluster) -> str:
-    """The cluster, emptied for each test."""
-    for node in redis_cluster.nodes:
-        with redis.Redis(host="127.0.0.1", port=node.port) as client:
-            client.flushall()
-    return redis_cluster.url
-
-
-@pytest.fixture(params=["standalone", "cluster"])
-def store_url(request) -> str:
-    """REDIS_URL of a clean deployment: one redis-server, then the Redis Cluster."""
-    return request.getfixturevalue("redis_url" if request.param == "standalone" else "cluster_url")
-
-
 def test_append_and_read_in_timestamp_order(store_url):
     store = RedisHistoryStore(store_url)
     assert store.ping() is True
-    assert store.append([Event("u1", "b", 2000), Event("u1", "a", 1000), Event("u2", "x", 5)]) == 3
+    assert store.append([Event("u1", "b", 2000), Event("u1", "a", 1000), Event("u2", "x", 5)]).applied == 3
     assert store.read("u1", 10) == [("a", 1000), ("b", 2000)]
-    assert store.append([Event("u1", "c", 3000)]) == 1
+    assert store.append([Event("u1", "c", 3000)]).applied == 1
     assert store.read("u1", 2) == [("b", 2000), ("c", 3000)]
     assert store.read("nobody", 10) == []
 
@@ -97,7 +72,7 @@ def test_many_users_across_slots_and_nodes(store_url):
     store = RedisHistoryStore(store_url, cap=4)
     a, b = _same_slot_pair()
     users = [f"u{i}" for i in range(60)] + [a, b]
-    assert store.append([Event(u, f"i{t}", t) for u in users for t in (3, 1, 2)]) == 3 * len(users)
+    assert store.append([Event(u, f"i{t}", t) for u in users for t in (3, 1, 2)]).applied == 3 * len(users)
     rows = [(u, ["i0", "i1", "i9"], [0, 1, 9]) for u in users]
     assert store.merge_bulk(iter(rows), batch=25) == len(users)
     for user in users:
@@ -153,7 +128,7 @@ def test_cluster_password_from_the_url(cluster_url, redis_cluster):
     try:
         with_password = cluster_url.replace("redis+cluster://", "redis+cluster://:s3cret@")
         store = RedisHistoryStore(with_password)
-        assert store.append([Event("u1", "a", 1), Event("u2", "b", 2)]) == 2
+        assert store.append([Event("u1", "a", 1), Event("u2", "b", 2)]).applied == 2
         assert store.merge_bulk(iter([("u1", ["z"], [0])])) == 1
         assert store.read("u1", 5) == [("z", 0), ("a", 1)]
         without = RedisHistoryStore(cluster_url, timeout=0.5)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2
 
-from seqrec.proto.v1 import ranker_pb2, ranker_pb2_grpc
+from seqrec.proto.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from seqrec.services.ranker.publish import publish, rollback
 from seqrec.services.ranker.server import RankerApp
 from tests.test_ranker import _settings, _wait_health
@@ -61,3 +62,67 @@ def test_publish_and_rollback_swap_versions_without_failed_calls(trained_bundle,
         app.stop(0)
     assert not errors, errors[:3]
     assert versions == {first.name, second.name}
+
+
+def _corrupt(bundle: Path) -> None:
+    """Flip the last byte of the item vectors: the checksum no longer matches."""
+    target = bundle / "item_vectors.npy"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+
+
+def test_a_ranker_started_on_a_corrupted_live_bundle_serves_the_last_good_one(trained_bundle, cold_bundle,
+                                                                             redis_server, milvus_server, tmp_path):
+    first, second = (shutil.copytree(p, tmp_path / p.name) for p in (trained_bundle[0], cold_bundle[0]))
+    redis_url = f"redis://{redis_server.address}/0"
+    publish(first, redis_url, milvus_server, progress=False)
+    publish(second, redis_url, milvus_server, progress=False)
+    _corrupt(second)  # LIVE names it, e.g. a disk fault after the publication
+    app = RankerApp(_settings(tmp_path, redis_url, milvus_server, SEQREC_RELOAD_INTERVAL_S="0.2"))
+    app.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
+    stub = ranker_pb2_grpc.RankerServiceStub(channel)
+    try:
+        _wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+        assert stub.GetModelInfo(common_pb2.GetModelInfoRequest()).bundle_version == first.name
+        assert second.name in app.refused and "sha256" in app.refused[second.name]
+        started = time.monotonic()
+        assert app.reload_if_changed() is False  # remembered: not verified again
+        assert time.monotonic() - started < 0.5
+        assert f"refused bundle {second.name}" in app.health.reason
+    finally:
+        channel.close()
+        app.stop(0)
+
+
+def test_the_bundle_watcher_survives_a_milvus_outage_and_follows_live_after_it(trained_bundle, cold_bundle,
+                                                                              redis_server, milvus_server, tmp_path):
+    """While Milvus cannot answer, the watcher backs off and says why; once it answers, the swap happens."""
+    from seqrec.services.ranker.vector_store import MilvusItemStore
+    from seqrec.shared.local_services import free_port
+
+    first, second = (shutil.copytree(p, tmp_path / p.name) for p in (trained_bundle[0], cold_bundle[0]))
+    redis_url = f"redis://{redis_server.address}/0"
+    publish(first, redis_url, milvus_server, progress=False)
+    app = RankerApp(_settings(tmp_path, redis_url, milvus_server, SEQREC_RELOAD_INTERVAL_S="0.1"))
+    app.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
+    stub = ranker_pb2_grpc.RankerServiceStub(channel)
+    reachable = app.items
+    try:
+        _wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+        app.items = MilvusItemStore(f"http://127.0.0.1:{free_port()}", timeout=0.5)  # nothing listens there
+        publish(second, redis_url, milvus_server, progress=False)
+        deadline = time.monotonic() + 20
+        while "following LIVE failed" not in app.watch_problem:
+            assert time.monotonic() < deadline, "the watcher never reported the outage"
+            time.sleep(0.1)
+        assert app._watcher.is_alive()
+        app.items = reachable
+        _wait_version(stub, second.name, timeout=90)
+        assert app.watch_problem == ""
+    finally:
+        app.items = reachable
+        channel.close()
+        app.stop(0)

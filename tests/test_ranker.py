@@ -351,6 +351,37 @@ def test_bad_events_are_refused_whole(ranker):
     assert list(stub.GetHistory(ranker_pb2.GetHistoryRequest(user_id="u-bad")).item_ids) == []
 
 
+def test_retried_events_with_ids_are_applied_once(ranker):
+    _, stub, _ = ranker
+    events = [common_pb2.Interaction(user_id="u-retry", item_id=f"s2e{e}", timestamp_ms=1000 + e, event_id=f"id{e}")
+              for e in (1, 0)]
+    first = stub.IngestEvents(ranker_pb2.IngestEventsRequest(events=events))
+    again = stub.IngestEvents(ranker_pb2.IngestEventsRequest(events=events))
+    assert (first.accepted, first.duplicates, again.accepted, again.duplicates) == (2, 0, 2, 2)
+    assert list(stub.GetHistory(ranker_pb2.GetHistoryRequest(user_id="u-retry")).item_ids) == ["s2e0", "s2e1"]
+
+
+@pytest.mark.parametrize(("event", "field"), [
+    (dict(timestamp_ms=int(time.time() * 1000) + 86_400_000), "s in the future (more than the 300 s allowed"),
+    (dict(event_id="x" * 513), "events[0].event_id: longer than 512"),
+    (dict(item_id="i" * 513), "events[0].item_id: longer than 512"),
+])
+def test_events_from_the_future_or_with_overlong_ids_are_refused(ranker, event, field):
+    _, stub, _ = ranker
+    message = common_pb2.Interaction(**{"user_id": "u-future", "item_id": "s1e1", **event})
+    with pytest.raises(grpc.RpcError) as err:
+        stub.IngestEvents(ranker_pb2.IngestEventsRequest(events=[message]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in err.value.details()
+
+
+def test_more_events_than_the_gateway_allows_are_refused_by_the_ranker_too(ranker):
+    _, stub, _ = ranker
+    events = [common_pb2.Interaction(user_id="u-many", item_id="s1e1", timestamp_ms=n + 1) for n in range(1001)]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.IngestEvents(ranker_pb2.IngestEventsRequest(events=events))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 1000" in err.value.details()
+
+
 def test_expired_deadline(ranker):
     """A call whose deadline is gone is DEADLINE_EXCEEDED, never another error (a 1 µs deadline can very
     rarely be met on loopback, so several tries)."""

@@ -118,6 +118,19 @@ def _own_copy(root: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(bundle, tmp_path / "bundles" / bundle.name))
 
 
+def test_schemathesis_cli_with_every_phase_finds_no_server_error(stack, tmp_path):
+    """The command a user would run against the real stack, its coverage phase included (which found a 500 for
+    an object where `query_type`'s string belongs); a small, seeded corpus here, bench/fuzz.py runs more."""
+    base, _, _ = stack
+    cli = Path(sys.executable).with_name("schemathesis")
+    proc = subprocess.run([str(cli), "run", f"{base}/openapi.json", "--phases", "examples,coverage,fuzzing",
+                           "--checks", "not_a_server_error,response_schema_conformance", "--max-examples", "25",
+                           "--seed", "7", "--workers", "1", "--report-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert "coverage" in proc.stdout.lower()
+
+
 def test_up_reports_a_dead_child_and_stops_everything(stack, tmp_path):
     bundle = _own_copy(stack[2], tmp_path)
     port = free_port()

@@ -229,6 +229,12 @@ class VectorStoreContract:
         other_dim = dict(small, vectors=np.ones((300, DIM + 1), dtype=np.float32))
         assert store.load_items(version, **other_dim)  # same count, other dim: rebuilt
 
+    def test_indexing_again_is_harmless(self, store: MilvusItemStore, main: str, catalog: dict[str, Any]) -> None:
+        """pymilvus resends a create_index whose connection dropped during a long build: the resend finds
+        the indexes there and must not fail the publication."""
+        store._create_index(collection_name(main), "FLAT", catalog["metadata_schema"], 60.0)
+        assert store.has_version(main)
+
     def test_versions_are_listed_oldest_first_and_dropped(self, store: MilvusItemStore, run: str) -> None:
         versions = [f"0000-{run}-v1", f"0000-{run}-v2", f"0000-{run}-v3"]  # older than every other version
         for seed, version in enumerate(reversed(versions)):

@@ -10,6 +10,7 @@ messages name the field; every invalid argument is 400 with `{"error": {"code": 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -125,16 +126,21 @@ def create_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None)
     @app.post("/v1/events", response_model=EventsResponse, responses=ERROR_RESPONSES, tags=["events"],
               summary="Append interactions to users' histories")
     async def ingest_events(request: Request, batch: EventsRequest) -> Response:
-        """Store interaction events (user_to_item and contextual use them at once); all or nothing.
+        """Store interaction events (user_to_item and contextual use them at once), in timestamp order.
 
-        Events without a timestamp are stamped with the time the gateway received them."""
+        Send an `event_id` per event and retrying a failed or timed-out call is always safe: an id already
+        applied is acknowledged as a duplicate, never applied twice. On one Redis endpoint a call is all or
+        nothing; on a Redis Cluster each user's events are, and such a retry completes the rest.
+        Events without a timestamp are stamped with the time the gateway received them; events without an
+        id get one here, so the gateway's own retries are safe too (a client's retry of those is not)."""
         now_ms = time.time_ns() // 1_000_000
-        events = [common_pb2.Interaction(user_id=e.user_id, item_id=e.item_id, timestamp_ms=e.timestamp_ms or now_ms)
+        events = [common_pb2.Interaction(user_id=e.user_id, item_id=e.item_id, timestamp_ms=e.timestamp_ms or now_ms,
+                                         event_id=e.event_id or f"gw-{uuid.uuid4().hex}")
                   for e in batch.events]
         answer = await _call_ranker(request, "IngestEvents", ranker_pb2.IngestEventsRequest(events=events))
         if isinstance(answer, Response):
             return answer
-        return JSONResponse({"accepted": answer.accepted, "rejected": answer.rejected})
+        return JSONResponse({"accepted": answer.accepted, "rejected": answer.rejected, "duplicates": answer.duplicates})
 
     async def _call_ranker(request: Request, rpc: str, message: Any) -> Any:
         return await ranker_answer(request, rpc, message, settings.deadline_s)

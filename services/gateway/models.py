@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, FiniteFloat, Tag, create_model
 
 from seqrec.shared.json_api import (
+    MAX_EVENTS,
     MAX_FILTERS,
     MAX_ID_CHARS,
     MAX_LIST_ITEMS,
@@ -21,8 +22,6 @@ from seqrec.shared.json_api import (
     request_fields,
     required_fields,
 )
-
-MAX_EVENTS = 1000  # events per POST /v1/events
 
 
 class StrictModel(BaseModel):
@@ -166,7 +165,11 @@ class Event(StrictModel):
     user_id: Identifier
     item_id: Identifier
     timestamp_ms: int = Field(0, ge=0, le=2**63 - 1,
-                              description="Milliseconds since the Unix epoch (UTC); 0 or absent means now.")
+                              description="Milliseconds since the Unix epoch (UTC); 0 or absent means now. More "
+                                          "than the ranker's tolerance (300 s by default) in the future is refused.")
+    event_id: str = Field("", max_length=MAX_ID_CHARS,
+                          description="Unique per user (a UUID is). A repeated id is acknowledged as a duplicate "
+                                      "and not applied again (for 24 h by default), so retries are safe.")
 
 
 class EventsRequest(StrictModel):
@@ -175,12 +178,14 @@ class EventsRequest(StrictModel):
     events: list[Event] = Field(min_length=1, max_length=MAX_EVENTS)
 
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"events": [{"user_id": "user_777", "item_id": "item_1024", "timestamp_ms": 1767225600000}]}]})
+        {"events": [{"user_id": "user_777", "item_id": "item_1024", "timestamp_ms": 1767225600000,
+                     "event_id": "3f2b8c1e-5a7d-4c1b-9e0f-2d6a8b4c7e91"}]}]})
 
 
 class EventsResponse(BaseModel):
-    accepted: int = Field(description="Events stored.")
-    rejected: int = Field(description="Events rejected as invalid.")
+    accepted: int = Field(description="Events acknowledged: applied now, or applied before (see duplicates).")
+    rejected: int = Field(description="Always 0: an invalid event fails the whole request with a 400 naming it.")
+    duplicates: int = Field(description="Of the accepted, those whose event_id had been applied already.")
 
 
 class ErrorDetail(BaseModel):

@@ -9,10 +9,11 @@
   the others), only database 0 exists, query options (`ssl_cert_reqs`, ...) apply to every node.
 
 Each user's history is one key, `seqrec:hist:{<user>}`; the hash tag puts its slot on the user id
-alone. No command, pipeline or transaction touches keys of two hash slots. Writes are MULTI/EXEC
-transactions, acknowledged only after Redis applied them: on one endpoint a call's whole batch is
-one transaction; on a cluster the batch is split by hash slot into one transaction per slot (in
-practice per user), so each user's write is atomic but a batch is not atomic as a whole.
+alone. Events are written by one Lua script per user (services/ranker/event_ingest.py), atomic in Redis:
+in timestamp order, at most once per event id, and logged to the durable event log
+(services/ranker/event_log.py) in the same step. On one endpoint a call's scripts run in one
+MULTI/EXEC, so a batch is all or nothing; on a cluster each user's write is atomic but a batch is not,
+and a retry with the same event ids completes it without applying anything twice.
 
 Beside the histories, one set per bundle version, `seqrec:changed:{<version>}`, holds the keys of the
 items UpsertItems changed: the rankers read unchanged bundle items from the bundle in memory and
@@ -22,9 +23,10 @@ only changed ones from Milvus.
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 import redis
@@ -36,7 +38,20 @@ from redis.exceptions import ClusterError, CrossSlotTransactionError, InvalidPip
 from redis.retry import Retry
 from tqdm.auto import tqdm
 
-KEY_PREFIX = "seqrec:hist:"
+from seqrec.services.ranker.event_ingest import (
+    APPEND_SCRIPT,
+    DEFAULT_ID_RETENTION_S,
+    KEY_PREFIX,
+    Event,
+    Ingested,
+    event_ids_key,
+    history_key,
+    script_args,
+)
+from seqrec.services.ranker.event_log import log_key
+
+__all__ = ["KEY_PREFIX", "Event", "HistoryStoreUnavailable", "Ingested", "RedisHistoryStore", "history_key"]
+
 CHANGED_PREFIX = "seqrec:changed:"
 DEFAULT_CAP = 1000  # entries kept per user; older ones are trimmed
 WATCH_ATTEMPTS = 5  # read-merge-write attempts of one merge transaction after lost connections
@@ -52,20 +67,6 @@ T = TypeVar("T")
 
 class HistoryStoreUnavailable(RuntimeError):
     """Redis cannot be reached or refused the operation."""
-
-
-@dataclass(frozen=True)
-class Event:
-    user_id: str
-    item_id: str
-    timestamp_ms: int
-
-
-def history_key(user_id: str) -> str:
-    """`seqrec:hist:{<user>}`; `%`, `{` and `}` in the id are percent-escaped, so the hash tag is the
-    whole id and distinct ids never share a key."""
-    safe = user_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
-    return f"{KEY_PREFIX}{{{safe}}}"
 
 
 def changed_items_key(version: str) -> str:
@@ -140,8 +141,10 @@ def parse_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
 
 
 class RedisHistoryStore:
-    def __init__(self, url: str, cap: int = DEFAULT_CAP, timeout: float = 2.0):
+    def __init__(self, url: str, cap: int = DEFAULT_CAP, timeout: float = 2.0,
+                 id_retention_s: float = DEFAULT_ID_RETENTION_S):
         self.cap = cap
+        self.id_retention_ms = int(id_retention_s * 1000)
         self.url = redact_url(url)
         self._lock = threading.Lock()
         self._client: redis.Redis | RedisCluster | None = None
@@ -194,6 +197,10 @@ class RedisHistoryStore:
             raise
         except _UNAVAILABLE as exc:
             raise HistoryStoreUnavailable(f"Redis is unavailable ({self.url}): {exc}") from exc
+
+    def call(self, fn: Callable[[redis.Redis | RedisCluster], T]) -> T:
+        """`fn(client)`, with Redis outages raised as HistoryStoreUnavailable (for tools beside the store)."""
+        return self._call(fn)
 
     def _slot_groups(self, keys: list[str]) -> list[list[int]]:
         """Indices of `keys`, one group per transaction: all of them on one endpoint, one group per
@@ -250,39 +257,46 @@ class RedisHistoryStore:
         found = self._call(lambda client: client.smismember(changed_items_key(version), keys))
         return {k for k, hit in zip(keys, found, strict=True) if hit}
 
-    def append(self, events: Iterable[Event]) -> int:
-        """Append events (each user's in timestamp order, stable); returns the count once Redis applied them.
+    def append(self, events: Iterable[Event]) -> Ingested:
+        """Apply events once Redis has them: each user's in timestamp order, once per event id.
 
+        Events without an id get one here, so redis-py's own resend of a call cannot apply it twice.
         One transaction on one endpoint; on a cluster one per hash slot, so when Redis fails midway
-        the users written before the failure keep their events (the error says how many).
+        the users written before the failure keep their events (the error says how many) and a
+        retry with the same ids applies only the rest.
         """
         by_user: dict[str, list[Event]] = defaultdict(list)
         for event in events:
+            if not event.event_id:
+                event = Event(event.user_id, event.item_id, event.timestamp_ms, f"seqrec-{uuid.uuid4().hex}")
             by_user[event.user_id].append(event)
         if not by_user:
-            return 0
+            return Ingested()
         users = list(by_user)
         keys = [history_key(user) for user in users]
+        now_ms = int(time.time() * 1000)
 
-        def write(client: redis.Redis | RedisCluster, group: list[int]) -> None:
+        def write(client: redis.Redis | RedisCluster, group: list[int]) -> Ingested:
             with client.pipeline(transaction=True) as pipe:
                 for i in group:
-                    ordered = sorted(by_user[users[i]], key=lambda e: e.timestamp_ms)
-                    pipe.rpush(keys[i], *[_entry(e.timestamp_ms, e.item_id) for e in ordered])
-                    pipe.ltrim(keys[i], -self.cap, -1)
-                pipe.execute()
+                    keyset = [keys[i], event_ids_key(users[i]), log_key(keys[i], self.cluster)]
+                    pipe.execute_command("EVAL", APPEND_SCRIPT, len(keyset), *keyset,
+                              *script_args(users[i], by_user[users[i]], self.cap, now_ms, self.id_retention_ms))
+                replies = pipe.execute()
+            return sum((Ingested(int(a), int(d)) for a, d in replies), Ingested())
 
-        written = 0
+        done, written = Ingested(), 0
         for group in self._slot_groups(keys):
             try:
-                self._call(lambda client, group=group: write(client, group))
+                done += self._call(lambda client, group=group: write(client, group))
             except HistoryStoreUnavailable as exc:
                 if written:
                     raise HistoryStoreUnavailable(f"{exc} (the events of {written} of {len(users)} users were "
-                                                  "written before the failure)") from exc.__cause__
+                                                  "written before the failure; retry with the same event ids)"
+                                                  ) from exc.__cause__
                 raise
             written += len(group)
-        return sum(len(v) for v in by_user.values())
+        return done
 
     def merge_bulk(self, histories: Iterator[tuple[str, list[str], list[int]]], total: int | None = None,
                    batch: int = 500, progress: bool = False) -> int:

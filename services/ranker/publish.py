@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +18,26 @@ import numpy as np
 from seqrec.services.ranker.catalog import Catalog
 from seqrec.services.ranker.history_store import RedisHistoryStore
 from seqrec.services.ranker.vector_store import MilvusItemStore
-from seqrec.shared.bundle import HISTORIES, ITEM_TO_ITEM, Bundle
+from seqrec.shared.bundle import HISTORIES, ITEM_TO_ITEM, Bundle, BundleError
 from seqrec.shared.registry import BundleRegistry
 from seqrec.shared.similarity import item_to_item_vectors
 
 log = logging.getLogger(__name__)
 I2I_SUFFIX = "_i2i"  # the item-to-item collection sits beside the version's item vectors
-TIME_SCALE_MS = 1000  # bundle timestamps are seconds (or the file's own unit); Redis keeps integers
+TIME_SCALE_MS = 1000  # bundle timestamps are epoch seconds (trainer.data.parse_timestamps); Redis keeps ms
+FUTURE_SLACK_S = 86_400  # a bundle timestamp later than a day from now means a misread unit
+
+
+def check_history_times(bundle: Bundle) -> None:
+    """Refuse a bundle whose training timestamps lie in the future once read as epoch seconds: merged into
+    Redis they would sort after every live event (data in milliseconds read as seconds, for example)."""
+    newest = max((max(row["timestamps"], default=0.0) for row in bundle.iter_jsonl(HISTORIES)), default=0.0)
+    limit = time.time() + FUTURE_SLACK_S
+    if newest > limit:
+        unit = (bundle.manifest.config.get("data") or {}).get("time_unit", "auto")
+        raise BundleError(f"bundle {bundle.version}: its newest training timestamp, {newest:.4g} s since the "
+                          f"epoch, is in the future (time_unit was {unit!r}); retrain with the data's real "
+                          f"time_unit (s, ms, us or ns) so its histories merge in order with live events")
 
 
 def bundle_item_to_item_vectors(bundle: Bundle, item_vectors: np.ndarray) -> np.ndarray:
@@ -37,6 +51,7 @@ def load_stores(bundle_path: Path, redis_url: str, milvus_uri: str, milvus_token
                 index_type: str = "FLAT") -> Bundle:
     """Load the bundle into Milvus and Redis (idempotent: complete collections are reused)."""
     bundle = Bundle.open(bundle_path, verify=False)  # the registry verified it
+    check_history_times(bundle)
     vocab = bundle.vocab()
     catalog = Catalog(bundle, vocab)
     store = MilvusItemStore(milvus_uri, milvus_token)

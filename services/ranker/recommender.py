@@ -21,7 +21,7 @@ from seqrec.services.embedder.client import EmbedderClient
 from seqrec.services.ranker.catalog import Catalog
 from seqrec.services.ranker.encoder import OnnxEncoder
 from seqrec.services.ranker.filters import build_expression
-from seqrec.services.ranker.history_store import Event, HistoryStoreUnavailable, RedisHistoryStore
+from seqrec.services.ranker.history_store import Event, HistoryStoreUnavailable, Ingested, RedisHistoryStore
 from seqrec.services.ranker.online_items import (
     MAX_UPSERT,
     CatalogEntry,
@@ -34,7 +34,7 @@ from seqrec.services.ranker.publish import I2I_SUFFIX, bundle_item_to_item_vecto
 from seqrec.services.ranker.vector_store import MilvusItemStore
 from seqrec.shared.bundle import HISTORIES, REPORT_HTML, Bundle
 from seqrec.shared.history import gap_window, split_at_gap
-from seqrec.shared.json_api import MAX_LIST_ITEMS, MAX_TOP_K
+from seqrec.shared.json_api import MAX_EVENTS, MAX_ID_CHARS, MAX_LIST_ITEMS, MAX_TOP_K
 from seqrec.shared.scoring import Scorer
 from seqrec.shared.text import item_text
 
@@ -52,6 +52,9 @@ class UnknownItem(LookupError):
     """A seed item the bundle does not know, with no text to fall back on (maps to NOT_FOUND)."""
 
 
+DEFAULT_FUTURE_TOLERANCE_S = 300.0  # clock skew allowed between callers and the ranker
+
+
 class NotSupported(RuntimeError):
     """The query needs a component this deployment does not have (maps to FAILED_PRECONDITION)."""
 
@@ -67,8 +70,9 @@ class Recommendation:
 
 class Recommender:
     def __init__(self, bundle: Bundle, encoder: OnnxEncoder, items: MilvusItemStore, histories: RedisHistoryStore,
-                 embedder: EmbedderClient | None = None):
+                 embedder: EmbedderClient | None = None, future_tolerance_s: float = DEFAULT_FUTURE_TOLERANCE_S):
         self.bundle = bundle
+        self.future_tolerance_ms = int(future_tolerance_s * 1000)
         self.version = bundle.version
         self.vocab = bundle.vocab()
         self.catalog = Catalog(bundle, self.vocab)
@@ -278,14 +282,30 @@ class Recommender:
         return len(entries)
 
     # ---- events -------------------------------------------------------------------------------
-    def ingest(self, events: Sequence[Event]) -> int:
+    def ingest(self, events: Sequence[Event]) -> Ingested:
+        """Apply the events (all valid, or none): timestamp 0 means now; a repeated event id is a duplicate."""
+        if len(events) > MAX_EVENTS:
+            raise InvalidQuery(f"events: at most {MAX_EVENTS} per call, got {len(events)}")
+        now_ms = int(time.time() * 1000)
+        latest = now_ms + self.future_tolerance_ms
         for n, event in enumerate(events):
-            if not event.user_id or not event.item_id:
-                raise InvalidQuery(f"events[{n}]: user_id and item_id are required")
+            for name in ("user_id", "item_id"):
+                value = getattr(event, name)
+                if not value:
+                    raise InvalidQuery(f"events[{n}].{name}: required")
+                if len(value) > MAX_ID_CHARS:
+                    raise InvalidQuery(f"events[{n}].{name}: longer than {MAX_ID_CHARS} characters")
+            if len(event.event_id) > MAX_ID_CHARS:
+                raise InvalidQuery(f"events[{n}].event_id: longer than {MAX_ID_CHARS} characters")
             if event.timestamp_ms < 0:
                 raise InvalidQuery(f"events[{n}].timestamp_ms: must be >= 0")
-        now_ms = int(time.time() * 1000)  # 0 means "now", as the API documents
-        return self.histories.append([e if e.timestamp_ms else Event(e.user_id, e.item_id, now_ms) for e in events])
+            if event.timestamp_ms > latest:
+                ahead = (event.timestamp_ms - now_ms) / 1000
+                raise InvalidQuery(f"events[{n}].timestamp_ms: {ahead:,.0f} s in the future (more than the "
+                                   f"{self.future_tolerance_ms / 1000:g} s allowed for clock skew; milliseconds "
+                                   f"since the Unix epoch are expected)")
+        return self.histories.append([e if e.timestamp_ms else Event(e.user_id, e.item_id, now_ms, e.event_id)
+                                      for e in events])
 
     def history(self, user_id: str, limit: int) -> list[tuple[str, int]]:
         if not user_id:

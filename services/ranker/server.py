@@ -12,11 +12,18 @@ import grpc
 from seqrec.proto.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from seqrec.services.embedder.client import EmbedderClient, EmbedderRejected, EmbedderUnavailable
 from seqrec.services.ranker.encoder import OnnxEncoder
+from seqrec.services.ranker.event_ingest import DEFAULT_ID_RETENTION_S
 from seqrec.services.ranker.filters import FilterError
 from seqrec.services.ranker.history_store import HistoryStoreUnavailable, RedisHistoryStore
 from seqrec.services.ranker.online_items import InvalidItem
 from seqrec.services.ranker.publish import I2I_SUFFIX
-from seqrec.services.ranker.recommender import InvalidQuery, NotSupported, Recommender, UnknownItem
+from seqrec.services.ranker.recommender import (
+    DEFAULT_FUTURE_TOLERANCE_S,
+    InvalidQuery,
+    NotSupported,
+    Recommender,
+    UnknownItem,
+)
 from seqrec.services.ranker.service import RankerServicer
 from seqrec.services.ranker.vector_store import MilvusItemStore, VectorStoreError, VectorStoreUnavailable
 from seqrec.shared.bundle import MANIFEST, Bundle, BundleError
@@ -29,7 +36,7 @@ from seqrec.shared.grpc_server import (
     run_service,
 )
 from seqrec.shared.json_api import RequestError
-from seqrec.shared.registry import resolve_bundle
+from seqrec.shared.registry import BundleRegistry, resolve_bundle
 from seqrec.shared.settings import Env
 from seqrec.shared.tls import TlsSettings, add_port
 
@@ -51,6 +58,13 @@ ERRORS = ErrorMapping([
 ])
 
 
+class WatchRetry(RuntimeError):
+    """Following LIVE hit a store outage: the watcher tries again later."""
+
+
+WATCH_BACKOFF_MAX_S = 60.0
+
+
 @dataclass(frozen=True)
 class RankerSettings:
     bundle: Path  # a bundle directory, or a bundle root whose LIVE file names the published version
@@ -66,6 +80,8 @@ class RankerSettings:
     ort_threads: int  # ONNX Runtime intra-op threads (0 = its default)
     ort_provider: str  # auto (CUDA when a GPU is present), cuda or cpu
     history_cap: int  # events kept per user in Redis
+    event_id_retention_s: float  # how long a repeated event id is recognised as a duplicate
+    future_tolerance_s: float  # how far in the future an event's timestamp may be (clock skew)
     grace_s: float  # shutdown grace for in-flight calls
     reload_interval_s: float  # how often a bundle root's LIVE file is checked for a newly published version
     tls: TlsSettings = TlsSettings()  # SEQREC_TLS_*: TLS/mTLS on its port and to the embedder (shared/tls.py)
@@ -87,6 +103,8 @@ class RankerSettings:
             ort_threads=env.int("SEQREC_ORT_THREADS", 0, minimum=0, maximum=256),
             ort_provider=env.choice("SEQREC_ORT_PROVIDER", "auto", ("auto", "cuda", "cpu")),
             history_cap=env.int("SEQREC_HISTORY_CAP", 1000, minimum=1),
+            event_id_retention_s=env.float("SEQREC_EVENT_ID_RETENTION_S", DEFAULT_ID_RETENTION_S, minimum=1.0),
+            future_tolerance_s=env.float("SEQREC_EVENT_FUTURE_TOLERANCE_S", DEFAULT_FUTURE_TOLERANCE_S, minimum=0.0),
             grace_s=env.float("SEQREC_SHUTDOWN_GRACE_S", 10.0, minimum=0.0),
             reload_interval_s=env.float("SEQREC_RELOAD_INTERVAL_S", 2.0, minimum=0.1),
             tls=TlsSettings.from_env(env),
@@ -104,9 +122,12 @@ class RankerApp:
     def __init__(self, settings: RankerSettings):
         self.settings = settings
         self.items = MilvusItemStore(settings.milvus_uri, settings.milvus_token)
-        self.histories = RedisHistoryStore(settings.redis_url, cap=settings.history_cap)
+        self.histories = RedisHistoryStore(settings.redis_url, cap=settings.history_cap,
+                                           id_retention_s=settings.event_id_retention_s)
         self.embedder = EmbedderClient(settings.embedder, timeout=5.0, tls=settings.tls) if settings.embedder else None
-        self.recommender = self._load(resolve_bundle(settings.bundle))
+        self.refused: dict[str, str] = {}  # bundle versions that failed to load, and why: never tried again
+        self.watch_problem = ""  # the watcher's latest failure, "" once it succeeds
+        self.recommender = self._load_at_start(Path(settings.bundle))
         self.server = make_server(settings.workers, settings.max_concurrent_rpcs, [ErrorInterceptor(ERRORS)])
         ranker_pb2_grpc.add_RankerServiceServicer_to_server(
             RankerServicer(lambda: self.recommender, self.model_info), self.server)
@@ -121,48 +142,98 @@ class RankerApp:
     def bundle(self) -> Bundle:
         return self.recommender.bundle
 
+    def _load_at_start(self, root: Path) -> Recommender:
+        """The LIVE bundle; when it cannot be loaded, the newest earlier publication that can (the registry's
+        history), so a bad publish does not stop new pods from starting. A bundle directory is loaded as is."""
+        live = resolve_bundle(root)
+        try:
+            return self._load(live)
+        except (BundleError, OSError, ValueError) as exc:
+            if (root / MANIFEST).is_file():
+                raise
+            self.refused[live.name] = f"{type(exc).__name__}: {exc}"
+            log.error("the live bundle %s cannot be loaded: %s", live.name, exc)
+            for version in reversed(BundleRegistry(root).history()):
+                if version in self.refused:
+                    continue
+                try:
+                    recommender = self._load(root / version)
+                except (BundleError, OSError, ValueError) as older:
+                    self.refused[version] = f"{type(older).__name__}: {older}"
+                    continue
+                log.warning("serving the last good version %s instead of the live %s", version, live.name)
+                return recommender
+            raise
+
     def _load(self, path: Path) -> Recommender:
         bundle = Bundle.open(path)  # verifies every checksum
         encoder = OnnxEncoder(bundle, self.settings.ort_threads, self.settings.ort_provider)
-        return Recommender(bundle, encoder, self.items, self.histories, self.embedder)
+        return Recommender(bundle, encoder, self.items, self.histories, self.embedder, self.settings.future_tolerance_s)
 
     def reload_if_changed(self) -> bool:
-        """Swap to the version the LIVE file names, once it is verified and its collections exist."""
+        """Swap to the version the LIVE file names, once it is verified and its collections exist.
+
+        Never raises: a version that fails verification or loading is remembered and not tried again
+        (its reason is in the logs and the health reason); a store that cannot answer is retried by the
+        watcher with backoff."""
         try:
             path = resolve_bundle(self.settings.bundle)
         except BundleError as exc:
-            log.warning("cannot resolve the live bundle: %s", exc)
-            return False
-        if path.name == self.bundle.version:
+            self._watch_problem(f"cannot resolve the live bundle: {exc}")
             return False
         version = path.name
-        if not all(self.items.has_version(name) for name in (version, version + I2I_SUFFIX)):
+        if version == self.bundle.version or version in self.refused:
+            return False
+        try:
+            ready = all(self.items.has_version(name) for name in (version, version + I2I_SUFFIX))
+        except (VectorStoreError, VectorStoreUnavailable) as exc:
+            raise WatchRetry(f"cannot check milvus for bundle {version}: {exc}") from exc
+        if not ready:
             log.warning("live version not in milvus yet; keeping the current one",
                         extra={"bundle": version, "serving": self.bundle.version})
             return False
         try:
             fresh = self._load(path)
-        except (BundleError, OSError, ValueError) as exc:
-            log.error("refusing to switch to bundle %s: %s", version, exc)
+        except Exception as exc:  # noqa: BLE001 - any failure of one bundle must leave the served one in place
+            self.refused[version] = f"{type(exc).__name__}: {exc}"
+            log.error("refusing to switch to bundle %s (not tried again): %s", version, exc,
+                      extra={"bundle": version, "serving": self.bundle.version})
+            self.health.check_now()
             return False
         previous, self.recommender = self.bundle.version, fresh
+        self.watch_problem = ""
         log.info("bundle swapped", extra={"bundle": version, "previous": previous})
         self.health.check_now()
         return True
 
+    def _watch_problem(self, problem: str) -> None:
+        if problem != self.watch_problem:
+            log.warning(problem)
+        self.watch_problem = problem
+
     def _follow_live(self) -> None:
-        while not self._stop.wait(self.settings.reload_interval_s):
-            self.reload_if_changed()
+        """Poll LIVE; on any error keep serving, say so, and retry with exponential backoff (up to a minute)."""
+        wait = self.settings.reload_interval_s
+        while not self._stop.wait(wait):
+            try:
+                self.reload_if_changed()
+                wait = self.settings.reload_interval_s
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive every error
+                wait = min(max(wait * 2, self.settings.reload_interval_s), WATCH_BACKOFF_MAX_S)
+                self._watch_problem(f"following LIVE failed, next try in {wait:.0f} s: {exc}")
 
     def probe(self) -> tuple[bool, str]:
-        """SERVING only when Redis answers and the bundle's collections are in Milvus."""
+        """SERVING only when Redis answers and the bundle's collections are in Milvus; the reason also says when
+        the version LIVE names is not the one served (refused, or the watcher failing)."""
         if not self.histories.ping():
             return False, "redis unreachable"
         version = self.bundle.version
         for name in (version, version + I2I_SUFFIX):
             if not self.items.ensure_loaded(name):
                 return False, f"milvus collection for {name} missing or unreachable (run seqrec publish)"
-        return True, "ok"
+        notes = [f"refused bundle {v}: {why}" for v, why in self.refused.items()]
+        notes += [self.watch_problem] if self.watch_problem else []
+        return True, "; ".join(["ok", *notes])
 
     def model_info(self) -> common_pb2.ModelInfo:
         m = self.bundle.manifest

@@ -62,8 +62,9 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         return to_response(rec)
 
     def IngestEvents(self, request: ranker_pb2.IngestEventsRequest, context: grpc.ServicerContext):
-        events = [Event(e.user_id, e.item_id, e.timestamp_ms) for e in request.events]
-        return ranker_pb2.IngestEventsResponse(accepted=self.current().ingest(events))
+        events = [Event(e.user_id, e.item_id, e.timestamp_ms, e.event_id) for e in request.events]
+        done = self.current().ingest(events)
+        return ranker_pb2.IngestEventsResponse(accepted=done.applied + done.duplicates, duplicates=done.duplicates)
 
     def GetHistory(self, request: ranker_pb2.GetHistoryRequest, context: grpc.ServicerContext):
         recommender = self.current()

@@ -286,8 +286,7 @@ class MilvusItemStore:
         # Seal the segments: Milvus Lite searches unsealed ("growing") rows 14-16x slower (measured:
         # 112 ms vs 8 ms per search at 10k items, about 1 s vs 68 ms at 100k).
         self._call(f"flush {name}", "flush", name, timeout=bulk)
-        self._call(f"create_index {name}", "create_index", name, self._index_params(index_type, metadata_schema),
-                   timeout=bulk)
+        self._create_index(name, index_type, metadata_schema, bulk)
         self._call(f"load_collection {name}", "load_collection", name, timeout=bulk)
         count = self._call(f"count {name}", "query", name, filter="", output_fields=["count(*)"],
                            consistency_level="Strong", timeout=bulk)[0]["count(*)"]
@@ -295,6 +294,21 @@ class MilvusItemStore:
             raise VectorStoreError(f"load {name}: {count} rows after inserting {n}")
         self._call(f"mark {name}", "alter_collection_properties", name, properties={ROWS_PROPERTY: str(n)})
         return True
+
+    def _create_index(self, name: str, index_type: str, metadata_schema: dict[str, str], timeout: float) -> None:
+        """Index the vector and metadata fields, one field per call and each idempotently: pymilvus resends a
+        create_index whose connection dropped mid-build (a server's GOAWAY on a long call), and the resend
+        finds that field's index there."""
+        for param in self._index_params(index_type, metadata_schema):
+            single = MilvusClient.prepare_index_params()
+            single.append(param)
+            try:
+                self._call(f"create_index {name}.{param.field_name}", "create_index", name, single, timeout=timeout)
+            except VectorStoreError as exc:
+                if "already exists" not in str(exc) or not self._call(
+                        f"list_indexes {name}", "list_indexes", name, field_name=param.field_name):
+                    raise
+                log.info("the index of %s.%s was already there (a resent request)", name, param.field_name)
 
     def upsert_items(self, version: str, vectors: np.ndarray, item_indices: np.ndarray, item_ids: list[str],
                      metadata: list[dict], metadata_schema: dict[str, str], display_names: list[str | None],

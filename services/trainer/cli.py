@@ -20,6 +20,7 @@ from typing import Any
 from seqrec.shared.config import (
     PRESETS,
     SAMPLING_STRATEGIES,
+    TIME_UNITS,
     ConfigError,
     DataConfig,
     Hyperparameters,
@@ -53,6 +54,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--user-col", default="user_id")
     data.add_argument("--item-col", default="item_id")
     data.add_argument("--time-col", default="timestamp", help="numbers or ISO date strings")
+    data.add_argument("--time-unit", choices=list(TIME_UNITS), default="auto",
+                      help="unit of numeric timestamps (auto: by magnitude, e.g. 1.7e9 = s, 1.7e12 = ms)")
     data.add_argument("--meta-cols", default="", help="comma-separated item metadata columns")
     data.add_argument("--name-col", default=None, help="display-name column")
     data.add_argument("--items", default=None, help="item table joined on the item column")
@@ -79,7 +82,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Hyperparameters)}
     meta_cols = tuple(c.strip() for c in args.meta_cols.split(",") if c.strip())
     data = DataConfig(data=args.data, user_col=args.user_col, item_col=args.item_col, time_col=args.time_col,
-                      meta_cols=meta_cols, name_col=args.name_col, items=args.items,
+                      time_unit=args.time_unit, meta_cols=meta_cols, name_col=args.name_col, items=args.items,
                       min_user_interactions=args.min_user_interactions,
                       min_item_interactions=args.min_item_interactions)
     return TrainConfig(data=data, hparams=build_hparams(args.preset, **overrides), seed=args.seed, preset=args.preset)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from seqrec.shared.config import DataConfig
+from seqrec.shared.config import TIME_UNITS, DataConfig
 from seqrec.shared.vocab import ItemVocab
 
 
@@ -35,7 +35,7 @@ class Interactions:
     vocab: ItemVocab
     user_ids: list[str]
     sequences: list[np.ndarray]  # item indices, oldest first
-    timestamps: list[np.ndarray]  # float64 seconds (or the file's own numeric unit), aligned
+    timestamps: list[np.ndarray]  # float64 UTC epoch seconds (DataConfig.time_unit), aligned
     items: dict[str, ItemInfo]
     stats: dict[str, Any] = field(default_factory=dict)
     n_warm: int = 0  # indices 1..n_warm have interactions; the rest are catalog-only items (text, no history)
@@ -74,11 +74,23 @@ def _require_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None
         raise DataError(f"{what}: missing column(s) {missing}; the file has {list(frame.columns)}")
 
 
-def parse_timestamps(values: pd.Series, column: str) -> np.ndarray:
-    """Numbers stay numbers; ISO date strings become UTC epoch seconds. Unparseable → DataError."""
+def timestamp_unit(seconds_or_more: np.ndarray) -> str:
+    """The unit of numeric epoch timestamps, by magnitude: below 1e11 seconds (until the year 5138), below
+    1e14 milliseconds, below 1e17 microseconds, else nanoseconds. Small numbers (1, 2, 3: an ordering, not a
+    date) read as seconds, which keeps them before any live event."""
+    largest = float(np.abs(seconds_or_more).max()) if len(seconds_or_more) else 0.0
+    return next((unit for unit, bound in (("s", 1e11), ("ms", 1e14), ("us", 1e17)) if largest < bound), "ns")
+
+
+def parse_timestamps(values: pd.Series, column: str, unit: str = "auto") -> tuple[np.ndarray, str]:
+    """UTC epoch seconds, and the unit the column was read in: numbers are scaled from `unit` ("auto":
+    `timestamp_unit`), ISO date strings are parsed ("iso"). Unparseable → DataError."""
     numeric = pd.to_numeric(values, errors="coerce")
     if numeric.notna().all():
-        out = numeric.to_numpy(dtype=np.float64)
+        raw = numeric.to_numpy(dtype=np.float64)
+        if unit == "auto":
+            unit = timestamp_unit(raw[np.isfinite(raw)])
+        out = raw * TIME_UNITS[unit]
     else:
         parsed = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
         is_number, is_date = numeric.notna(), parsed.notna() & numeric.isna()
@@ -92,12 +104,12 @@ def parse_timestamps(values: pd.Series, column: str) -> np.ndarray:
             examples = values[bad].astype(str).unique()[:3].tolist()
             raise DataError(f"{column}: {int(bad.sum())} timestamp(s) are neither numbers nor ISO dates, "
                             f"e.g. {examples}; fix or drop those rows")
-        out = (parsed.astype("int64") / 1e9).to_numpy(dtype=np.float64)
+        out, unit = (parsed.astype("int64") / 1e9).to_numpy(dtype=np.float64), "iso"
     infinite = ~np.isfinite(out)
     if infinite.any():
         raise DataError(f"{column}: timestamps must be finite numbers; {int(infinite.sum())} are not, e.g. "
                         f"{values[infinite].astype(str).unique()[:3].tolist()}")
-    return out
+    return out, unit
 
 
 def id_spellings(frame: pd.DataFrame, column: str, ids: np.ndarray) -> dict[str, Any]:
@@ -216,7 +228,7 @@ def load_interactions(cfg: DataConfig) -> Interactions:
                  if (found := id_spellings(frame, col, ids))}
     stats["id_spellings"] = spellings
     seen_items = set(items.tolist())
-    times = parse_timestamps(frame[cfg.time_col], cfg.time_col)
+    times, stats["timestamp_unit"] = parse_timestamps(frame[cfg.time_col], cfg.time_col, cfg.time_unit)
     rows = frame["_row"].to_numpy()
 
     keep = kcore_filter(users, items, cfg.min_user_interactions, cfg.min_item_interactions)

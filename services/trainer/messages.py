@@ -161,7 +161,8 @@ def request_to_config(request: trainer_pb2.TrainingRequest, data_root: Path | No
     try:
         data_cfg = DataConfig(
             data=str(data), user_col=columns["user_column"], item_col=columns["item_column"],
-            time_col=columns["timestamp_column"], meta_cols=tuple(meta),
+            time_col=columns["timestamp_column"], time_unit=request.timestamp_unit.strip() or "auto",
+            meta_cols=tuple(meta),
             name_col=request.display_name_column.strip() or None, items=str(items) if items else None,
             min_user_interactions=request.min_user_interactions if request.HasField("min_user_interactions") else 0,
             min_item_interactions=request.min_item_interactions if request.HasField("min_item_interactions") else 0)
@@ -176,6 +177,7 @@ def request_to_config(request: trainer_pb2.TrainingRequest, data_root: Path | No
     resolved.data_uri, resolved.items_uri = str(data), str(items) if items else ""
     resolved.user_column, resolved.item_column = data_cfg.user_col, data_cfg.item_col
     resolved.timestamp_column, resolved.display_name_column = data_cfg.time_col, data_cfg.name_col or ""
+    resolved.timestamp_unit = data_cfg.time_unit
     resolved.preset = preset or ""
     del resolved.metadata_columns[:]
     resolved.metadata_columns.extend(meta)

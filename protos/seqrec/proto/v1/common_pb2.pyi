@@ -83,14 +83,16 @@ class ScoredItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., display_name: _Optional[str] = ..., meta: _Optional[_Mapping[str, MetadataValue]] = ...) -> None: ...
 
 class Interaction(_message.Message):
-    __slots__ = ("user_id", "item_id", "timestamp_ms")
+    __slots__ = ("user_id", "item_id", "timestamp_ms", "event_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     item_id: str
     timestamp_ms: int
-    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
+    event_id: str
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class Metrics(_message.Message):
     __slots__ = ("values",)

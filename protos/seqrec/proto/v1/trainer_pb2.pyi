@@ -92,7 +92,7 @@ class Hyperparameters(_message.Message):
     def __init__(self, max_len: _Optional[int] = ..., sampling: _Optional[_Union[SequenceSampling, str]] = ..., window_stride: _Optional[int] = ..., mask_ratio: _Optional[float] = ..., last_item_mask_share: _Optional[float] = ..., hidden_size: _Optional[int] = ..., depth: _Optional[int] = ..., heads: _Optional[int] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., lr: _Optional[float] = ..., dropout: _Optional[float] = ..., weight_tying: _Optional[bool] = ..., grad_clip: _Optional[float] = ..., use_attention_mask: _Optional[bool] = ..., negative_samples: _Optional[int] = ..., top_k: _Optional[int] = ..., patience: _Optional[int] = ..., seed: _Optional[int] = ..., weight_decay: _Optional[float] = ..., eval_every: _Optional[int] = ..., id_dropout: _Optional[float] = ..., new_item_exposure: _Optional[float] = ..., next_item_context_ratio: _Optional[float] = ..., refit_share: _Optional[float] = ..., time_budget: _Optional[float] = ...) -> None: ...
 
 class TrainingRequest(_message.Message):
-    __slots__ = ("data_uri", "items_uri", "user_column", "item_column", "timestamp_column", "metadata_columns", "display_name_column", "min_user_interactions", "min_item_interactions", "preset", "hyperparameters", "publish_on_success", "description")
+    __slots__ = ("data_uri", "items_uri", "user_column", "item_column", "timestamp_column", "metadata_columns", "display_name_column", "min_user_interactions", "min_item_interactions", "preset", "hyperparameters", "publish_on_success", "description", "timestamp_unit")
     DATA_URI_FIELD_NUMBER: _ClassVar[int]
     ITEMS_URI_FIELD_NUMBER: _ClassVar[int]
     USER_COLUMN_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,7 @@ class TrainingRequest(_message.Message):
     HYPERPARAMETERS_FIELD_NUMBER: _ClassVar[int]
     PUBLISH_ON_SUCCESS_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_UNIT_FIELD_NUMBER: _ClassVar[int]
     data_uri: str
     items_uri: str
     user_column: str
@@ -119,7 +120,8 @@ class TrainingRequest(_message.Message):
     hyperparameters: Hyperparameters
     publish_on_success: bool
     description: str
-    def __init__(self, data_uri: _Optional[str] = ..., items_uri: _Optional[str] = ..., user_column: _Optional[str] = ..., item_column: _Optional[str] = ..., timestamp_column: _Optional[str] = ..., metadata_columns: _Optional[_Iterable[str]] = ..., display_name_column: _Optional[str] = ..., min_user_interactions: _Optional[int] = ..., min_item_interactions: _Optional[int] = ..., preset: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., publish_on_success: _Optional[bool] = ..., description: _Optional[str] = ...) -> None: ...
+    timestamp_unit: str
+    def __init__(self, data_uri: _Optional[str] = ..., items_uri: _Optional[str] = ..., user_column: _Optional[str] = ..., item_column: _Optional[str] = ..., timestamp_column: _Optional[str] = ..., metadata_columns: _Optional[_Iterable[str]] = ..., display_name_column: _Optional[str] = ..., min_user_interactions: _Optional[int] = ..., min_item_interactions: _Optional[int] = ..., preset: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., publish_on_success: _Optional[bool] = ..., description: _Optional[str] = ..., timestamp_unit: _Optional[str] = ...) -> None: ...
 
 class JobRef(_message.Message):
     __slots__ = ("job_id",)
