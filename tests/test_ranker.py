@@ -374,6 +374,16 @@ def test_events_from_the_future_or_with_overlong_ids_are_refused(ranker, event, 
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in err.value.details()
 
 
+def test_a_session_longer_than_the_gateway_allows_is_refused_by_the_ranker_too(ranker):
+    """Found by reading: a long session with exclude_seen reached Milvus and came back as INTERNAL."""
+    _, stub, _ = ranker
+    request = ranker_pb2.SequentialRequest(session_items=[f"s{n % 30}e{n % 8}" for n in range(1001)], top_k=5,
+                                           exclude_seen=True)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Sequential(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "session_items: at most 1000" in err.value.details()
+
+
 def test_more_events_than_the_gateway_allows_are_refused_by_the_ranker_too(ranker):
     _, stub, _ = ranker
     events = [common_pb2.Interaction(user_id="u-many", item_id="s1e1", timestamp_ms=n + 1) for n in range(1001)]

@@ -195,6 +195,8 @@ class Recommender:
                    exclude_seen: bool = False, exclude_ids: Sequence[str] = ()) -> Recommendation:
         if not session_items:
             raise InvalidQuery("session_items: at least one item is required")
+        if len(session_items) > MAX_LIST_ITEMS:  # the gateway's limit, enforced for gRPC callers too
+            raise InvalidQuery(f"session_items: at most {MAX_LIST_ITEMS} items, got {len(session_items)}")
         top_k = self._top_k(top_k)
         clauses, expr = self._filters(clauses)
         history, unknown = self.vocab.encode(session_items)
