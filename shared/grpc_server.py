@@ -14,6 +14,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from seqrec.shared.deadlines import DeadlineExceeded, call_deadline
+
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # largest request or response accepted (bulk events, big top-k)
@@ -87,9 +89,13 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                               f"request: not a valid message ({request.error}); string fields must be UTF-8")
             try:
-                return inner(request, context)
+                with call_deadline(remaining):
+                    return inner(request, context)
             except Exception as exc:  # noqa: BLE001 - this is the one place errors become statuses
-                code = self.mapping.code_for(exc)
+                left = context.time_remaining()
+                # a store call cut short by the caller's deadline is the caller's timeout, not an outage
+                code = (grpc.StatusCode.DEADLINE_EXCEEDED if isinstance(exc, DeadlineExceeded)
+                        or (left is not None and left <= 0) else self.mapping.code_for(exc))
                 if code is None:
                     incident = uuid.uuid4().hex[:12]
                     log.exception("unhandled error", extra={"method": method, "incident": incident})

@@ -141,3 +141,48 @@ def _health_status(channel: grpc.Channel) -> int:
 
     return health_pb2_grpc.HealthStub(channel).Check(
         health_pb2.HealthCheckRequest(service="seqrec.proto.v1.RankerService"), timeout=2).status
+
+
+def test_a_hung_milvus_costs_a_call_its_deadline_and_health_says_so(trained_bundle, redis_server, tmp_path):
+    """Milvus stops answering (SIGSTOP) without closing connections: a call with a 1 s deadline gets
+    DEADLINE_EXCEEDED (the store call is cut at the caller's deadline rather than its own 10 s), and the
+    health probe, whose Milvus calls share a 3 s budget, turns NOT_SERVING."""
+    import os
+    import signal
+
+    from seqrec.shared.deadlines import DeadlineExceeded, bounded, call_deadline
+
+    with call_deadline(0.5):
+        assert bounded(10.0) <= 0.5
+    with call_deadline(-1.0), pytest.raises(DeadlineExceeded):
+        bounded(10.0)
+    assert bounded(10.0) == 10.0  # outside a call
+
+    milvus = start_milvus_lite(tmp_path / "milvus")
+    uri, redis_url = f"http://{milvus.address}", f"redis://{redis_server.address}/0"
+    publish(trained_bundle[0], redis_url, uri, progress=False)
+    app = RankerApp(_settings(trained_bundle[0], redis_url, uri, SEQREC_HEALTH_INTERVAL_S="0.5"))
+    app.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
+    stub = ranker_pb2_grpc.RankerServiceStub(channel)
+    stopped = False
+    try:
+        _wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+        os.kill(milvus.process.pid, signal.SIGSTOP)
+        stopped = True
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Sequential(ranker_pb2.SequentialRequest(session_items=["s4e1"], top_k=3), timeout=1)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        _wait_health(channel, health_pb2.HealthCheckResponse.NOT_SERVING, timeout=20)
+        os.kill(milvus.process.pid, signal.SIGCONT)
+        stopped = False
+        got, _ = _until(lambda: stub.Sequential(ranker_pb2.SequentialRequest(session_items=["s4e1"], top_k=3),
+                                                timeout=5), timeout=30)
+        assert len(got.items) == 3
+        _wait_health(channel, health_pb2.HealthCheckResponse.SERVING, timeout=20)
+    finally:
+        if stopped:
+            os.kill(milvus.process.pid, signal.SIGCONT)
+        channel.close()
+        app.stop(0)
+        milvus.stop()

@@ -88,7 +88,8 @@ def _first_epoch(stub, job_id: str) -> grpc.Future:
 def trainer(tmp_path_factory, redis_server, milvus_server):
     root = tmp_path_factory.mktemp("trainer") / "bundles"
     app = TrainerApp(_settings(root, REDIS_URL=f"redis://{redis_server.address}/3", MILVUS_URI=milvus_server,
-                               SEQREC_GRPC_WORKERS="4", SEQREC_MAX_CONCURRENT_RPCS="16"))
+                               SEQREC_GRPC_WORKERS="4", SEQREC_MAX_CONCURRENT_RPCS="16", SEQREC_TRAINER_MAX_STREAMS="3",
+                               SEQREC_TRAINER_MAX_QUEUED="3"))
     app.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
     yield app, trainer_pb2_grpc.TrainerServiceStub(channel), channel
@@ -286,6 +287,35 @@ def test_a_client_cancelling_its_stream_frees_the_server(trainer, series_csv):
         assert stub.GetJob(trainer_pb2.JobRef(job_id=quiet.job_id), timeout=5).state == S.JOB_STATE_QUEUED
     finally:
         for job in (quiet, running):
+            stub.CancelJob(trainer_pb2.JobRef(job_id=job.job_id), timeout=30)
+
+
+def test_the_queue_and_the_open_streams_are_capped(trainer, series_csv):
+    """Past SEQREC_TRAINER_MAX_QUEUED waiting jobs, and past SEQREC_TRAINER_MAX_STREAMS open progress streams,
+    calls get RESOURCE_EXHAUSTED; a health check still gets a worker thread."""
+    app, stub, channel = trainer
+    running = stub.StartTraining(_request(series_csv, hyperparameters=_hparams(epochs=500, patience=500)))
+    queued = [stub.StartTraining(_request(series_csv)) for _ in range(app.settings.max_queued)]
+    calls = []
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            stub.StartTraining(_request(series_csv))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "SEQREC_TRAINER_MAX_QUEUED" in \
+            err.value.details()
+        for _ in range(app.settings.max_streams):
+            call = stub.StreamProgress(trainer_pb2.JobRef(job_id=queued[0].job_id), timeout=30)
+            assert next(call).state == S.JOB_STATE_QUEUED
+            calls.append(call)
+        extra = stub.StreamProgress(trainer_pb2.JobRef(job_id=queued[0].job_id), timeout=30)
+        with pytest.raises(grpc.RpcError) as err:
+            next(extra)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        for call in calls:
+            call.cancel()
+        for job in (*queued, running):
             stub.CancelJob(trainer_pb2.JobRef(job_id=job.job_id), timeout=30)
 
 

@@ -27,6 +27,7 @@ from seqrec.services.ranker.recommender import (
 from seqrec.services.ranker.service import RankerServicer
 from seqrec.services.ranker.vector_store import MilvusItemStore, VectorStoreError, VectorStoreUnavailable
 from seqrec.shared.bundle import MANIFEST, Bundle, BundleError
+from seqrec.shared.deadlines import call_deadline
 from seqrec.shared.grpc_server import (
     ErrorInterceptor,
     ErrorMapping,
@@ -63,6 +64,7 @@ class WatchRetry(RuntimeError):
 
 
 WATCH_BACKOFF_MAX_S = 60.0
+PROBE_TIMEOUT_S = 3.0  # all of one health probe's Milvus calls together (Redis' ping has its socket timeout)
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,12 @@ class RankerApp:
 
     def probe(self) -> tuple[bool, str]:
         """SERVING only when Redis answers and the bundle's collections are in Milvus; the reason also says when
-        the version LIVE names is not the one served (refused, or the watcher failing)."""
+        the version LIVE names is not the one served (refused, or the watcher failing). Every Milvus call of a
+        probe shares PROBE_TIMEOUT_S, so a hung Milvus turns health NOT_SERVING within seconds."""
+        with call_deadline(PROBE_TIMEOUT_S):
+            return self._probe()
+
+    def _probe(self) -> tuple[bool, str]:
         if not self.histories.ping():
             return False, "redis unreachable"
         version = self.bundle.version

@@ -33,6 +33,7 @@ from seqrec.services.ranker.filters import (
     typed_value,
 )
 from seqrec.services.ranker.milvus_compat import MilvusEngine
+from seqrec.shared.deadlines import bounded
 
 COLLECTION_PREFIX = "seqrec_"
 INSERT_BATCH = 5000
@@ -147,13 +148,13 @@ class MilvusItemStore:
 
         On a connection failure the client is replaced, and a read is tried once more on the new one.
         """
-        timeout = self.timeout if timeout is None else timeout
+        timeout = bounded(self.timeout if timeout is None else timeout)  # never past the caller's deadline
         try:
             return self._attempt(what, method, args, kwargs, timeout)
         except VectorStoreUnavailable:
             if method not in _RETRYABLE:
                 raise
-            return self._attempt(what, method, args, kwargs, timeout)
+            return self._attempt(what, method, args, kwargs, bounded(timeout))
 
     def _attempt(self, what: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float) -> Any:
         try:

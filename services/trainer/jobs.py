@@ -54,6 +54,10 @@ class TrainerClosed(RuntimeError):
     """The trainer is shutting down and accepts no new job."""
 
 
+class QueueFull(RuntimeError):
+    """As many jobs wait as the trainer accepts (maps to RESOURCE_EXHAUSTED)."""
+
+
 class RootInUse(RuntimeError):
     """Another trainer process already manages this bundle root."""
 
@@ -193,8 +197,9 @@ class JobManager:
     """The job queue and its worker thread; thread-safe; every read returns a copy."""
 
     def __init__(self, bundle_root: Path, publisher: Callable[[Path], Any] | None = None,
-                 child_env: dict[str, str] | None = None, cancel_grace_s: float = 5.0):
+                 child_env: dict[str, str] | None = None, cancel_grace_s: float = 5.0, max_queued: int = 16):
         self.root = Path(bundle_root)
+        self.max_queued = max_queued
         self.jobs_dir = self.root / JOBS_DIR
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self._lock_file = _lock_root(self.jobs_dir / LOCK_FILE)
@@ -229,6 +234,9 @@ class JobManager:
         with self._cond:
             if self._closed:
                 raise TrainerClosed("the trainer is shutting down; start the job again once it is back")
+            if len(self._queue) >= self.max_queued:
+                raise QueueFull(f"{len(self._queue)} jobs are already queued (SEQREC_TRAINER_MAX_QUEUED="
+                                f"{self.max_queued}); start it once one has run, or cancel one")
             ahead = len(self._queue) + (1 if self._running else 0)
             job.events.append(JobEvent(QUEUED, f"queued ({ahead} job(s) ahead)", now,
                                        total_epochs=job.total_epochs))

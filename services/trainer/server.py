@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 
 from seqrec.proto.v1 import trainer_pb2, trainer_pb2_grpc
-from seqrec.services.trainer.jobs import JobManager, JobNotFound, RootInUse, TrainerClosed
+from seqrec.services.trainer.jobs import JobManager, JobNotFound, QueueFull, RootInUse, TrainerClosed
 from seqrec.services.trainer.messages import InvalidRequest
 from seqrec.services.trainer.service import BundleStore, StoreUnavailable, TrainerServicer
 from seqrec.shared.bundle import BundleError
@@ -23,7 +23,7 @@ from seqrec.shared.grpc_server import (
     run_service,
 )
 from seqrec.shared.registry import InvalidVersion, NothingToRollBack, VersionNotFound
-from seqrec.shared.settings import Env
+from seqrec.shared.settings import Env, SettingsError
 from seqrec.shared.tls import TlsSettings, add_port
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ ERRORS = ErrorMapping([
     (BundleError, grpc.StatusCode.FAILED_PRECONDITION),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (TrainerClosed, grpc.StatusCode.UNAVAILABLE),
+    (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ])
 
 
@@ -56,12 +57,15 @@ class TrainerSettings:
     reflection: bool  # expose gRPC server reflection
     health_interval_s: float
     grace_s: float  # shutdown grace for in-flight calls
+    max_queued: int  # jobs waiting at once; beyond, StartTraining gets RESOURCE_EXHAUSTED
+    max_streams: int  # StreamProgress calls at once, below the worker threads so probes always get one
     tls: TlsSettings = TlsSettings()  # SEQREC_TLS_*: TLS/mTLS on its port; training processes inherit them
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> TrainerSettings:
         env = env or Env()
         data_root = env.str("SEQREC_DATA_ROOT", "")
+        workers = env.int("SEQREC_GRPC_WORKERS", 32, minimum=2, maximum=1024)
         return cls(
             bundle_root=Path(env.str("SEQREC_BUNDLE_ROOT")),
             data_root=Path(data_root) if data_root else None,
@@ -70,11 +74,13 @@ class TrainerSettings:
             milvus_uri=env.str("MILVUS_URI", "http://127.0.0.1:19530"),
             milvus_token=env.str("MILVUS_TOKEN", ""),
             embedder=env.str(EMBEDDER_ENV, ""),
-            workers=env.int("SEQREC_GRPC_WORKERS", 32, minimum=2, maximum=1024),
+            workers=workers,
             max_concurrent_rpcs=env.int("SEQREC_MAX_CONCURRENT_RPCS", 64, minimum=1),
             reflection=env.bool("SEQREC_GRPC_REFLECTION", False),
             health_interval_s=env.float("SEQREC_HEALTH_INTERVAL_S", 5.0, minimum=0.1),
             grace_s=env.float("SEQREC_SHUTDOWN_GRACE_S", 10.0, minimum=0.0),
+            max_queued=env.int("SEQREC_TRAINER_MAX_QUEUED", 16, minimum=1, maximum=10_000),
+            max_streams=env.int("SEQREC_TRAINER_MAX_STREAMS", max(1, workers // 2), minimum=1, maximum=1024),
             tls=TlsSettings.from_env(env),
         )
 
@@ -91,10 +97,13 @@ class TrainerApp:
                                    settings.milvus_token)
         child_env = {EMBEDDER_ENV: settings.embedder} if settings.embedder else {}
         self.jobs = JobManager(settings.bundle_root, publisher=self.bundles.publish, child_env=child_env,
-                               cancel_grace_s=min(5.0, max(settings.grace_s, 1.0)))
+                               cancel_grace_s=min(5.0, max(settings.grace_s, 1.0)), max_queued=settings.max_queued)
+        if settings.max_streams >= settings.workers:
+            raise SettingsError(f"SEQREC_TRAINER_MAX_STREAMS ({settings.max_streams}) must be below "
+                                f"SEQREC_GRPC_WORKERS ({settings.workers}): each stream holds a worker thread")
         self.server = make_server(settings.workers, settings.max_concurrent_rpcs, [ErrorInterceptor(ERRORS)])
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server(
-            TrainerServicer(self.jobs, self.bundles, settings.data_root), self.server)
+            TrainerServicer(self.jobs, self.bundles, settings.data_root, settings.max_streams), self.server)
         self.health = HealthReporter(self.server, [SERVICE_NAME], self.probe, settings.health_interval_s)
         if settings.reflection:
             enable_reflection(self.server, [SERVICE_NAME])
@@ -126,6 +135,4 @@ class TrainerApp:
 
 
 def main() -> int:
-    from seqrec.shared.settings import SettingsError
-
     return run_service("trainer", lambda: TrainerApp(TrainerSettings.from_env()), (SettingsError, RootInUse, OSError))

@@ -8,6 +8,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -113,10 +114,12 @@ def _created_at(created_at: str, path: Path) -> Timestamp:
 # -- the servicer -----------------------------------------------------------------------------------
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
-    def __init__(self, jobs: JobManager, bundles: BundleStore, data_root: Path | None = None):
+    def __init__(self, jobs: JobManager, bundles: BundleStore, data_root: Path | None = None, max_streams: int = 8):
         self.jobs = jobs
         self.bundles = bundles
         self.data_root = data_root
+        self.max_streams = max_streams
+        self._streams = threading.BoundedSemaphore(max_streams)
 
     def StartTraining(self, request: trainer_pb2.TrainingRequest, context: grpc.ServicerContext):
         cfg, resolved = request_to_config(request, self.data_root)
@@ -134,15 +137,23 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             self.jobs.get(job_id)
         except JobNotFound as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        context.add_callback(self.jobs.wake)  # a client that goes away wakes the wait below
-        sent = 0
-        while context.is_active():
-            events, ended = self.jobs.wait_events(job_id, sent, STREAM_POLL_S)
-            for event in events:
-                yield event_message(job_id, event)
-            sent += len(events)
-            if ended:
-                return
+        # Each stream holds a worker thread while it waits: past the cap, refuse rather than starve other calls.
+        if not self._streams.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{self.max_streams} progress streams are open (SEQREC_TRAINER_MAX_STREAMS); poll GetJob "
+                          "or retry later")
+        try:
+            context.add_callback(self.jobs.wake)  # a client that goes away wakes the wait below
+            sent = 0
+            while context.is_active():
+                events, ended = self.jobs.wait_events(job_id, sent, STREAM_POLL_S)
+                for event in events:
+                    yield event_message(job_id, event)
+                sent += len(events)
+                if ended:
+                    return
+        finally:
+            self._streams.release()
 
     def GetJob(self, request: trainer_pb2.JobRef, context: grpc.ServicerContext):
         return job_message(self.jobs.get(_job_id(request)))
