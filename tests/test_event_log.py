@@ -141,3 +141,30 @@ def test_a_failed_cluster_batch_is_completed_by_a_retry_without_doubles(cluster_
     assert done.applied + done.duplicates == len(batch) and 0 < done.duplicates < len(batch), done
     assert all(store.read(user, 10) == [("i1", 1), ("i2", 2)] for user in users)
     assert store.append(batch) == Ingested(0, len(batch))
+
+
+def test_redis_settings_that_weaken_durability_are_named(store_url, tmp_path):
+    """Checked at ranker start (a warning each): no AOF, AOF without fsync per write, an eviction policy."""
+    import redis
+
+    from seqrec.shared.local_services import start_redis
+
+    store = RedisHistoryStore(store_url)
+    assert store.durability_warnings() == []  # the test deployments run as the shipped ones do
+    first = store_url.split("//")[1].split(",")[0].split("/")[0]
+    host, port = first.rsplit(":", 1)
+    node = redis.Redis(host=host, port=int(port))
+    node.config_set("appendfsync", "everysec")
+    node.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        warnings = store.durability_warnings()
+    finally:
+        node.config_set("appendfsync", "always")
+        node.config_set("maxmemory-policy", "noeviction")
+        node.close()
+    assert [w.split(" is ")[0] for w in warnings] == ["appendfsync", "maxmemory-policy"], warnings
+    plain = start_redis(tmp_path / "plain", appendonly=False)
+    try:
+        assert RedisHistoryStore(f"redis://{plain.address}/0").durability_warnings()[0].startswith("appendonly is off")
+    finally:
+        plain.stop()

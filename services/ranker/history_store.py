@@ -56,6 +56,7 @@ CHANGED_PREFIX = "seqrec:changed:"
 DEFAULT_CAP = 1000  # entries kept per user; older ones are trimmed
 WATCH_ATTEMPTS = 5  # read-merge-write attempts of one merge transaction after lost connections
 SERVER_SCHEMES = ("redis", "rediss", "unix")
+DURABILITY_SETTINGS = ("appendonly", "appendfsync", "maxmemory-policy")
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}  # -> scheme of each node
 
 # Errors that mean "Redis cannot serve this now"; a cross-slot transaction is a bug and stays one.
@@ -218,6 +219,35 @@ class RedisHistoryStore:
             return bool(self.client.ping())
         except (redis.RedisError, RedisClusterException):
             return False
+
+    def durability_warnings(self) -> list[str]:
+        """What in the Redis configuration weakens the promise that an acknowledged event is kept (every node
+        of a cluster is asked); [] when it holds or when CONFIG GET is not allowed (a managed Redis)."""
+        def settings(client: redis.Redis | RedisCluster) -> list[dict[str, str]]:
+            nodes = client.get_primaries() if isinstance(client, RedisCluster) else [None]
+            out = []
+            for node in nodes:
+                kwargs = {"target_nodes": node} if node is not None else {}
+                out.append({k: client.config_get(k, **kwargs).get(k, "") for k in DURABILITY_SETTINGS})
+            return out
+
+        try:
+            found = self._call(settings)
+        except (HistoryStoreUnavailable, redis.RedisError):
+            return []
+        warnings = set()
+        for conf in found:
+            if conf.get("appendonly") != "yes":
+                warnings.add("appendonly is off: acknowledged events since the last snapshot are lost when Redis "
+                             "restarts (run it with --appendonly yes --appendfsync always)")
+            elif conf.get("appendfsync") != "always":
+                warnings.add(f"appendfsync is {conf.get('appendfsync')!r}: up to a second of acknowledged events can "
+                             "be lost when the Redis host crashes (always makes every acknowledgement durable)")
+            policy = conf.get("maxmemory-policy", "noeviction")
+            if policy != "noeviction":
+                warnings.add(f"maxmemory-policy is {policy!r}: under memory pressure Redis may evict histories, "
+                             "event ids (then a retry doubles an event) or the event log; use noeviction")
+        return sorted(warnings)
 
     def read(self, user_id: str, limit: int) -> list[tuple[str, int]]:
         """The user's most recent `limit` (item_id, timestamp_ms), oldest first; [] for an unknown user."""

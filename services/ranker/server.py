@@ -253,6 +253,8 @@ class RankerApp:
             example_user_ids=self.recommender.example_users())
 
     def start(self) -> None:
+        for warning in self.histories.durability_warnings():
+            log.warning("redis: %s", warning)
         self.server.start()
         self.health.start()
         if not (Path(self.settings.bundle) / MANIFEST).is_file():  # a bundle root: follow its LIVE file
