@@ -42,6 +42,7 @@ from seqrec.services.ranker.publish import publish  # noqa: E402
 from seqrec.shared.local_services import (  # noqa: E402
     ManagedProcess,
     free_port,
+    respawn,
     start_milvus_lite,
     start_redis,
     start_redis_cluster,
@@ -104,30 +105,12 @@ class Stack:
 
     def restart_redis(self, n: int) -> None:
         """SIGKILL node n and start it again on its port and data directory (AOF replays what was fsynced)."""
-        old = self.redis[n]
-        old.kill()
-        if self.redis_mode == "cluster":
-            self.redis[n] = _restart_cluster_node(old)
-        else:
-            self.redis[n] = start_redis(self.work / "redis", port=old.port)
+        self.redis[n] = respawn(self.redis[n])
 
     def stop(self) -> None:
         for proc in (self.gateway, self.ranker, self.milvus, *self.redis):
             if proc is not None:
                 proc.stop()
-
-
-def _restart_cluster_node(old: ManagedProcess) -> ManagedProcess:
-    """The same redis-server command line again: its nodes-<port>.conf and AOF bring back slots and data."""
-    import subprocess
-
-    argv = list(old.process.args)
-    with open(old.log_path, "ab") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=old.log_path.parent,
-                                   start_new_session=True)
-    node = ManagedProcess(old.name, process, old.port, old.log_path)
-    node.wait_ready(30)
-    return node
 
 
 def _post(port: int, body: bytes, timeout: float = 5.0) -> int:

@@ -134,6 +134,13 @@ def start_redis(data_dir: Path, port: int | None = None, appendonly: bool = True
     return _spawn("redis", argv, port, Path(data_dir), timeout)
 
 
+def respawn(old: ManagedProcess, timeout: float = 30.0) -> ManagedProcess:
+    """SIGKILL a process started by `_spawn` and start the same command line again on its port, data directory
+    and log: a restart in place (a Redis node comes back with its AOF and cluster config)."""
+    old.kill()
+    return _spawn(old.name, list(old.process.args), old.port, old.log_path.parent, timeout)
+
+
 CLUSTER_SLOTS = 16384
 CLUSTER_BUS_OFFSET = 10000  # redis-server < 7 has no cluster-port: the bus listens on port + 10000
 

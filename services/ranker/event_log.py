@@ -87,10 +87,15 @@ def read_log(client: redis.Redis | RedisCluster, since_ms: int = 0, until_ms: in
             start = "(" + (last.decode() if isinstance(last, bytes) else last)
 
 
+def _by_event_time(client: redis.Redis | RedisCluster, since_ms: int, until_ms: int | None) -> list[LoggedEvent]:
+    """The logged events applied in [since_ms, until_ms), in event-time order (ties: the order applied)."""
+    return sorted(read_log(client, since_ms, until_ms), key=lambda e: (e.timestamp_ms, e.logged_ms))
+
+
 def export_csv(client: redis.Redis | RedisCluster, out: Path, since_ms: int = 0,
                until_ms: int | None = None) -> int:
     """Write the logged events to a CSV file (EXPORT_COLUMNS, by event time); returns how many."""
-    events = sorted(read_log(client, since_ms, until_ms), key=lambda e: (e.timestamp_ms, e.logged_ms))
+    events = _by_event_time(client, since_ms, until_ms)
     tmp = out.with_name(out.name + ".partial")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
@@ -120,7 +125,7 @@ def extend_csv(client: redis.Redis | RedisCluster, original: Path, out: Path, co
     if missing:
         raise ValueError(f"{original}: no column(s) {missing} (see --user-col, --item-col, --time-col)")
     at = [header.index(c) for c in columns]
-    events = sorted(read_log(client, since_ms, until_ms), key=lambda e: (e.timestamp_ms, e.logged_ms))
+    events = _by_event_time(client, since_ms, until_ms)
     tmp = out.with_name(out.name + ".partial")
     with open(original, "rb") as src, open(tmp, "wb") as dst:
         shutil.copyfileobj(src, dst)

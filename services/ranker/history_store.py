@@ -310,8 +310,8 @@ class RedisHistoryStore:
             with client.pipeline(transaction=True) as pipe:
                 for i in group:
                     keyset = [keys[i], event_ids_key(users[i]), log_key(keys[i], self.cluster)]
-                    pipe.execute_command("EVAL", APPEND_SCRIPT, len(keyset), *keyset,
-                              *script_args(users[i], by_user[users[i]], self.cap, now_ms, self.id_retention_ms))
+                    args = script_args(users[i], by_user[users[i]], self.cap, now_ms, self.id_retention_ms)
+                    pipe.execute_command("EVAL", APPEND_SCRIPT, len(keyset), *keyset, *args)
                 replies = pipe.execute()
             return sum((Ingested(int(a), int(d)) for a, d in replies), Ingested())
 

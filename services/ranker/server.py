@@ -153,7 +153,7 @@ class RankerApp:
         except (BundleError, OSError, ValueError) as exc:
             if (root / MANIFEST).is_file():
                 raise
-            self.refused[live.name] = f"{type(exc).__name__}: {exc}"
+            self._refuse(live.name, exc)
             log.error("the live bundle %s cannot be loaded: %s", live.name, exc)
             for version in reversed(BundleRegistry(root).history()):
                 if version in self.refused:
@@ -161,11 +161,15 @@ class RankerApp:
                 try:
                     recommender = self._load(root / version)
                 except (BundleError, OSError, ValueError) as older:
-                    self.refused[version] = f"{type(older).__name__}: {older}"
+                    self._refuse(version, older)
                     continue
                 log.warning("serving the last good version %s instead of the live %s", version, live.name)
                 return recommender
             raise
+
+    def _refuse(self, version: str, exc: BaseException) -> None:
+        """Remember that `version` cannot be served, and why (health reports it; it is not tried again)."""
+        self.refused[version] = f"{type(exc).__name__}: {exc}"
 
     def _load(self, path: Path) -> Recommender:
         bundle = Bundle.open(path)  # verifies every checksum
@@ -175,9 +179,9 @@ class RankerApp:
     def reload_if_changed(self) -> bool:
         """Swap to the version the LIVE file names, once it is verified and its collections exist.
 
-        Never raises: a version that fails verification or loading is remembered and not tried again
-        (its reason is in the logs and the health reason); a store that cannot answer is retried by the
-        watcher with backoff."""
+        A version that fails verification or loading is remembered and not tried again (its reason is in
+        the logs and the health reason); WatchRetry when Milvus cannot answer, which the watcher retries
+        with backoff."""
         try:
             path = resolve_bundle(self.settings.bundle)
         except BundleError as exc:
@@ -197,7 +201,7 @@ class RankerApp:
         try:
             fresh = self._load(path)
         except Exception as exc:  # noqa: BLE001 - any failure of one bundle must leave the served one in place
-            self.refused[version] = f"{type(exc).__name__}: {exc}"
+            self._refuse(version, exc)
             log.error("refusing to switch to bundle %s (not tried again): %s", version, exc,
                       extra={"bundle": version, "serving": self.bundle.version})
             self.health.check_now()
@@ -221,7 +225,7 @@ class RankerApp:
                 self.reload_if_changed()
                 wait = self.settings.reload_interval_s
             except Exception as exc:  # noqa: BLE001 - the watcher must outlive every error
-                wait = min(max(wait * 2, self.settings.reload_interval_s), WATCH_BACKOFF_MAX_S)
+                wait = min(wait * 2, WATCH_BACKOFF_MAX_S)
                 self._watch_problem(f"following LIVE failed, next try in {wait:.0f} s: {exc}")
 
     def probe(self) -> tuple[bool, str]:
