@@ -15,8 +15,10 @@ from contextvars import ContextVar
 _deadline: ContextVar[float | None] = ContextVar("seqrec_call_deadline", default=None)
 
 
-class DeadlineExceeded(TimeoutError):
-    """The caller's deadline passed before a store call could start (maps to DEADLINE_EXCEEDED)."""
+class DeadlineExceeded(Exception):
+    """The caller's deadline passed before a store call could start (maps to DEADLINE_EXCEEDED).
+
+    Not a TimeoutError: store clients retry those (redis-py does), and a passed deadline never improves."""
 
 
 @contextmanager

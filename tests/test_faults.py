@@ -186,3 +186,44 @@ def test_a_hung_milvus_costs_a_call_its_deadline_and_health_says_so(trained_bund
         channel.close()
         app.stop(0)
         milvus.stop()
+
+
+@pytest.mark.parametrize("topology", ["standalone", "cluster"])
+def test_a_hung_redis_costs_a_store_call_the_callers_deadline(topology, tmp_path):
+    """Redis stops answering (SIGSTOP) with connections open: with a 0.5 s deadline a history read gives up
+    near 0.5 s, not after the store's 6 s socket timeout and redis-py's retries; with no time left,
+    nothing is sent at all. The connection is usable again once Redis is back."""
+    import os
+    import signal
+
+    from seqrec.services.ranker.history_store import HistoryStoreUnavailable, RedisHistoryStore
+    from seqrec.shared.deadlines import DeadlineExceeded, call_deadline
+    from seqrec.shared.local_services import start_redis_cluster
+
+    if topology == "standalone":
+        redis_proc = start_redis(tmp_path / "redis")
+        processes, url = [redis_proc.process], f"redis://{redis_proc.address}/0"
+        stop = redis_proc.stop
+    else:
+        cluster = start_redis_cluster(tmp_path / "cluster")
+        processes = [node.process for node in cluster.nodes]
+        url, stop = cluster.url, cluster.stop
+    store = RedisHistoryStore(url, timeout=6.0)
+    try:
+        assert store.read("u1", 10) == []  # connected
+        for process in processes:
+            os.kill(process.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        with call_deadline(0.5), pytest.raises((HistoryStoreUnavailable, DeadlineExceeded)):
+            store.read("u1", 10)
+        assert time.monotonic() - started < 3.0  # the socket timeout alone is 6 s
+        with call_deadline(-1.0), pytest.raises(DeadlineExceeded):
+            store.read("u1", 10)
+    finally:
+        for process in processes:
+            os.kill(process.pid, signal.SIGCONT)
+    try:
+        with call_deadline(5.0):
+            assert store.read("u1", 10) == []
+    finally:
+        stop()

@@ -49,6 +49,7 @@ from seqrec.services.ranker.event_ingest import (
     script_args,
 )
 from seqrec.services.ranker.event_log import log_key
+from seqrec.services.ranker.redis_deadlines import connection_class_for
 
 __all__ = ["KEY_PREFIX", "Event", "HistoryStoreUnavailable", "Ingested", "RedisHistoryStore", "history_key"]
 
@@ -151,7 +152,9 @@ class RedisHistoryStore:
         self._client: redis.Redis | RedisCluster | None = None
         self._watch_client: RedisCluster | None = None
         scheme = url.partition("://")[0].lower() if "://" in url else ""
-        options = dict(socket_timeout=timeout, socket_connect_timeout=timeout)
+        # every read is also cut at the caller's deadline (services/ranker/redis_deadlines.py)
+        options = dict(socket_timeout=timeout, socket_connect_timeout=timeout,
+                       connection_class=connection_class_for(CLUSTER_SCHEMES.get(scheme, scheme)))
         try:
             if scheme in CLUSTER_SCHEMES:
                 first, nodes = parse_cluster_url(url)
