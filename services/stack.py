@@ -191,7 +191,10 @@ def start_stack(args: argparse.Namespace, say: Callable[[str], None] = _say) -> 
         ranker = stack.add(start_service("ranker", {**common, "SEQREC_BUNDLE": str(root),
                                                     "SEQREC_RANKER_ADDRESS": f"127.0.0.1:{ranker_port}"},
                                          ranker_port, logs, READY_TIMEOUT_S))
+        data_root = args.data.resolve().parent if args.data is not None else workdir / "demo"
+        data_root.mkdir(parents=True, exist_ok=True)
         trainer = stack.add(start_service("trainer", {**common, "SEQREC_BUNDLE_ROOT": str(root),
+                                                      "SEQREC_DATA_ROOT": str(data_root),
                                                       "SEQREC_TRAINER_ADDRESS": f"127.0.0.1:{trainer_port}"},
                                           trainer_port, logs, READY_TIMEOUT_S))
         gateway = stack.add(start_service("gateway", {"SEQREC_RANKER": ranker.address,

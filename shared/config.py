@@ -129,6 +129,14 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+# Upper bounds: far beyond any useful setting, low enough that a typo cannot ask a trainer for terabytes
+# of memory or a job that never ends.
+INT_LIMITS = {"max_len": 4096, "hidden_size": 4096, "depth": 48, "heads": 64, "batch_size": 65_536,
+              "epochs": 100_000, "top_k": 10_000, "negative_samples": 1_000_000, "patience": 100_000,
+              "eval_every": 100_000}
+FLOAT_LIMITS = {"lr": 10.0, "weight_decay": 10.0, "grad_clip": 1e6, "time_budget": 10_080.0}  # a week
+
+
 def validate_hparams(hp: Hyperparameters) -> None:
     """Raise ConfigError naming the first invalid field, with the fix."""
     for name in ("max_len", "hidden_size", "depth", "heads", "batch_size", "epochs", "top_k"):
@@ -165,6 +173,11 @@ def validate_hparams(hp: Hyperparameters) -> None:
              f"eval_every: must be an integer >= 0 (0 = auto), got {hp.eval_every!r}")
     for name in ("weight_tying", "use_attention_mask"):
         _require(isinstance(getattr(hp, name), bool), f"{name}: must be true or false")
+    for name, limit in INT_LIMITS.items():
+        _require(getattr(hp, name) <= limit, f"{name}: must be at most {limit}, got {getattr(hp, name)}")
+    for name, limit in FLOAT_LIMITS.items():
+        value = getattr(hp, name)
+        _require(not value > limit, f"{name}: must be at most {limit:g}, got {value}")
 
 
 def validate_data_config(dc: DataConfig) -> None:

@@ -51,7 +51,9 @@ def _request(data: Path, **extra) -> trainer_pb2.TrainingRequest:
 
 
 def _settings(root: Path, **extra: str) -> TrainerSettings:
-    env = {"SEQREC_BUNDLE_ROOT": str(root), "SEQREC_TRAINER_ADDRESS": f"127.0.0.1:{free_port()}", **extra}
+    """Settings whose data root is the session's temporary folder, where every test's data files lie."""
+    env = {"SEQREC_BUNDLE_ROOT": str(root), "SEQREC_TRAINER_ADDRESS": f"127.0.0.1:{free_port()}",
+           "SEQREC_DATA_ROOT": str(root.parents[1]), **extra}
     return TrainerSettings.from_env(Env(env))
 
 
@@ -142,15 +144,22 @@ def test_request_maps_onto_the_config(series_csv):
 
 
 @pytest.mark.parametrize("change,field", [
-    ({"data_uri": "/no/such/file.csv"}, "data_uri: file not found"),
+    ({"data_uri": "no/such/file.csv"}, "data_uri: file not found"),  # relative: below the data root
+    ({"data_uri": "/etc/passwd.csv"}, "data_uri: '/etc/passwd.csv' is outside the data root"),
     ({"data_uri": ""}, "data_uri: required"),
     ({"data_uri": "s3://bucket/x.csv"}, "data_uri: s3:// is not supported"),
-    ({"items_uri": "/no/items.csv"}, "items_uri: file not found"),
+    ({"items_uri": "no/items.csv"}, "items_uri: file not found"),
     ({"user_column": " "}, "user_column: required"),
     ({"item_column": "user_id"}, "user_column, item_column and timestamp_column must be three different"),
     ({"hyperparameters": _hparams(hidden_size=30, heads=4)}, "hyperparameters.hidden_size: 30 is not divisible"),
     ({"hyperparameters": _hparams(mask_ratio=1.5)}, "hyperparameters.mask_ratio"),
     ({"hyperparameters": _hparams(seed=-1)}, "hyperparameters.seed"),
+    ({"hyperparameters": _hparams(hidden_size=65_536, heads=1)}, "hyperparameters.hidden_size: must be at most 4096"),
+    ({"hyperparameters": _hparams(epochs=2_000_000_000)}, "hyperparameters.epochs: must be at most"),
+    ({"hyperparameters": _hparams(negative_samples=2_000_000_000)}, "hyperparameters.negative_samples: must be"),
+    ({"hyperparameters": _hparams(lr=1e300)}, "hyperparameters.lr: must be at most 10"),
+    ({"hyperparameters": _hparams(time_budget=0)}, "hyperparameters.time_budget: must be above 0 and below"),
+    ({"hyperparameters": _hparams(time_budget=300)}, "cap of 240 minutes per job (SEQREC_TRAINER_MAX_JOB_S)"),
     ({"preset": "cinema"}, "preset: unknown preset 'cinema'"),
     ({"metadata_columns": ["genre", "genre"]}, "metadata_columns[1]"),
     ({"min_user_interactions": -1}, "min_user_interactions"),
@@ -388,9 +397,15 @@ def test_settings_errors_name_the_variable(tmp_path):
     with pytest.raises(SettingsError, match="SEQREC_BUNDLE_ROOT: required"):
         TrainerSettings.from_env(Env({}))
     with pytest.raises(SettingsError, match="SEQREC_TRAINER_ADDRESS: expected host:port"):
-        TrainerSettings.from_env(Env({"SEQREC_BUNDLE_ROOT": "x", "SEQREC_TRAINER_ADDRESS": "nowhere"}))
-    settings = TrainerSettings.from_env(Env({"SEQREC_BUNDLE_ROOT": str(tmp_path)}))
-    assert settings.address == "0.0.0.0:50053" and settings.data_root is None and settings.embedder == ""
+        TrainerSettings.from_env(Env({"SEQREC_BUNDLE_ROOT": "x", "SEQREC_DATA_ROOT": "x",
+                                      "SEQREC_TRAINER_ADDRESS": "nowhere"}))
+    with pytest.raises(SettingsError, match="SEQREC_DATA_ROOT: required"):  # jobs may read only below it
+        TrainerSettings.from_env(Env({"SEQREC_BUNDLE_ROOT": str(tmp_path)}))
+    settings = TrainerSettings.from_env(Env({"SEQREC_BUNDLE_ROOT": str(tmp_path), "SEQREC_DATA_ROOT": str(tmp_path)}))
+    assert settings.address == "127.0.0.1:50053" and settings.embedder == "" and settings.max_job_s == 4 * 3600
+    with pytest.raises(SettingsError, match="SEQREC_TRAINER_ADDRESS: 0.0.0.0:50053 is reachable beyond this host"):
+        TrainerSettings.from_env(Env({"SEQREC_BUNDLE_ROOT": str(tmp_path), "SEQREC_DATA_ROOT": str(tmp_path),
+                                      "SEQREC_TRAINER_ADDRESS": "0.0.0.0:50053"}))
     app = TrainerApp(_settings(tmp_path / "bundles", SEQREC_EMBEDDER="127.0.0.1:50052"))
     try:
         assert app.jobs.child_env == {"SEQREC_EMBEDDER": "127.0.0.1:50052"}  # handed to each training process
@@ -440,3 +455,34 @@ def test_serve_trainer_refuses_bad_settings():
     proc = subprocess.run([sys.executable, "-m", "seqrec.services.cli", "serve", "trainer"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "SEQREC_BUNDLE_ROOT: required" in proc.stderr
+
+
+def test_a_failed_job_names_the_problem_without_quoting_the_file(trainer, tmp_path):
+    """The caller of the service need not be allowed to read the file it names: a job's error says which
+    columns are missing, never the columns (or values) the file holds."""
+    _, stub, _ = trainer
+    data = tmp_path / "private.csv"
+    data.write_text("patient_name,diagnosis,visit\nAda Lovelace,flu,1\nAda Lovelace,cold,2\n")
+    job = stub.StartTraining(_request(data))
+    done = _wait_state(stub, job.job_id, {S.JOB_STATE_FAILED, S.JOB_STATE_SUCCEEDED})
+    assert done.state == S.JOB_STATE_FAILED
+    assert "missing column(s) ['user_id', 'item_id', 'timestamp']" in done.error
+    for secret in ("patient_name", "diagnosis", "Ada", "flu"):
+        assert secret not in done.error
+
+
+def test_a_job_past_the_wall_clock_cap_is_stopped_and_fails(series_csv, tmp_path):
+    """SEQREC_TRAINER_MAX_JOB_S bounds a job's whole run: a training process still busy past it (here: still
+    starting, 1 s in) is stopped, and the job fails saying which cap it hit."""
+    app = TrainerApp(_settings(tmp_path / "bundles", SEQREC_TRAINER_MAX_JOB_S="1"))
+    app.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+            job = stub.StartTraining(_request(series_csv, hyperparameters=_hparams(time_budget=0.01, epochs=1000)))
+            done = _wait_state(stub, job.job_id, {S.JOB_STATE_FAILED, S.JOB_STATE_SUCCEEDED, S.JOB_STATE_CANCELLED})
+            assert done.state == S.JOB_STATE_FAILED
+            assert "wall-clock cap per job (SEQREC_TRAINER_MAX_JOB_S)" in done.error
+            assert not _leftovers(tmp_path / "bundles") and _bundle_dirs(tmp_path / "bundles") == set()
+    finally:
+        app.stop(0)

@@ -7,6 +7,7 @@ Each case ends in a clear error naming the problem, or trains and says what it s
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -129,8 +130,9 @@ def test_nan_timestamps_are_dropped_and_counted(tmp_path, suffix):
 def test_non_finite_timestamps_are_an_error_naming_them(tmp_path):
     frame = normal_users().astype({"timestamp": "float64"})
     frame.loc[5, "timestamp"] = np.inf
-    with pytest.raises(DataError, match=r"timestamp: timestamps must be finite numbers; 1 are not, e\.g\. \['inf'\]"):
+    with pytest.raises(DataError, match=r"timestamp: timestamps must be finite numbers; 1 are not$") as err:
         train(write(frame, tmp_path / "inf.csv"), tmp_path / "out")
+    assert err.value.sample == "such as ['inf']"
 
 
 # ---- mixed types -----------------------------------------------------------------------------
@@ -138,10 +140,10 @@ def test_non_finite_timestamps_are_an_error_naming_them(tmp_path):
 def test_mixed_number_and_iso_timestamps_are_a_clear_error(tmp_path):
     frame = normal_users().astype({"timestamp": object})
     frame.loc[[4, 5], "timestamp"] = ["2023-11-14T22:20:00Z", "2023-11-14 22:21:00"]
-    with pytest.raises(DataError, match=r"timestamp: mixes numbers \(\d+ row\(s\), e\.g\. \['1700000000'.*"
-                                        r"and ISO dates \(2 row\(s\), e\.g\. \['2023-11-14T22:20:00Z'.*"
-                                        r"use one format"):
+    with pytest.raises(DataError, match=r"timestamp: mixes numbers \(\d+ row\(s\)\) and ISO dates \(2 row\(s\)\); "
+                                        r"use one format") as err:
         train(write(frame, tmp_path / "mixed.csv"), tmp_path / "out")
+    assert re.match(r"numbers such as \['1700000000'.*dates such as \['2023-11-14T22:20:00Z'", err.value.sample)
     # every row in one format is fine, either way
     iso = normal_users()
     iso["timestamp"] = pd.to_datetime(iso["timestamp"], unit="s").dt.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -10,6 +10,7 @@ import numpy as np
 
 from seqrec.proto.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 from seqrec.services.embedder.minilm import MiniLM
+from seqrec.shared.exposure import grpc_listen_address
 from seqrec.shared.grpc_server import (
     ErrorInterceptor,
     ErrorMapping,
@@ -50,8 +51,9 @@ class EmbedderSettings:
     @classmethod
     def from_env(cls, env: Env | None = None) -> EmbedderSettings:
         env = env or Env()
+        tls = TlsSettings.from_env(env)
         return cls(
-            address=env.address("SEQREC_EMBEDDER_ADDRESS", "0.0.0.0:50052"),
+            address=grpc_listen_address(env, "SEQREC_EMBEDDER_ADDRESS", "127.0.0.1:50052", tls),
             max_batch=env.int("SEQREC_EMBEDDER_MAX_BATCH", 256, minimum=1, maximum=100_000),
             max_text_chars=env.int("SEQREC_EMBEDDER_MAX_TEXT_CHARS", 20_000, minimum=1),
             device=env.choice("SEQREC_EMBEDDER_DEVICE", "auto", ("auto", "cpu", "cuda")),
@@ -61,7 +63,7 @@ class EmbedderSettings:
             reflection=env.bool("SEQREC_GRPC_REFLECTION", False),
             health_interval_s=env.float("SEQREC_HEALTH_INTERVAL_S", 10.0, minimum=0.1),
             grace_s=env.float("SEQREC_SHUTDOWN_GRACE_S", 10.0, minimum=0.0),
-            tls=TlsSettings.from_env(env),
+            tls=tls,
         )
 
 

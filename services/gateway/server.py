@@ -30,7 +30,8 @@ import uvicorn
 from seqrec.services.gateway.grpc_front import GrpcFrontDoor
 from seqrec.services.gateway.http_app import create_app
 from seqrec.services.gateway.metrics import GatewayMetrics
-from seqrec.services.gateway.settings import GatewaySettings, split_host_port
+from seqrec.services.gateway.settings import GatewaySettings
+from seqrec.shared.exposure import split_host_port
 from seqrec.shared.settings import SettingsError
 
 log = logging.getLogger("seqrec.gateway")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from seqrec.shared.exposure import MUTUAL_TLS, listen_address
 from seqrec.shared.settings import Env, SettingsError
 from seqrec.shared.tls import TlsSettings
 
@@ -25,23 +26,26 @@ class GatewaySettings:
     @classmethod
     def from_env(cls, env: Env | None = None) -> GatewaySettings:
         env = env or Env()
+        api_keys = _api_keys(env.str("SEQREC_API_KEYS", ""))
+        tls = TlsSettings.from_env(env)
         grpc_address = env.environ.get("SEQREC_GATEWAY_GRPC_ADDRESS")
-        if grpc_address is None:
-            grpc_address = "0.0.0.0:50050"
-        elif grpc_address.strip():
-            grpc_address = env.address("SEQREC_GATEWAY_GRPC_ADDRESS", "0.0.0.0:50050")
+        if grpc_address is None or grpc_address.strip():
+            grpc_address = listen_address(env, "SEQREC_GATEWAY_GRPC_ADDRESS", "127.0.0.1:50050",
+                                          guarded=bool(api_keys) or tls.mutual,
+                                          credentials=f"SEQREC_API_KEYS or {MUTUAL_TLS}")
         return cls(
-            http_address=env.address("SEQREC_GATEWAY_ADDRESS", "0.0.0.0:8080"),
+            http_address=listen_address(env, "SEQREC_GATEWAY_ADDRESS", "127.0.0.1:8080", guarded=bool(api_keys),
+                                        credentials="SEQREC_API_KEYS"),
             grpc_address=grpc_address.strip(),
             ranker=env.address("SEQREC_RANKER", "127.0.0.1:50051"),
-            api_keys=_api_keys(env.str("SEQREC_API_KEYS", "")),
+            api_keys=api_keys,
             max_request_bytes=env.int("SEQREC_MAX_REQUEST_BYTES", 1_048_576, minimum=1024, maximum=1 << 30),
             deadline_s=_positive(env, "SEQREC_DEADLINE_S", 2.0),
             grace_s=env.float("SEQREC_SHUTDOWN_GRACE_S", 10.0, minimum=0.0),
             health_interval_s=_positive(env, "SEQREC_HEALTH_INTERVAL_S", 2.0),
             grpc_workers=env.int("SEQREC_GRPC_WORKERS", 16, minimum=1, maximum=1024),
             max_concurrent_rpcs=env.int("SEQREC_MAX_CONCURRENT_RPCS", 512, minimum=1),
-            tls=TlsSettings.from_env(env),
+            tls=tls,
         )
 
 
@@ -60,8 +64,3 @@ def _api_keys(raw: str) -> tuple[str, ...]:
             raise SettingsError("SEQREC_API_KEYS: each key needs at least 8 printable characters without spaces")
     return keys
 
-
-def split_host_port(address: str) -> tuple[str, int]:
-    """("host", port) from host:port; IPv6 brackets are removed ("[::]:8080" → ("::", 8080))."""
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)

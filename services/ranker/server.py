@@ -28,6 +28,7 @@ from seqrec.services.ranker.service import RankerServicer
 from seqrec.services.ranker.vector_store import MilvusItemStore, VectorStoreError, VectorStoreUnavailable
 from seqrec.shared.bundle import MANIFEST, Bundle, BundleError
 from seqrec.shared.deadlines import call_deadline
+from seqrec.shared.exposure import grpc_listen_address
 from seqrec.shared.grpc_server import (
     ErrorInterceptor,
     ErrorMapping,
@@ -91,9 +92,10 @@ class RankerSettings:
     @classmethod
     def from_env(cls, env: Env | None = None) -> RankerSettings:
         env = env or Env()
+        tls = TlsSettings.from_env(env)
         return cls(
             bundle=Path(env.str("SEQREC_BUNDLE")),
-            address=env.address("SEQREC_RANKER_ADDRESS", "0.0.0.0:50051"),
+            address=grpc_listen_address(env, "SEQREC_RANKER_ADDRESS", "127.0.0.1:50051", tls),
             redis_url=env.str("REDIS_URL", "redis://127.0.0.1:6379/0"),
             milvus_uri=env.str("MILVUS_URI", "http://127.0.0.1:19530"),
             milvus_token=env.str("MILVUS_TOKEN", ""),
@@ -109,7 +111,7 @@ class RankerSettings:
             future_tolerance_s=env.float("SEQREC_EVENT_FUTURE_TOLERANCE_S", DEFAULT_FUTURE_TOLERANCE_S, minimum=0.0),
             grace_s=env.float("SEQREC_SHUTDOWN_GRACE_S", 10.0, minimum=0.0),
             reload_interval_s=env.float("SEQREC_RELOAD_INTERVAL_S", 2.0, minimum=0.1),
-            tls=TlsSettings.from_env(env),
+            tls=tls,
         )
 
 

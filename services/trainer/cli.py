@@ -99,7 +99,8 @@ def run_train(args: argparse.Namespace) -> int:
         path, metrics = run_training(cfg, args.out, progress=show_progress(args.no_progress))
     except (ConfigError, DataError, TrainingError) as exc:
         where = "" if distributed.is_main() else f" [rank {distributed.rank()}]"
-        print(f"seqrec train{where}: error: {exc}", file=sys.stderr)
+        message = exc.with_sample() if isinstance(exc, DataError) else str(exc)  # the user's own file
+        print(f"seqrec train{where}: error: {message}", file=sys.stderr)
         return 2
     if not distributed.is_main():
         return 0  # torchrun: rank 0 reports for every rank

@@ -17,7 +17,19 @@ from seqrec.shared.vocab import ItemVocab
 
 
 class DataError(ValueError):
-    """Interaction data that cannot be trained on; the message names the problem."""
+    """Interaction data that cannot be trained on; the message names the problem, never the file's contents.
+
+    `sample` quotes what of the contents would help (column names, offending values). Only the local CLI
+    prints it (`with_sample`): the trainer service reports `str(exc)`, since its caller need not be allowed
+    to read the file it named.
+    """
+
+    def __init__(self, message: str, sample: str = ""):
+        super().__init__(message)
+        self.sample = sample
+
+    def with_sample(self) -> str:
+        return f"{self}; {self.sample}" if self.sample else str(self)
 
 
 @dataclass
@@ -64,14 +76,15 @@ def read_table(path: str | Path, what: str = "data", id_cols: tuple[str, ...] = 
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise
-        raise DataError(f"{what}: cannot read {path}: {exc}") from exc
+        raise DataError(f"{what}: cannot read {path} ({type(exc).__name__})", sample=str(exc)) from exc
     return frame
 
 
 def _require_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise DataError(f"{what}: missing column(s) {missing}; the file has {list(frame.columns)}")
+        raise DataError(f"{what}: missing column(s) {missing}; the file has {len(frame.columns)} other column(s)",
+                        sample=f"the file has {list(frame.columns)}")
 
 
 def timestamp_unit(seconds_or_more: np.ndarray) -> str:
@@ -95,20 +108,20 @@ def parse_timestamps(values: pd.Series, column: str, unit: str = "auto") -> tupl
         parsed = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
         is_number, is_date = numeric.notna(), parsed.notna() & numeric.isna()
         if is_number.any() and is_date.any():  # no common unit: epoch seconds? ms? refuse rather than guess
-            raise DataError(f"{column}: mixes numbers ({int(is_number.sum())} row(s), e.g. "
-                            f"{values[is_number].astype(str).unique()[:3].tolist()}) and ISO dates "
-                            f"({int(is_date.sum())} row(s), e.g. {values[is_date].astype(str).unique()[:3].tolist()}); "
-                            "use one format in the whole column")
+            raise DataError(f"{column}: mixes numbers ({int(is_number.sum())} row(s)) and ISO dates "
+                            f"({int(is_date.sum())} row(s)); use one format in the whole column",
+                            sample=f"numbers such as {values[is_number].astype(str).unique()[:3].tolist()}, "
+                                   f"dates such as {values[is_date].astype(str).unique()[:3].tolist()}")
         bad = parsed.isna()
         if bad.any():
             examples = values[bad].astype(str).unique()[:3].tolist()
-            raise DataError(f"{column}: {int(bad.sum())} timestamp(s) are neither numbers nor ISO dates, "
-                            f"e.g. {examples}; fix or drop those rows")
+            raise DataError(f"{column}: {int(bad.sum())} timestamp(s) are neither numbers nor ISO dates; "
+                            "fix or drop those rows", sample=f"such as {examples}")
         out, unit = (parsed.astype("int64") / 1e9).to_numpy(dtype=np.float64), "iso"
     infinite = ~np.isfinite(out)
     if infinite.any():
-        raise DataError(f"{column}: timestamps must be finite numbers; {int(infinite.sum())} are not, e.g. "
-                        f"{values[infinite].astype(str).unique()[:3].tolist()}")
+        raise DataError(f"{column}: timestamps must be finite numbers; {int(infinite.sum())} are not",
+                        sample=f"such as {values[infinite].astype(str).unique()[:3].tolist()}")
     return out, unit
 
 

@@ -179,8 +179,10 @@ def train_child(config: dict[str, Any], out_dir: str, env: dict[str, str], event
     except (ConfigError, DataError, TrainingError, BundleError) as exc:
         _send(events, ("error", _clip(str(exc))))
     except BaseException as exc:  # noqa: BLE001 - whatever happens, the parent gets a message
-        logging.getLogger(__name__).exception("training failed")
-        _send(events, ("error", _clip(f"{type(exc).__name__}: {exc}")))
+        incident = uuid.uuid4().hex[:12]
+        logging.getLogger(__name__).exception("training failed", extra={"incident": incident})
+        # the text of an unexpected error may quote the data (a KeyError names a value): it stays in the log
+        _send(events, ("error", f"internal error {type(exc).__name__} (incident {incident} in the trainer's log)"))
     finally:
         events.close()
 
@@ -191,15 +193,18 @@ class _Running:
     process: Any = None  # the multiprocessing Process, once started
     cancel_reason: str | None = None
     finalizing: bool = False  # the child has finished: too late to cancel
+    timed_out: bool = False  # stopped by the wall-clock cap: a failure, not a cancellation
 
 
 class JobManager:
     """The job queue and its worker thread; thread-safe; every read returns a copy."""
 
     def __init__(self, bundle_root: Path, publisher: Callable[[Path], Any] | None = None,
-                 child_env: dict[str, str] | None = None, cancel_grace_s: float = 5.0, max_queued: int = 16):
+                 child_env: dict[str, str] | None = None, cancel_grace_s: float = 5.0, max_queued: int = 16,
+                 max_job_s: float = 0.0):
         self.root = Path(bundle_root)
         self.max_queued = max_queued
+        self.max_job_s = max_job_s  # wall clock of a training process; 0 = no cap
         self.jobs_dir = self.root / JOBS_DIR
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self._lock_file = _lock_root(self.jobs_dir / LOCK_FILE)
@@ -418,8 +423,12 @@ class JobManager:
         writer.close()  # the child holds the only write end now: its exit is end-of-file here
 
         outcome: tuple[str, Any] | None = None
+        started = time.monotonic()
         try:
             while outcome is None and running.cancel_reason is None:
+                if self.max_job_s and time.monotonic() - started > self.max_job_s:
+                    self._stop_overdue(running, process)
+                    break
                 if not reader.poll(0.2):
                     continue
                 try:
@@ -442,12 +451,28 @@ class JobManager:
             process.kill()
             process.join(10.0)
         try:
+            if running.timed_out:
+                with self._cond:
+                    self._finish(job, FAILED, str(cancel_reason))
+                return
             self._finalize(job, outcome, cancel_reason, process.exitcode, staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             with self._cond:
                 self._running = None
                 self._cond.notify_all()
+
+    def _stop_overdue(self, running: _Running, process: Any) -> None:
+        """The job ran past the wall-clock cap: stop its process; the job fails saying why."""
+        with self._cond:
+            if running.cancel_reason is not None:
+                return
+            running.timed_out = True
+            running.cancel_reason = (f"stopped after {self.max_job_s:g} s, the trainer's wall-clock cap per job "
+                                     "(SEQREC_TRAINER_MAX_JOB_S); lower epochs or time_budget")
+        log.warning("job ran past the wall-clock cap; stopping it",
+                    extra={"job_id": running.job_id, "max_job_s": self.max_job_s})
+        _terminate(process)
 
     def _on_epoch(self, job: Job, payload: dict[str, Any]) -> None:
         total = job.total_epochs

@@ -14,6 +14,7 @@ from seqrec.services.trainer.jobs import JobManager, JobNotFound, QueueFull, Roo
 from seqrec.services.trainer.messages import InvalidRequest
 from seqrec.services.trainer.service import BundleStore, StoreUnavailable, TrainerServicer
 from seqrec.shared.bundle import BundleError
+from seqrec.shared.exposure import grpc_listen_address
 from seqrec.shared.grpc_server import (
     ErrorInterceptor,
     ErrorMapping,
@@ -29,6 +30,7 @@ from seqrec.shared.tls import TlsSettings, add_port
 log = logging.getLogger(__name__)
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
 EMBEDDER_ENV = "SEQREC_EMBEDDER"  # handed to each training process (hybrid text features)
+DEFAULT_MAX_JOB_S = 4 * 3600.0  # a job's wall clock; the default training budget (30 min) is well inside it
 
 ERRORS = ErrorMapping([
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
@@ -46,7 +48,7 @@ ERRORS = ErrorMapping([
 @dataclass(frozen=True)
 class TrainerSettings:
     bundle_root: Path  # bundles are written here; jobs are kept in its .jobs/ folder
-    data_root: Path | None  # when set, training data must lie inside it (relative paths are resolved from it)
+    data_root: Path  # training data must lie inside it (relative paths are resolved from it)
     address: str  # host:port to listen on
     redis_url: str  # for publishing
     milvus_uri: str
@@ -59,17 +61,18 @@ class TrainerSettings:
     grace_s: float  # shutdown grace for in-flight calls
     max_queued: int  # jobs waiting at once; beyond, StartTraining gets RESOURCE_EXHAUSTED
     max_streams: int  # StreamProgress calls at once, below the worker threads so probes always get one
+    max_job_s: float  # wall clock of one job (training, export); past it the job is stopped and fails
     tls: TlsSettings = TlsSettings()  # SEQREC_TLS_*: TLS/mTLS on its port; training processes inherit them
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> TrainerSettings:
         env = env or Env()
-        data_root = env.str("SEQREC_DATA_ROOT", "")
+        tls = TlsSettings.from_env(env)
         workers = env.int("SEQREC_GRPC_WORKERS", 32, minimum=2, maximum=1024)
         return cls(
             bundle_root=Path(env.str("SEQREC_BUNDLE_ROOT")),
-            data_root=Path(data_root) if data_root else None,
-            address=env.address("SEQREC_TRAINER_ADDRESS", "0.0.0.0:50053"),
+            data_root=Path(env.str("SEQREC_DATA_ROOT")),  # required: jobs may read only below it
+            address=grpc_listen_address(env, "SEQREC_TRAINER_ADDRESS", "127.0.0.1:50053", tls),
             redis_url=env.str("REDIS_URL", "redis://127.0.0.1:6379/0"),
             milvus_uri=env.str("MILVUS_URI", "http://127.0.0.1:19530"),
             milvus_token=env.str("MILVUS_TOKEN", ""),
@@ -81,7 +84,8 @@ class TrainerSettings:
             grace_s=env.float("SEQREC_SHUTDOWN_GRACE_S", 10.0, minimum=0.0),
             max_queued=env.int("SEQREC_TRAINER_MAX_QUEUED", 16, minimum=1, maximum=10_000),
             max_streams=env.int("SEQREC_TRAINER_MAX_STREAMS", max(1, workers // 2), minimum=1, maximum=1024),
-            tls=TlsSettings.from_env(env),
+            max_job_s=env.float("SEQREC_TRAINER_MAX_JOB_S", DEFAULT_MAX_JOB_S, minimum=1.0),
+            tls=tls,
         )
 
 
@@ -91,19 +95,21 @@ class TrainerApp:
     def __init__(self, settings: TrainerSettings):
         self.settings = settings
         settings.bundle_root.mkdir(parents=True, exist_ok=True)
-        if settings.data_root is not None and not settings.data_root.is_dir():
+        if not settings.data_root.is_dir():
             raise FileNotFoundError(f"SEQREC_DATA_ROOT: {settings.data_root} is not a directory")
         self.bundles = BundleStore(settings.bundle_root, settings.redis_url, settings.milvus_uri,
                                    settings.milvus_token)
         child_env = {EMBEDDER_ENV: settings.embedder} if settings.embedder else {}
         self.jobs = JobManager(settings.bundle_root, publisher=self.bundles.publish, child_env=child_env,
-                               cancel_grace_s=min(5.0, max(settings.grace_s, 1.0)), max_queued=settings.max_queued)
+                               cancel_grace_s=min(5.0, max(settings.grace_s, 1.0)), max_queued=settings.max_queued,
+                               max_job_s=settings.max_job_s)
         if settings.max_streams >= settings.workers:
             raise SettingsError(f"SEQREC_TRAINER_MAX_STREAMS ({settings.max_streams}) must be below "
                                 f"SEQREC_GRPC_WORKERS ({settings.workers}): each stream holds a worker thread")
         self.server = make_server(settings.workers, settings.max_concurrent_rpcs, [ErrorInterceptor(ERRORS)])
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server(
-            TrainerServicer(self.jobs, self.bundles, settings.data_root, settings.max_streams), self.server)
+            TrainerServicer(self.jobs, self.bundles, settings.data_root, settings.max_streams, settings.max_job_s),
+            self.server)
         self.health = HealthReporter(self.server, [SERVICE_NAME], self.probe, settings.health_interval_s)
         if settings.reflection:
             enable_reflection(self.server, [SERVICE_NAME])

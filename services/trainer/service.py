@@ -114,15 +114,23 @@ def _created_at(created_at: str, path: Path) -> Timestamp:
 # -- the servicer -----------------------------------------------------------------------------------
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
-    def __init__(self, jobs: JobManager, bundles: BundleStore, data_root: Path | None = None, max_streams: int = 8):
+    def __init__(self, jobs: JobManager, bundles: BundleStore, data_root: Path | None = None, max_streams: int = 8,
+                 max_job_s: float = 0.0):
         self.jobs = jobs
         self.bundles = bundles
         self.data_root = data_root
         self.max_streams = max_streams
+        self.max_job_s = max_job_s
         self._streams = threading.BoundedSemaphore(max_streams)
 
     def StartTraining(self, request: trainer_pb2.TrainingRequest, context: grpc.ServicerContext):
         cfg, resolved = request_to_config(request, self.data_root)
+        budget_s = cfg.hparams.time_budget * 60
+        if self.max_job_s and not 0 < budget_s < self.max_job_s:
+            # the budget covers training; export and publishing need the rest of the job's wall clock
+            raise InvalidRequest(f"hyperparameters.time_budget: must be above 0 and below this trainer's cap of "
+                                 f"{self.max_job_s / 60:g} minutes per job (SEQREC_TRAINER_MAX_JOB_S), got "
+                                 f"{cfg.hparams.time_budget:g}")
         payload = json_format.MessageToDict(resolved, preserving_proto_field_name=True)
         job = self.jobs.submit(cfg, payload, publish=request.publish_on_success, description=request.description)
         return job_message(job)
