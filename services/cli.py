@@ -56,6 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_up_arguments(up)
     up.set_defaults(func=run_up)
 
+    from seqrec.shared.certs import add_certs_arguments, run_certs
+
+    certs = sub.add_parser("certs", help="write a private CA and a certificate per service, for mutual TLS")
+    add_certs_arguments(certs)
+    certs.set_defaults(func=run_certs)
+
+    from seqrec.shared.health_check import add_health_arguments, run_health
+
+    health = sub.add_parser("health", help="ask a service's gRPC health (exit 0 when SERVING), over TLS when "
+                                           "SEQREC_TLS_CA is set: the probe for containers")
+    add_health_arguments(health)
+    health.set_defaults(func=run_health)
+
     verify = sub.add_parser("verify", help="check a bundle's manifest and checksums")
     verify.add_argument("bundle")
     verify.set_defaults(func=run_verify)

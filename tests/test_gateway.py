@@ -554,7 +554,7 @@ def test_grpc_front_door_api_keys_and_ranker_down(ranker):
 def test_settings():
     defaults = GatewaySettings.from_env(Env({}))
     assert (defaults.http_address, defaults.grpc_address, defaults.ranker) == (
-        "0.0.0.0:8080", "0.0.0.0:50050", "127.0.0.1:50051")
+        "127.0.0.1:8080", "127.0.0.1:50050", "127.0.0.1:50051")
     assert defaults.max_request_bytes == 1_048_576 and defaults.deadline_s == 2.0 and defaults.api_keys == ()
     assert GatewaySettings.from_env(Env({"SEQREC_GATEWAY_GRPC_ADDRESS": ""})).grpc_address == ""
     assert GatewaySettings.from_env(Env({"SEQREC_API_KEYS": f" {KEYS[0]}, ,{KEYS[1]} "})).api_keys == KEYS

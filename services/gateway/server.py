@@ -5,8 +5,8 @@ Settings (environment variables):
 
 | variable | default | meaning |
 |---|---|---|
-| SEQREC_GATEWAY_ADDRESS | 0.0.0.0:8080 | HTTP JSON API |
-| SEQREC_GATEWAY_GRPC_ADDRESS | 0.0.0.0:50050 | gRPC front door; set it empty to disable |
+| SEQREC_GATEWAY_ADDRESS | 127.0.0.1:8080 | HTTP JSON API (beyond loopback: needs SEQREC_API_KEYS) |
+| SEQREC_GATEWAY_GRPC_ADDRESS | 127.0.0.1:50050 | gRPC front door; set it empty to disable |
 | SEQREC_RANKER | 127.0.0.1:50051 | the ranker's gRPC address |
 | SEQREC_API_KEYS | empty | comma-separated keys; when set, every call but the probes needs one |
 | SEQREC_MAX_REQUEST_BYTES | 1048576 | larger request bodies get 413 |
