@@ -4,8 +4,6 @@ and a real ranker over TLS behind the gateway's HTTP API and gRPC front door."""
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,57 +20,13 @@ from seqrec.shared.settings import Env, SettingsError
 from seqrec.shared.tls import PLAINTEXT, TlsSettings, open_channel
 from tests.test_fuzz_grpc import fuzz_bundle, running_ranker, wait_serving
 
-x509 = pytest.importorskip("cryptography.x509")
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
+pytest.importorskip("cryptography.x509")
+from seqrec.shared.certs import Authority  # noqa: E402
 
 EMBEDDER_SERVICE = "seqrec.proto.v1.EmbedderService"
 
 
-# ---- a throwaway PKI ------------------------------------------------------------------------------------------
-
-
-class Authority:
-    """A self-signed CA that issues leaf certificates, written as PEM files under `root`."""
-
-    def __init__(self, root: Path, name: str):
-        self.root, self.name = root, name
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"seqrec test CA {name}")])
-        now = dt.datetime.now(dt.UTC)
-        self.cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
-                     .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                     .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                                  content_commitment=False, key_encipherment=False,
-                                                  data_encipherment=False, key_agreement=False,
-                                                  encipher_only=False, decipher_only=False), critical=True)
-                     .sign(self.key, hashes.SHA256()))
-        self.pem = root / f"{name}-ca.pem"
-        self.pem.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
-
-    def issue(self, common_name: str, dns: tuple[str, ...] = ("localhost",), ips: tuple[str, ...] = ("127.0.0.1",)
-              ) -> tuple[Path, Path]:
-        """(certificate, key) PEM files for a service, good as server and as client (mutual TLS)."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        names = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-                .issuer_name(self.cert.subject).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName(names), critical=False)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                      ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-                .sign(self.key, hashes.SHA256()))
-        cert_path, key_path = self.root / f"{common_name}.pem", self.root / f"{common_name}-key.pem"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-        return cert_path, key_path
+# ---- a throwaway PKI, from the product's own `seqrec certs` code -----------------------------------------
 
 
 @pytest.fixture(scope="module")
