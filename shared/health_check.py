@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -32,8 +33,9 @@ def run_health(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"seqrec health: error: {exc}", file=sys.stderr)
         return 2
-    options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name and tls.dials_tls else []
-    with open_channel(args.address, tls, options) as channel:
+    if args.server_name:
+        tls = replace(tls, server_name=args.server_name)  # channel_options applies it when dialling TLS
+    with open_channel(args.address, tls) as channel:
         try:
             status = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout).status

@@ -451,11 +451,7 @@ class JobManager:
             process.kill()
             process.join(10.0)
         try:
-            if running.timed_out:
-                with self._cond:
-                    self._finish(job, FAILED, str(cancel_reason))
-                return
-            self._finalize(job, outcome, cancel_reason, process.exitcode, staging)
+            self._finalize(job, outcome, cancel_reason, process.exitcode, staging, running.timed_out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             with self._cond:
@@ -486,13 +482,13 @@ class JobManager:
                                       progress=min(1.0, payload["epoch"] / max(total, 1))), force=False)
 
     def _finalize(self, job: Job, outcome: tuple[str, Any] | None, cancel_reason: str | None,
-                  exitcode: int | None, staging: Path) -> None:
+                  exitcode: int | None, staging: Path, timed_out: bool = False) -> None:
         """Record the outcome; the staging folder is gone before the job turns terminal."""
         if outcome is None or outcome[0] != "done" or cancel_reason is not None:
             shutil.rmtree(staging, ignore_errors=True)
-        if cancel_reason is not None:
+        if cancel_reason is not None:  # stopped: by a caller (cancelled) or by the wall-clock cap (failed)
             with self._cond:
-                self._finish(job, CANCELLED, cancel_reason)
+                self._finish(job, FAILED if timed_out else CANCELLED, cancel_reason)
             return
         if outcome is None:
             detail = f"the training process exited unexpectedly (exit code {exitcode})"
