@@ -185,7 +185,12 @@ def validate_data_config(dc: DataConfig) -> None:
     for name in ("user_col", "item_col", "time_col"):
         _require(bool(getattr(dc, name)), f"{name}: must name a column")
     cols = [dc.user_col, dc.item_col, dc.time_col]
-    _require(len(set(cols)) == 3, f"user_col, item_col and time_col must be three different columns, got {cols}")
+    names = ("user_col", "item_col", "time_col")
+    for i, name in enumerate(names):
+        if cols[i] in cols[:i]:
+            other = names[cols.index(cols[i])].removesuffix("_col")
+            raise ConfigError(f"{name}: {cols[i]!r} is the {other} column too; user, item and time must be three "
+                              "different columns")
     for col in dc.meta_cols:
         _require(col not in (dc.user_col, dc.time_col),
                  f"meta_cols: {col!r} is the user or timestamp column, not an item feature")

@@ -6,7 +6,7 @@ import logging
 import signal
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -28,6 +28,9 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),  # accept client pings this often
     ("grpc.keepalive_permit_without_calls", 1),
 ]
+
+
+MAX_DETAILS_CHARS = 2000  # gRPC refuses trailers over 16 KiB: the caller would get a transport error instead
 
 
 class ErrorMapping:
@@ -68,7 +71,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     """Maps domain exceptions to status codes in one place; anything unexpected is INTERNAL and logged.
 
     Also refuses work whose deadline has already passed, and answers requests that are not valid
-    protobuf (string fields must be UTF-8) with INVALID_ARGUMENT instead of grpc's INTERNAL.
+    protobuf (string fields must be UTF-8) with INVALID_ARGUMENT instead of grpc's INTERNAL. Covers
+    unary calls and server streams (an error raised while a stream runs ends it with its status).
     """
 
     def __init__(self, mapping: ErrorMapping):
@@ -76,35 +80,63 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
         method = handler_call_details.method
-        inner = handler.unary_unary
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
 
-        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            remaining = context.time_remaining()
-            if remaining is not None and remaining <= 0:
-                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired before the call started")
-            if isinstance(request, MalformedRequest):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"request: not a valid message ({request.error}); string fields must be UTF-8")
-            try:
-                with call_deadline(remaining):
-                    return inner(request, context)
-            except Exception as exc:  # noqa: BLE001 - this is the one place errors become statuses
-                left = context.time_remaining()
-                # a store call cut short by the caller's deadline is the caller's timeout, not an outage
-                code = (grpc.StatusCode.DEADLINE_EXCEEDED if isinstance(exc, DeadlineExceeded)
-                        or (left is not None and left <= 0) else self.mapping.code_for(exc))
-                if code is None:
-                    incident = uuid.uuid4().hex[:12]
-                    log.exception("unhandled error", extra={"method": method, "incident": incident})
-                    context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident})")
-                log.info("request refused", extra={"method": method, "code": code.name, "error": str(exc)})
-                context.abort(code, str(exc))
+            def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+                remaining = self._refuse_early(request, context)
+                try:
+                    with call_deadline(remaining):
+                        return inner(request, context)
+                except Exception as exc:  # noqa: BLE001 - this is the one place errors become statuses
+                    self._abort(exc, context, method)
 
-        return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=tolerant(handler.request_deserializer),
-                                                   response_serializer=handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(
+                guarded, request_deserializer=tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            def guarded_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                self._refuse_early(request, context)
+                try:
+                    yield from inner_stream(request, context)
+                except Exception as exc:  # noqa: BLE001 - as for unary calls
+                    self._abort(exc, context, method)
+
+            return grpc.unary_stream_rpc_method_handler(
+                guarded_stream, request_deserializer=tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer)
+        return handler
+
+    @staticmethod
+    def _refuse_early(request: Any, context: grpc.ServicerContext) -> float | None:
+        """The call's remaining time; aborts a call already past its deadline or whose bytes did not parse."""
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired before the call started")
+        if isinstance(request, MalformedRequest):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"request: not a valid message ({request.error}); string fields must be UTF-8")
+        return remaining
+
+    def _abort(self, exc: Exception, context: grpc.ServicerContext, method: str) -> None:
+        left = context.time_remaining()
+        # a store call cut short by the caller's deadline is the caller's timeout, not an outage
+        code = (grpc.StatusCode.DEADLINE_EXCEEDED if isinstance(exc, DeadlineExceeded)
+                or (left is not None and left <= 0) else self.mapping.code_for(exc))
+        if code is None:
+            incident = uuid.uuid4().hex[:12]
+            log.exception("unhandled error", extra={"method": method, "incident": incident})
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident})")
+        details = str(exc)
+        if len(details) > MAX_DETAILS_CHARS:  # a message quoting a huge input would overflow the trailers
+            details = details[:MAX_DETAILS_CHARS] + f"... ({len(details)} characters)"
+        log.info("request refused", extra={"method": method, "code": code.name, "error": details})
+        context.abort(code, details)
 
 
 def make_server(max_workers: int, max_concurrent_rpcs: int, interceptors: Iterable[grpc.ServerInterceptor] = ()

@@ -197,10 +197,14 @@ REQUESTS: dict[str, st.SearchStrategy[Message]] = {
                             item_text=st.none() | hostile_text, exclude_item_ids=id_lists),
     "Sequential": st.builds(partial(_message, R.SequentialRequest), session_items=id_lists, filters=filter_lists,
                             top_k=top_ks, exclude_seen=optional_bools, exclude_item_ids=id_lists),
+    "GapFill": st.builds(partial(_message, R.GapRequest), user_id=st.none() | user_ids, session_items=id_lists,
+                         gap_position=st.none() | st.integers(-(2**31), 2**31 - 1) | st.integers(-2, 8),
+                         filters=filter_lists, top_k=top_ks, exclude_seen=optional_bools, exclude_item_ids=id_lists),
     "IngestEvents": st.builds(
         lambda events: R.IngestEventsRequest(events=events),
         st.lists(st.builds(common_pb2.Interaction, user_id=user_ids, item_id=item_ids,
-                           timestamp_ms=st.integers(0, 2**63 - 1) | st.sampled_from([0, 1_700_000_000_000]) | int64s),
+                           timestamp_ms=st.integers(0, 2**63 - 1) | st.sampled_from([0, 1_700_000_000_000]) | int64s,
+                           event_id=st.sampled_from(["", "e1", "e2"]) | hostile_text),
                  max_size=5)),
     "GetHistory": st.builds(R.GetHistoryRequest, user_id=user_ids,
                             limit=st.integers(-(2**31), 2**31 - 1) | st.sampled_from([0, 1, 5, -1])),
@@ -209,17 +213,20 @@ REQUESTS: dict[str, st.SearchStrategy[Message]] = {
         st.lists(st.builds(R.CatalogItem, item_id=item_ids, text=hostile_text, display_name=hostile_text,
                            meta=st.dictionaries(st.sampled_from(list(COLUMNS)) | hostile_text, metadata_values,
                                                 max_size=3)), max_size=3)),
+    "GetModelInfo": st.just(common_pb2.GetModelInfoRequest()),
     "GetTrainingReport": st.just(R.GetTrainingReportRequest()),
 }
 REQUEST_TYPES: dict[str, type[Message]] = {
     "ItemToItem": R.ItemToItemRequest, "UserToItem": R.UserToItemRequest, "Contextual": R.ContextualRequest,
-    "Sequential": R.SequentialRequest, "IngestEvents": R.IngestEventsRequest, "GetHistory": R.GetHistoryRequest,
-    "UpsertItems": R.UpsertItemsRequest, "GetTrainingReport": R.GetTrainingReportRequest,
+    "Sequential": R.SequentialRequest, "GapFill": R.GapRequest, "IngestEvents": R.IngestEventsRequest,
+    "GetHistory": R.GetHistoryRequest, "UpsertItems": R.UpsertItemsRequest,
+    "GetModelInfo": common_pb2.GetModelInfoRequest, "GetTrainingReport": R.GetTrainingReportRequest,
 }
 RESPONSE_TYPES: dict[str, type[Message]] = {
     "ItemToItem": R.RecommendResponse, "UserToItem": R.RecommendResponse, "Contextual": R.RecommendResponse,
-    "Sequential": R.RecommendResponse, "IngestEvents": R.IngestEventsResponse, "GetHistory": R.GetHistoryResponse,
-    "UpsertItems": R.UpsertItemsResponse, "GetTrainingReport": R.TrainingReport,
+    "Sequential": R.RecommendResponse, "GapFill": R.RecommendResponse, "IngestEvents": R.IngestEventsResponse,
+    "GetHistory": R.GetHistoryResponse, "UpsertItems": R.UpsertItemsResponse, "GetModelInfo": common_pb2.ModelInfo,
+    "GetTrainingReport": R.TrainingReport,
 }
 RPCS = tuple(REQUESTS)
 QUERY_FIELDS = {"item_to_item": "ItemToItem", "user_to_item": "UserToItem", "contextual": "Contextual",
@@ -301,13 +308,19 @@ def overlong_ints(descriptor: Descriptor) -> st.SearchStrategy[bytes]:
 
 def wire_payloads(rpc: str) -> st.SearchStrategy[bytes]:
     """Raw request bytes for `rpc`: valid, with unknown fields, another RPC's message, broken, or random."""
-    descriptor = REQUEST_TYPES[rpc].DESCRIPTOR
-    valid = REQUESTS[rpc].map(lambda m: m.SerializeToString())
+    return wire_payloads_of(REQUEST_TYPES[rpc].DESCRIPTOR, REQUESTS[rpc],
+                            [REQUESTS[other] for other in RPCS if other != rpc])
+
+
+def wire_payloads_of(descriptor: Descriptor, requests: st.SearchStrategy[Message],
+                     others: list[st.SearchStrategy[Message]]) -> st.SearchStrategy[bytes]:
+    """Raw bytes for a request of type `descriptor`: `requests` as they are or with unknown fields, one of
+    `others` (another RPC's message), invalid UTF-8, over-long varints, or random bytes."""
+    valid = requests.map(lambda m: m.SerializeToString())
     strategies = [
         valid,
         st.tuples(valid, unknown_fields).map(b"".join),
-        st.sampled_from([r for r in RPCS if r != rpc]).flatmap(lambda other: REQUESTS[other]).map(
-            lambda m: m.SerializeToString()),
+        st.one_of(*others).map(lambda m: m.SerializeToString()),
         st.binary(max_size=64),
     ]
     if string_paths(descriptor):  # a message without string fields has no UTF-8 to break
@@ -348,11 +361,15 @@ def _field_names(rpc: str) -> frozenset[str]:
 _LEADING_NAME = re.compile(r"^([A-Za-z_]\w*)(?:[.\[:]| and )")
 
 
-def names_the_field(rpc: str, details: str) -> bool:
-    """True when INVALID_ARGUMENT details start with a field of the request: `top_k: ...`, `filters.meta.x: ...`,
+def leads_with_a_field(details: str, names: frozenset[str]) -> bool:
+    """True when INVALID_ARGUMENT details start with one of `names`: `top_k: ...`, `filters.meta.x: ...`,
     `items[0].meta.<key>: ...` (a key may hold any character, so only the leading name is checked)."""
     match = _LEADING_NAME.match(details or "")
-    return bool(match) and match.group(1) in _field_names(rpc)
+    return bool(match) and match.group(1) in names
+
+
+def names_the_field(rpc: str, details: str) -> bool:
+    return leads_with_a_field(details, _field_names(rpc))
 
 
 def call_raw(channel: grpc.Channel, method: str, payload: bytes, timeout: float = CALL_TIMEOUT_S

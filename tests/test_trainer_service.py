@@ -150,7 +150,7 @@ def test_request_maps_onto_the_config(series_csv):
     ({"data_uri": "s3://bucket/x.csv"}, "data_uri: s3:// is not supported"),
     ({"items_uri": "no/items.csv"}, "items_uri: file not found"),
     ({"user_column": " "}, "user_column: required"),
-    ({"item_column": "user_id"}, "user_column, item_column and timestamp_column must be three different"),
+    ({"item_column": "user_id"}, "item_column: 'user_id' is the user column too"),
     ({"hyperparameters": _hparams(hidden_size=30, heads=4)}, "hyperparameters.hidden_size: 30 is not divisible"),
     ({"hyperparameters": _hparams(mask_ratio=1.5)}, "hyperparameters.mask_ratio"),
     ({"hyperparameters": _hparams(seed=-1)}, "hyperparameters.seed"),

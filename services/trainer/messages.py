@@ -122,16 +122,21 @@ def resolve_location(value: str, field: str, data_root: Path | None, required: b
             raise InvalidRequest(f"{field}: a file URI must name a local file (file:///path), not host "
                                  f"{parsed.netloc!r}")
         text = unquote(parsed.path)
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):  # NUL makes the OS calls below raise ValueError
+        raise InvalidRequest(f"{field}: control characters are not allowed in a path, got {value.strip()!r}")
     path = Path(text)
     if not path.is_absolute():
         path = (data_root if data_root is not None else Path.cwd()) / path
-    path = path.resolve()
-    if data_root is not None and not path.is_relative_to(data_root.resolve()):
-        raise InvalidRequest(f"{field}: {value.strip()!r} is outside the data root {data_root} (SEQREC_DATA_ROOT)")
-    if path.is_dir():
-        raise InvalidRequest(f"{field}: {path} is a directory; give a CSV, TSV or Parquet file")
-    if not path.is_file():
-        raise InvalidRequest(f"{field}: file not found: {path}")
+    try:
+        path = path.resolve()
+        if data_root is not None and not path.is_relative_to(data_root.resolve()):
+            raise InvalidRequest(f"{field}: {value.strip()!r} is outside the data root {data_root} (SEQREC_DATA_ROOT)")
+        if path.is_dir():
+            raise InvalidRequest(f"{field}: {path} is a directory; give a CSV, TSV or Parquet file")
+        if not path.is_file():
+            raise InvalidRequest(f"{field}: file not found: {path}")
+    except OSError as exc:  # a name too long, a loop of links: the path cannot name a readable file
+        raise InvalidRequest(f"{field}: not a readable path ({exc.strerror or type(exc).__name__})") from exc
     return path
 
 

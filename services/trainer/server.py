@@ -12,7 +12,7 @@ import grpc
 from seqrec.proto.v1 import trainer_pb2, trainer_pb2_grpc
 from seqrec.services.trainer.jobs import JobManager, JobNotFound, QueueFull, RootInUse, TrainerClosed
 from seqrec.services.trainer.messages import InvalidRequest
-from seqrec.services.trainer.service import BundleStore, StoreUnavailable, TrainerServicer
+from seqrec.services.trainer.service import BundleStore, StoreUnavailable, StreamsBusy, TrainerServicer
 from seqrec.shared.bundle import BundleError
 from seqrec.shared.exposure import grpc_listen_address
 from seqrec.shared.grpc_server import (
@@ -42,6 +42,7 @@ ERRORS = ErrorMapping([
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (TrainerClosed, grpc.StatusCode.UNAVAILABLE),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StreamsBusy, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ])
 
 

@@ -30,6 +30,7 @@ from seqrec.shared.bundle import Bundle
 from seqrec.shared.registry import BundleRegistry
 
 log = logging.getLogger(__name__)
+MAX_JOB_ID_CHARS = 128  # ids this trainer hands out are far shorter
 STREAM_POLL_S = 1.0  # a progress stream re-checks that its client is still there at least this often
 
 
@@ -137,19 +138,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     def StreamProgress(self, request: trainer_pb2.JobRef, context: grpc.ServicerContext
                        ) -> Iterator[trainer_pb2.TrainingEvent]:
-        # Streaming calls bypass the error interceptor: statuses are set here.
-        job_id = request.job_id.strip()
-        if not job_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: required")
-        try:
-            self.jobs.get(job_id)
-        except JobNotFound as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        job_id = _job_id(request)
+        self.jobs.get(job_id)  # JobNotFound before the stream starts
         # Each stream holds a worker thread while it waits: past the cap, refuse rather than starve other calls.
         if not self._streams.acquire(blocking=False):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"{self.max_streams} progress streams are open (SEQREC_TRAINER_MAX_STREAMS); poll GetJob "
-                          "or retry later")
+            raise StreamsBusy(f"{self.max_streams} progress streams are open (SEQREC_TRAINER_MAX_STREAMS); poll "
+                              "GetJob or retry later")
         try:
             context.add_callback(self.jobs.wake)  # a client that goes away wakes the wait below
             sent = 0
@@ -195,8 +189,14 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return self.bundles.info(bundle, self.bundles.live_version(), self.jobs.bundle_jobs().get(version, ""))
 
 
+class StreamsBusy(RuntimeError):
+    """Every progress stream this trainer allows is open."""
+
+
 def _job_id(request: trainer_pb2.JobRef) -> str:
     job_id = request.job_id.strip()
     if not job_id:
         raise InvalidRequest("job_id: required")
+    if len(job_id) > MAX_JOB_ID_CHARS:
+        raise InvalidRequest(f"job_id: at most {MAX_JOB_ID_CHARS} characters, got {len(job_id)}")
     return job_id
