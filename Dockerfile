@@ -47,14 +47,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     MPLCONFIGDIR=/tmp/matplotlib
-# /bundles and /var/lib/milvus belong to uid 10001 so that fresh named volumes mounted there are
-# writable. The root filesystem may be read-only: only /tmp, /bundles and the Milvus data
-# directory are written.
+# /bundles, /certs and /var/lib/milvus belong to uid 10001 so that fresh named volumes mounted
+# there are writable (compose's `certs` service writes the certificates into /certs). The root
+# filesystem may be read-only: only /tmp, /bundles, /certs and the Milvus data directory are written.
 RUN groupadd --system --gid 10001 seqrec \
     && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
         --shell /usr/sbin/nologin seqrec \
-    && mkdir -p /bundles /data /var/lib/milvus \
-    && chown 10001:10001 /bundles /var/lib/milvus
+    && mkdir -p /bundles /certs /data /var/lib/milvus \
+    && chown 10001:10001 /bundles /certs /var/lib/milvus
 WORKDIR /tmp
 ENTRYPOINT ["seqrec"]
 
@@ -72,10 +72,10 @@ CMD ["serve", "gateway"]
 
 # ---------------------------------------------------------------------------------------------
 # ranker: RankerService gRPC (50051). The same image runs `milvus-lite server` (19530) for local
-# stacks and the dev overlay.
+# stacks and the dev overlay, and `seqrec certs` (compose's certs service).
 # ---------------------------------------------------------------------------------------------
 FROM build-base AS build-ranker
-RUN pip install ".[ranker]"
+RUN pip install ".[ranker,certs]"
 
 FROM runtime AS ranker
 COPY --from=build-ranker /opt/venv /opt/venv

@@ -28,8 +28,15 @@ from seqrec.shared.local_services import free_port
 from seqrec.shared.settings import Env
 from tests.conftest import make_series_interactions
 from tests.test_fuzz_grpc import (
-    CALL_TIMEOUT_S, FUZZ_SETTINGS, SERVER_FAULTS, _message, call_raw, hostile_text, leads_with_a_field,
-    wait_serving, wire_payloads_of,
+    CALL_TIMEOUT_S,
+    FUZZ_SETTINGS,
+    SERVER_FAULTS,
+    _message,
+    call_raw,
+    hostile_text,
+    leads_with_a_field,
+    wait_serving,
+    wire_payloads_of,
 )
 
 C = grpc.StatusCode

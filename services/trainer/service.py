@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from seqrec.proto.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
-from seqrec.services.trainer.jobs import JobManager, JobNotFound
+from seqrec.services.trainer.jobs import JobManager
 from seqrec.services.trainer.messages import (
     InvalidRequest,
     event_message,
