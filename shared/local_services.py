@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+GROUP_EXIT_WAIT_S = 5.0  # after the last SIGKILL, how long `stop` waits for the kernel to end the group
+
 
 class ServiceStartError(RuntimeError):
     """A child service did not come up; the message carries the end of its log."""
@@ -76,6 +78,11 @@ class ManagedProcess:
                 self._signal_group(signal.SIGKILL)
                 self.process.wait()
         self._signal_group(signal.SIGKILL)  # a child that outlived its launcher
+        # SIGKILL is delivered asynchronously: wait (briefly) until no live process of the group is left,
+        # so a caller that restarts on the same ports or data directory never meets the old one.
+        deadline = time.monotonic() + GROUP_EXIT_WAIT_S
+        while live_group_members(self.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def kill(self) -> None:
         """Stop abruptly (fault tests)."""
@@ -89,6 +96,24 @@ class ManagedProcess:
             os.killpg(self.process.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Processes of process group `pgid` that are not zombies (from /proc; empty where there is none)."""
+    members = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return members
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
 
 
 def _spawn(name: str, argv: list[str], port: int, data_dir: Path, timeout: float,

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from seqrec.shared.local_services import ManagedProcess, free_port, start_milvus_server
+from seqrec.shared.local_services import ManagedProcess, live_group_members, free_port, start_milvus_server
 
 # A launcher: its child listens on the port and ignores SIGTERM; the launcher itself exits on SIGTERM.
 LAUNCHER = """
@@ -37,16 +37,7 @@ def _alive(pid: int) -> bool:
 
 
 def _group(pgid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                pids.append(int(entry))
-    return pids
+    return live_group_members(pgid)
 
 
 def test_stop_kills_a_launchers_stubborn_child_after_the_grace(tmp_path: Path) -> None:
