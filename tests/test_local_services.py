@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from seqrec.shared.local_services import ManagedProcess, live_group_members, free_port, start_milvus_server
+from seqrec.shared.local_services import ManagedProcess, free_port, live_group_members, start_milvus_server
 
 # A launcher: its child listens on the port and ignores SIGTERM; the launcher itself exits on SIGTERM.
 LAUNCHER = """
