@@ -138,6 +138,8 @@ def test_replicas_stay_in_step(launches):
     for key in ("history", "best_epoch", "stopped_early", "best_valid", "result"):
         assert ranks[0][key] == ranks[1][key], key
     assert all(valid for _, _, valid, _ in ranks[1]["history"])  # rank 0's validation reached rank 1
+    # sampled softmax: the item tables trained row-sparse, their gradients reduced outside DDP
+    assert ranks[0]["reduced_like_dense"] and ranks[1]["reduced_like_dense"]
     assert ranks[1]["result"] == ("ok", 0)  # on_main: rank 0's result on every rank
 
 
@@ -155,6 +157,22 @@ def test_helpers_are_no_ops_without_torchrun(monkeypatch):
         assert (rank(), world_size()) == (0, 1)
         assert broadcast({"stop": True}) == {"stop": True}
         assert on_main(lambda: 7) == 7
+
+
+def _sparse_mean_matches_dense(rank: int) -> bool:
+    """`all_reduce_sparse_mean` of a sparse gradient whose rows differ by rank (repeated rows, a different
+    number per rank) equals the dense all-reduce mean of the same gradients."""
+    import torch
+    import torch.distributed as dist
+
+    from seqrec.services.trainer.sparse_rows import all_reduce_sparse_mean
+
+    generator = torch.Generator().manual_seed(rank)
+    index = torch.randint(0, 50, (7 + 5 * rank,), generator=generator)
+    grad = torch.sparse_coo_tensor(index[None], torch.randn(len(index), 4, generator=generator), (50, 4))
+    dense = grad.to_dense()
+    dist.all_reduce(dense)
+    return bool(torch.allclose(all_reduce_sparse_mean(grad).to_dense(), dense / dist.get_world_size(), atol=1e-6))
 
 
 def _worker(out: Path) -> None:
@@ -191,7 +209,8 @@ def _worker(out: Path) -> None:
         model.id_keep = recording_keep
         hp = build_hparams(max_len=8, hidden_size=16, heads=2, epochs=3, batch_size=16, lr=0.003,
                            negative_samples=10, eval_every=1, patience=1)
-        result = train_model(model, split, hp, n_items, counts, seed=3, progress=False)
+        result = train_model(model, split, hp, n_items, counts, seed=3, progress=False)  # sampled: sparse rows
+        reduced_like_dense = _sparse_mean_matches_dense(distributed.rank())
         shared = distributed.on_main(lambda: ("ok", distributed.rank()))
         out.mkdir(parents=True, exist_ok=True)
         history = [(r.epoch, r.loss, r.valid, r.train_probe) for r in result.history]  # not the timings
@@ -199,7 +218,7 @@ def _worker(out: Path) -> None:
         torch.save({"world": distributed.world_size(), "state": model.state_dict(), "keeps": keeps,
                     "dropped": dropped, "history": history,
                     "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
-                    "best_valid": result.best_valid, "result": shared},
+                    "best_valid": result.best_valid, "result": shared, "reduced_like_dense": reduced_like_dense},
                    out / f"rank{distributed.rank()}.pt")
 
 

@@ -7,12 +7,24 @@ import torch
 import torch.nn.functional as F
 
 from seqrec.services.trainer.losses import (
+    CandidateRows,
     ContentTerm,
     NegativeSampler,
     full_softmax_loss,
     per_sequence_mean,
     sampled_softmax_loss,
 )
+
+
+def sampled_loss(out, weight, bias, labels, sampler, n_negatives, generator=None, content=None):
+    """The sampled loss over rows taken from full tables (as `BERT4Rec.output_rows` builds them)."""
+    negatives = sampler.sample((n_negatives,), generator)
+    table = None if content is None else content.table
+
+    def rows(index):
+        return CandidateRows(weight[index], bias[index], None if table is None else table[index])
+
+    return sampled_softmax_loss(out, labels, rows(labels), negatives, rows(negatives), sampler.log_q, content)
 
 
 def test_per_sequence_mean_weighs_sequences_equally():
@@ -50,15 +62,14 @@ def test_sampled_softmax_approaches_full_softmax_with_many_negatives():
     out, weight, bias = torch.randn(64, 8), torch.randn(n_items + 2, 8) * 0.5, torch.zeros(n_items + 2)
     labels = torch.randint(1, n_items + 1, (64,))
     full = full_softmax_loss(out, weight[: n_items + 1], bias[: n_items + 1], labels).mean()
-    sampled = sampled_softmax_loss(out, weight, bias, labels, sampler, 5000, torch.Generator().manual_seed(1))
+    sampled = sampled_loss(out, weight, bias, labels, sampler, 5000, torch.Generator().manual_seed(1))
     expected = full.item() + math.log(5000) + sampler.log_q[labels].mean().item()
     assert sampled.mean().item() == pytest.approx(expected, abs=0.05)
 
 
 def test_accidental_hits_are_removed():
     sampler = NegativeSampler(torch.tensor([0, 1, 0]), n_items=1)  # one item: every negative is the positive
-    loss = sampled_softmax_loss(torch.ones(3, 4), torch.ones(3, 4), torch.zeros(3), torch.tensor([1, 1, 1]),
-                                sampler, 10)
+    loss = sampled_loss(torch.ones(3, 4), torch.ones(3, 4), torch.zeros(3), torch.tensor([1, 1, 1]), sampler, 10)
     assert torch.allclose(loss, torch.zeros(3))  # only the positive is left in each softmax
 
 
@@ -83,8 +94,8 @@ def test_content_term_reaches_the_sampled_softmax():
     out, weight, bias, labels, content, extra = _content_case()
     sampler = NegativeSampler(torch.ones(21), n_items=19)
     draw = lambda: torch.Generator().manual_seed(3)  # noqa: E731 - the same negatives for both calls
-    with_content = sampled_softmax_loss(out, weight, bias, labels, sampler, 7, draw(), content)
-    without = sampled_softmax_loss(out, weight, bias, labels, sampler, 7, draw())
+    with_content = sampled_loss(out, weight, bias, labels, sampler, 7, draw(), content)
+    without = sampled_loss(out, weight, bias, labels, sampler, 7, draw())
     assert torch.equal(with_content[[0, 2, 3]], without[[0, 2, 3]])
     assert not torch.allclose(with_content[[1, 4]], without[[1, 4]])
 
@@ -97,7 +108,7 @@ def test_sampled_softmax_shares_one_draw_of_negatives_across_positions():
     sampler = NegativeSampler(counts, n_items)
     out, weight, bias = torch.randn(6, 4), torch.randn(n_items + 2, 4), torch.randn(n_items + 2)
     labels = torch.randint(1, n_items + 1, (6,))
-    loss = sampled_softmax_loss(out, weight, bias, labels, sampler, n_negatives, torch.Generator().manual_seed(5))
+    loss = sampled_loss(out, weight, bias, labels, sampler, n_negatives, torch.Generator().manual_seed(5))
     negatives = sampler.sample((n_negatives,), torch.Generator().manual_seed(5))
     for p in range(6):
         kept = negatives[negatives != labels[p]]

@@ -121,8 +121,10 @@ def broadcast(value: T | None = None) -> T:
     return box[0]
 
 
-def data_parallel(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """`module` wrapped in DistributedDataParallel, its buffers constant (synced once, not at every step)."""
+def data_parallel(module: torch.nn.Module, device: torch.device, ignore: list[str] | None = None
+                  ) -> torch.nn.Module:
+    """`module` wrapped in DistributedDataParallel, its buffers constant (synced once, not at every step).
+    Parameters named in `ignore` are left to the caller (row-sparse tables: `all_reduce_sparse_mean`)."""
     import inspect
 
     from torch.nn.parallel import DistributedDataParallel
@@ -132,7 +134,10 @@ def data_parallel(module: torch.nn.Module, device: torch.device) -> torch.nn.Mod
         options["forward_sync_buffers"] = False  # torch >= 2.13; broadcast_buffers is deprecated there
     else:
         options["broadcast_buffers"] = False
+    if ignore:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignore)
     return DistributedDataParallel(module, **options)
+
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

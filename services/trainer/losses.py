@@ -39,11 +39,20 @@ class NegativeSampler:
 
 @dataclass
 class ContentTerm:
-    """Extra logits `query · table[item]` at a subset of the scored positions (content affinity)."""
+    """Extra logits `query · text[item]` at a subset of the scored positions (content affinity)."""
 
     positions: torch.Tensor  # (Q,) rows of the P scored positions that get the term
     query: torch.Tensor  # (Q, D)
-    table: torch.Tensor  # (n_indices, D) item texts
+    table: torch.Tensor | None = None  # (n_indices, D) item texts: the full softmax scores every item
+
+
+@dataclass
+class CandidateRows:
+    """What the loss needs of K scored items (`BERT4Rec.output_rows`)."""
+
+    weight: torch.Tensor  # (K, C) output vectors (transition vectors appended)
+    bias: torch.Tensor  # (K,)
+    content: torch.Tensor | None = None  # (K, D) item texts for content affinity
 
 
 def full_softmax_loss(out: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -56,10 +65,11 @@ def full_softmax_loss(out: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     return F.cross_entropy(logits, labels, reduction="none")
 
 
-def sampled_softmax_loss(out: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor,
-                         sampler: NegativeSampler, n_negatives: int,
-                         generator: torch.Generator | None = None, content: ContentTerm | None = None) -> torch.Tensor:
-    """Softmax over the positive and `n_negatives` sampled negatives per position, log-Q corrected.
+def sampled_softmax_loss(out: torch.Tensor, labels: torch.Tensor, positive: CandidateRows, negatives: torch.Tensor,
+                         negative: CandidateRows, log_q: torch.Tensor,
+                         content: ContentTerm | None = None) -> torch.Tensor:
+    """Softmax over each position's positive (`positive`: the rows of `labels` (P,)) and the negatives
+    (`negative`: the rows of `negatives` (N,), drawn by a `NegativeSampler`), log-Q corrected by `log_q`.
 
     The negatives are drawn once per step and shared by every position: their logits are one matrix
     product (P, C) @ (C, N). Drawing them per position meant gathering a (P, N, C) tensor, a memory-bound
@@ -67,15 +77,14 @@ def sampled_softmax_loss(out: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     2-core CPU). A negative that happens to equal a position's positive ("accidental hit") is removed from
     that position's softmax.
     """
-    negatives = sampler.sample((n_negatives,), generator)  # (N,)
-    positive = (out * weight[labels]).sum(1) + bias[labels]  # (P,)
-    negative = out @ weight[negatives].T + bias[negatives]  # (P, N)
+    positive_logit = (out * positive.weight).sum(1) + positive.bias  # (P,)
+    negative_logit = out @ negative.weight.T + negative.bias  # (P, N)
     if content is not None:
         query = content.query
-        positive = positive.index_add(0, content.positions,
-                                      (query * content.table[labels.index_select(0, content.positions)]).sum(1))
-        negative = negative.index_add(0, content.positions, query @ content.table[negatives].T)
-    logits = torch.cat([(positive - sampler.log_q[labels])[:, None], negative - sampler.log_q[negatives]], dim=1)
+        positive_logit = positive_logit.index_add(
+            0, content.positions, (query * positive.content.index_select(0, content.positions)).sum(1))
+        negative_logit = negative_logit.index_add(0, content.positions, query @ negative.content.T)
+    logits = torch.cat([(positive_logit - log_q[labels])[:, None], negative_logit - log_q[negatives]], dim=1)
     hit = F.pad(negatives[None, :] == labels[:, None], (1, 0), value=False)
     logits = logits.masked_fill(hit, float("-inf"))
     return F.cross_entropy(logits, torch.zeros_like(labels), reduction="none")

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqrec.services.trainer.losses import CandidateRows
+from seqrec.services.trainer.sparse_rows import RowAdamW, gather_rows
 from seqrec.shared.manifest import Layout
 from seqrec.shared.scoring import NEW_ITEM, UNSEEN, ItemParts, TextHead
 from seqrec.shared.vocab import PAD_INDEX
@@ -119,6 +121,9 @@ class BERT4Rec(nn.Module):
         `newest` [n_indices] bool marks the warm items that count as new ones (hybrid only)."""
         super().__init__()
         self.cfg = cfg
+        # while training with sampled softmax: the item tables' optimizer; reads of their rows then give row-sparse
+        # gradients and carry the optimizer's running weight-decay scale
+        self.row_optimizer: RowAdamW | None = None
         d = cfg.hidden_size
         self.item_emb = nn.Embedding(cfg.n_indices, d, padding_idx=PAD_INDEX)
         self.pos_emb = nn.Embedding(cfg.max_len, d)
@@ -193,6 +198,23 @@ class BERT4Rec(nn.Module):
     def hybrid(self) -> bool:
         return self.cfg.text_dim > 0
 
+    def item_tables(self) -> list[nn.Parameter]:
+        """The parameters with one row per item index: what `row_optimizer` trains row by row."""
+        tables = [self.item_emb.weight, self.out_bias]
+        tables += [] if self.out_emb is None else [self.out_emb.weight]
+        tables += [self.prev_emb.weight, self.next_emb.weight] if self.cfg.transition_dim else []
+        return tables
+
+    def _embed(self, table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+        if self.row_optimizer is None or not torch.is_grad_enabled():
+            return table(ids)
+        return gather_rows(table.weight, ids, table.padding_idx, self.row_optimizer.scale(table.weight))
+
+    def _rows(self, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if self.row_optimizer is None or not torch.is_grad_enabled():
+            return table[ids]
+        return gather_rows(table, ids, scale=self.row_optimizer.scale(table))
+
     def id_keep(self, generator: torch.Generator | None = None) -> torch.Tensor | None:
         """Per-index weight of the id part (hybrid only): 0 for new items; while training also 0 for a
         random `id_dropout` share of items with text; None for an id-only model."""
@@ -245,7 +267,7 @@ class BERT4Rec(nn.Module):
 
     def embed_items(self, ids: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Input item representations (B, T, C)."""
-        x = self.item_emb(ids)
+        x = self._embed(self.item_emb, ids)
         if not self.hybrid:
             return x
         keep = self.id_known if keep is None else keep
@@ -288,7 +310,7 @@ class BERT4Rec(nn.Module):
     def transition_query(self, previous: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """(…, transition_dim) transition queries of the items `previous` (…); items without an id part
         (new items, and in hybrid training those whose id is dropped) have none."""
-        query = self.prev_emb(previous)
+        query = self._embed(self.prev_emb, previous)
         if not self.hybrid:
             return query
         keep = self.id_known if keep is None else keep
@@ -300,6 +322,31 @@ class BERT4Rec(nn.Module):
             return self.next_emb.weight
         keep = self.id_known if keep is None else keep
         return self.next_emb.weight * keep[:, None]
+
+    def output_rows(self, indices: torch.Tensor, keep: torch.Tensor | None = None) -> CandidateRows:
+        """The rows of `item_vectors()`'s parts for `indices` (K,) only, as training scores them with `keep`:
+        output vector with the transition vector appended, bias, and the item text of content affinity.
+        Built from the touched rows alone (no catalogue-sized work); equal to indexing the full tables."""
+        base = self._rows(self.item_emb.weight if self.out_emb is None else self.out_emb.weight, indices)
+        bias = self._rows(self.out_bias, indices)
+        known = None
+        if self.hybrid:
+            keep = self.id_known if keep is None else keep
+            known = keep[indices]
+            new = self.new_item[indices] * (1.0 - known)
+            base = (base * known[:, None] + self._text_part(self.text_out or self.text_in, indices)
+                    + new[:, None] * self._new_out())
+            bias = (bias * known + self._text_part(self.text_bias, indices).squeeze(-1)
+                    + new * GATE_SCALE * self.new_bias)
+        if self.cfg.transition_dim:
+            following = self._rows(self.next_emb.weight, indices)
+            base = torch.cat([base, following if known is None else following * known[:, None]], dim=1)
+        content = None
+        if self.cfg.content_dim:
+            content = self.content[indices]
+            if self.hybrid:
+                content = content * (1.0 + new * GATE_SCALE * self.new_content)[:, None]
+        return CandidateRows(base, bias, content)
 
     def answer_slot(self, ids: torch.Tensor) -> torch.Tensor:
         """(B,) the slot each row is answered at: its last [MASK] (the last slot for a next-item row, an inner one

@@ -35,6 +35,7 @@ from seqrec.services.trainer.losses import (
 from seqrec.services.trainer.masking import cloze_mask
 from seqrec.services.trainer.model import BERT4Rec
 from seqrec.services.trainer.progress_display import LossDisplay, epoch_line
+from seqrec.services.trainer.sparse_rows import RowAdamW, all_reduce_sparse_mean, clip_grad_norm
 from seqrec.services.trainer.split import EvalSet, LeaveOneOut, training_windows
 from seqrec.shared.config import Hyperparameters
 
@@ -148,22 +149,25 @@ class ClozeLoss(nn.Module):
         hidden = model.encode(inputs, keep)
         out = model.project(hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat))  # (P, C)
         targets = labels.view(-1).index_select(0, flat)
-        weight, bias = model.output_weight(keep), model.output_bias(keep)
         if model.cfg.transition_dim:  # the transition term joins the dot product: (P, C + R) · (n, C + R)
             previous = model.previous_items(inputs).reshape(-1).index_select(0, flat)
             out = torch.cat([out, model.transition_query(previous, keep)], dim=1)
-            weight = torch.cat([weight, model.transition_out(keep)], dim=1)
-        content = self._content_term(inputs, flat, keep)
+        content = self._content_term(inputs, flat)
         if self.sampler is None:
+            weight, bias = model.output_weight(keep), model.output_bias(keep)
+            if model.cfg.transition_dim:
+                weight = torch.cat([weight, model.transition_out(keep)], dim=1)
+            if content is not None:
+                content.table = model.output_content(keep)
             position_loss = full_softmax_loss(out, weight[: self.n_warm + 1], bias[: self.n_warm + 1], targets,
                                               content)
-        else:
-            position_loss = sampled_softmax_loss(out, weight, bias, targets, self.sampler, self.negative_samples,
-                                                 self.generator, content)
+        else:  # only the rows of the targets and the negatives are built (and, with a row optimizer, updated)
+            negatives = self.sampler.sample((self.negative_samples,), self.generator)
+            position_loss = sampled_softmax_loss(out, targets, model.output_rows(targets, keep), negatives,
+                                                 model.output_rows(negatives, keep), self.sampler.log_q, content)
         return per_sequence_mean(position_loss, flat // inputs.shape[1], inputs.shape[0])
 
-
-    def _content_term(self, inputs: torch.Tensor, flat: torch.Tensor, keep: torch.Tensor | None) -> ContentTerm | None:
+    def _content_term(self, inputs: torch.Tensor, flat: torch.Tensor) -> ContentTerm | None:
         """Content affinity at the masked last slots (the serving position), from the items before them."""
         model = self.model
         if not model.cfg.content_dim:
@@ -171,7 +175,7 @@ class ClozeLoss(nn.Module):
         width = inputs.shape[1]
         positions = (flat % width == width - 1).nonzero().squeeze(1)
         query = model.content_query(inputs.index_select(0, flat.index_select(0, positions) // width))
-        return ContentTerm(positions, query, model.output_content(keep))
+        return ContentTerm(positions, query)
 
 
 def shard_plan(plan: list[T], rank: int, world_size: int) -> list[T]:
@@ -194,6 +198,7 @@ def train_model(
     limits: LoopLimits = LoopLimits(),
     deadline: float | None = None,
     select: bool = True,
+    sparse_items: bool = True,
 ) -> TrainResult:
     """Train `model` on windows of the training sequences; keep the weights with the best validation NDCG@10.
 
@@ -204,6 +209,11 @@ def train_model(
     now, none when it is 0); the epoch that reaches it is validated and the best weights are kept.
     `select=False` (the refit on every interaction) trains `hp.epochs` epochs with no validation and keeps the
     last weights.
+
+    With sampled softmax (`hp.negative_samples` > 0) and `sparse_items`, a step's cost does not grow with the
+    catalogue: the item tables get row-sparse gradients and `RowAdamW` updates only the rows the step touched
+    (weight decay as a running scale per table, folded into the rows at the end of each epoch). Full softmax
+    touches every row at every step and trains with plain AdamW; `sparse_items=False` does so in sampled mode too.
 
     Data-parallel under torchrun (`distributed.active()`): `hp.batch_size` is the global batch, the
     sequences of one optimizer step summed over all W processes; each process takes ceil(batch_size / W)
@@ -231,10 +241,17 @@ def train_model(
         torch.manual_seed(_stream_seed(seed, DROPOUT_STREAM, rank))  # dropout differs between ranks
     shuffle_rng = np.random.default_rng(seed)  # the same batch plan on every rank
     local_batch = math.ceil(hp.batch_size / world)
-    # The fused kernel updates every table in one pass over memory; with the default multi-tensor kernel the
-    # optimizer step was the costliest part of a step on large catalogues (docs/training_benchmark.md).
-    optimizer = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, fused=True)
     sampler = NegativeSampler(torch.as_tensor(item_counts), n_warm).to(device) if hp.negative_samples else None
+    tables = model.item_tables() if sampler is not None and sparse_items else []
+    dense = [p for p in model.parameters() if not any(p is q for q in tables)]
+    # The fused kernel updates every dense tensor in one pass over memory; with the default multi-tensor kernel
+    # the optimizer step was the costliest part of a step on large catalogues (docs/training_benchmark.md).
+    optimizers: list[torch.optim.Optimizer] = [
+        torch.optim.AdamW(dense, lr=hp.lr, weight_decay=hp.weight_decay, fused=True)]
+    row_optimizer = RowAdamW(tables, lr=hp.lr, weight_decay=hp.weight_decay) if tables else None
+    if row_optimizer is not None:
+        optimizers.append(row_optimizer)
+        model.row_optimizer = row_optimizer
     windows = training_windows(split.train, hp.max_len, hp.window_stride, hp.sampling)
     data = torch.from_numpy(windows)
     if device.type == "cuda":  # on the GPU when small enough (batches are gathered there), else pinned
@@ -251,7 +268,9 @@ def train_model(
     validate = limits.validate or evaluate
     step: nn.Module = ClozeLoss(model, n_warm, sampler, hp.negative_samples, generator, keep_generator)
     if world > 1:
-        step = distributed.data_parallel(step, device)  # the hybrid text table is a constant buffer
+        # the hybrid text table is a constant buffer; row-sparse tables are reduced below, not by DDP
+        step = distributed.data_parallel(step, device, ignore=[f"model.{name}" for name, p in model.named_parameters()
+                                                               if any(p is q for q in tables)])
         log.info("data-parallel training on %d processes (%s): %d sequences per process per step, %d in all",
                  world, distributed.backend(), local_batch, local_batch * world)
 
@@ -296,18 +315,30 @@ def train_model(
                                         generator, hp.next_item_context_ratio)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = step(inputs, labels)
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if world > 1:
+                for table in tables:
+                    if table.grad is not None:
+                        table.grad = all_reduce_sparse_mean(table.grad)
             if hp.grad_clip > 0:
-                scaler.unscale_(optimizer)  # clip the true gradients (no-op without fp16 loss scaling)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
-            scaler.step(optimizer)  # plain optimizer.step() unless fp16 (which skips steps with inf/NaN grads)
+                for optimizer in optimizers:
+                    scaler.unscale_(optimizer)  # clip the true gradients (no-op without fp16 loss scaling)
+                if row_optimizer is None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
+                else:
+                    clip_grad_norm(model.parameters(), hp.grad_clip)
+            for optimizer in optimizers:  # plain step() unless fp16 (which skips steps with inf/NaN grads)
+                scaler.step(optimizer)
             scaler.update()
             loss_sum += loss.detach()
             masked += (labels != 0).sum()
             bar.update(1)
             if shown is not None and (b % 10 == 0 or b == n_batches - 1):
                 shown.update(loss_sum, b + 1)
+        if row_optimizer is not None:
+            row_optimizer.flush()  # the tables hold their current values: validated, kept and returned as they are
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the epoch's time includes the kernels still queued
         seconds = time.perf_counter() - started
@@ -360,6 +391,7 @@ def train_model(
         bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
+    model.row_optimizer = None
     model.eval()
     return TrainResult(model=model, history=history, best_epoch=best_epoch, best_valid=best_valid,
                        train_seconds=train_seconds, stopped_early=stopped_early, device=str(device),
