@@ -11,9 +11,10 @@ in its own child process (so its peak RSS is its own, read from /proc/self/statu
 2. `load`: `load_interactions` (pandas reads the whole file), leave-one-out split, training windows:
    seconds and peak RSS; the item-index sequences are cached as .npz for the next phases.
 3. `steps`: `train_model` for a fixed number of optimizer steps (--steps) at the same batch (--batch-size,
-   --max-len), sampled softmax (the default, --negatives) and full softmax (negative_samples 0, --full-steps):
-   sequences/s, item positions/s, masked positions per step, RSS before training (data + model) and the
-   peak during the steps (VmHWM reset right before them). No validation in this phase.
+   --max-len), sampled softmax (the default, --negatives; row-sparse item tables), the same with dense AdamW
+   over every item table as before (`sparse_items=False`, --dense-steps), and full softmax (negative_samples 0,
+   --full-steps): sequences/s, item positions/s, masked positions per step, RSS before training (data + model)
+   and the peak during the steps (VmHWM reset right before them). No validation in this phase.
 4. `useful`: `train_model` in slices of --eval-steps steps, each followed by full-catalog HR@10 of 1,000
    validation users (scored in blocks, so the score matrix never exceeds ~64 MB); stops once HR@10 is
    above 2x the popularity baseline's on the same users (and at least +0.01), or after --useful-seconds.
@@ -120,6 +121,11 @@ def run_size(n_items: int, n_interactions: int, args: argparse.Namespace) -> dic
     log(f"{n_items:,} items: {args.steps} steps, sampled softmax ({args.negatives} negatives)")
     phases["steps_sampled"] = run_worker("steps", {**common, "negatives": args.negatives, "steps": args.steps},
                                          args.phase_timeout)
+    if args.dense_steps:
+        log(f"{n_items:,} items: {args.dense_steps} steps, sampled softmax with dense AdamW (before row-sparse tables)")
+        phases["steps_sampled_dense"] = run_worker("steps", {**common, "negatives": args.negatives,
+                                                             "steps": args.dense_steps, "sparse_items": False},
+                                                   args.phase_timeout)
     estimate_gb = _full_softmax_gb(phases, n_items)
     if args.full_steps and estimate_gb is not None and estimate_gb > args.full_softmax_max_gb:
         phases["steps_full"] = {"error": f"skipped: logits alone would take about {estimate_gb:.1f} GB "
@@ -174,6 +180,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--negatives", type=int, default=100)
     p.add_argument("--steps", type=int, default=40, help="optimizer steps of the throughput/memory phase")
+    p.add_argument("--dense-steps", type=int, default=40,
+                   help="the same with dense AdamW over every item table, as before row-sparse tables (0: skip)")
     p.add_argument("--full-steps", type=int, default=10, help="the same with full softmax (0: skip)")
     p.add_argument("--full-softmax-max-gb", type=float, default=4.0,
                    help="skip full softmax where one copy of its logits would exceed this")

@@ -78,7 +78,7 @@ def _prepare_training(a: dict[str, Any], negatives: int, epochs: int, eval_every
     from seqrec.services.trainer.bundle_builder import model_config
     from seqrec.services.trainer.model import BERT4Rec
     from seqrec.services.trainer.split import leave_one_out
-    from seqrec.shared.config import build_hparams
+    from seqrec.shared.config import INT_LIMITS, build_hparams
 
     torch.manual_seed(a["seed"])
     cached = np.load(a["prepared"])
@@ -87,7 +87,7 @@ def _prepare_training(a: dict[str, Any], negatives: int, epochs: int, eval_every
     split = leave_one_out(sequences)
     del sequences, cached
     hp = build_hparams(max_len=a["max_len"], batch_size=a["batch_size"], negative_samples=negatives,
-                       epochs=epochs, eval_every=eval_every, patience=10 ** 6)
+                       epochs=epochs, eval_every=eval_every, patience=INT_LIMITS["patience"])  # never stops early
     counts = np.bincount(np.concatenate(split.train), minlength=n_items + 2)
     model = BERT4Rec(model_config(hp, n_items + 2, hybrid=False))  # the architecture the trainer ships
     model.init_output_bias(torch.from_numpy(counts))
@@ -116,7 +116,11 @@ def worker_steps(a: dict[str, Any]) -> dict[str, Any]:
         return {}
 
     limits = trainer.LoopLimits(steps_per_epoch=a["steps"], validate=no_validation)
+    sparse = bool(a.get("sparse_items", True)) and a["negatives"] > 0
     params = sum(p.numel() for p in model.parameters())
+    table_params = sum(p.numel() for p in model.item_tables()) if sparse else 0
+    # weights and 2 AdamW moments for every parameter; dense gradients only where a table is not row-sparse
+    state_bytes = 12 * params + 4 * (params - table_params)
     before = proc_status().get("VmRSS")
     marks["reset"] = reset_peak_rss()
     device = trainer.pick_device()
@@ -125,7 +129,8 @@ def worker_steps(a: dict[str, Any]) -> dict[str, Any]:
         if a.get("sync_debug") and device.type == "cuda":
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
-        result = trainer.train_model(model, split, hp, n_items, counts, a["seed"], progress=False, limits=limits)
+        result = trainer.train_model(model, split, hp, n_items, counts, a["seed"], progress=False, limits=limits,
+                                     sparse_items=sparse)
         if device.type == "cuda":
             torch.cuda.set_sync_debug_mode(0)
     for w in caught:
@@ -133,11 +138,12 @@ def worker_steps(a: dict[str, Any]) -> dict[str, Any]:
             syncs[f"{Path(w.filename).name}:{w.lineno}"] += 1
     last = result.history[-1]  # the last slice: no start-up costs after warm-up
     seconds = last.seconds
-    out = {"mode": "sampled" if a["negatives"] else "full", "negatives": a["negatives"], "steps": last.steps,
+    out = {"mode": "sampled" if a["negatives"] else "full", "negatives": a["negatives"], "sparse_items": sparse,
+           "steps": last.steps,
            "seconds": seconds, "sequences_per_s": last.sequences / seconds,
            "positions_per_s": last.positions / seconds, "steps_per_s": last.steps / seconds,
            "masked_per_step": last.masked / max(last.steps, 1),
-           "params": params, "param_state_mb": 4 * 4 * params / 2 ** 20,  # weights, grads, 2 AdamW moments
+           "params": params, "param_state_mb": state_bytes / 2 ** 20, "state_bytes_per_param": state_bytes / params,
            "rss_before_mb": before, "peak_rss_mb": marks.get("peak_mb"), "peak_reset": marks["reset"],
            "threads": torch.get_num_threads(), "loss": result.history[-1].loss, "device": result.device,
            "warmup_epochs": warmup}
