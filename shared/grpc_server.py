@@ -30,6 +30,10 @@ SERVER_OPTIONS = [
 ]
 
 
+# Clients balance calls over the replicas a name resolves to and re-resolve when a connection closes: replicas
+# an autoscaler adds get traffic within about this long (SEQREC_MAX_CONNECTION_AGE_S of the ranker, embedder).
+DEFAULT_MAX_CONNECTION_AGE_S = 300.0
+CONNECTION_AGE_GRACE_S = 30.0  # calls in flight when a connection reaches its maximum age finish within this
 MAX_DETAILS_CHARS = 2000  # gRPC refuses trailers over 16 KiB: the caller would get a transport error instead
 
 
@@ -139,12 +143,19 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         context.abort(code, details)
 
 
-def make_server(max_workers: int, max_concurrent_rpcs: int, interceptors: Iterable[grpc.ServerInterceptor] = ()
-                ) -> grpc.Server:
-    """A thread-pool server; beyond `max_concurrent_rpcs` in flight, new calls get RESOURCE_EXHAUSTED."""
+def make_server(max_workers: int, max_concurrent_rpcs: int, interceptors: Iterable[grpc.ServerInterceptor] = (),
+                max_connection_age_s: float = 0.0) -> grpc.Server:
+    """A thread-pool server; beyond `max_concurrent_rpcs` in flight, new calls get RESOURCE_EXHAUSTED.
+
+    `max_connection_age_s` > 0: each client connection is closed (GOAWAY; calls in flight get
+    CONNECTION_AGE_GRACE_S to finish) after about that long, so clients re-resolve the service's name and
+    spread over replicas added since they connected. 0 keeps connections for as long as clients do."""
+    options = list(SERVER_OPTIONS)
+    if max_connection_age_s > 0:
+        options += [("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
+                    ("grpc.max_connection_age_grace_ms", int(CONNECTION_AGE_GRACE_S * 1000))]
     return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-                       interceptors=list(interceptors), options=SERVER_OPTIONS,
-                       maximum_concurrent_rpcs=max_concurrent_rpcs)
+                       interceptors=list(interceptors), options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
 
 
 class HealthReporter:

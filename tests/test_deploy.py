@@ -162,7 +162,7 @@ def test_compose_stack_shape() -> None:
     assert env["SEQREC_BUNDLE"] == "/bundles"
     assert env["REDIS_URL"].startswith("redis://redis:")
     assert env["SEQREC_EMBEDDER"] == "embedder:50052"
-    assert services["gateway"]["environment"]["SEQREC_RANKER"] == "ranker:50051"
+    assert services["gateway"]["environment"]["SEQREC_RANKER"] == "dns:///ranker:50051"  # every replica
     assert services["ranker"]["depends_on"]["redis"]["condition"] == "service_healthy"
 
     job = services["train-job"]
@@ -221,6 +221,22 @@ def test_every_container_is_hardened_and_bounded(path: str) -> None:
             if "emptyDir" not in tmp:
                 problems.append(f"{where}: no emptyDir at /tmp")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("path", ["base", "overlays/dev", "overlays/prod"])
+def test_the_gateway_balances_over_every_ranker_pod(path: str) -> None:
+    """A headless Service resolves to every ranker pod; the gateway dials it by DNS (round_robin in the client,
+    tests/test_load_balancing.py) and the rankers cap connection age so new pods are found."""
+    docs = render(path)
+    headless = by_kind(docs, "Service")["ranker-headless"]["spec"]
+    ranker = by_kind(docs, "Deployment")["ranker"]["spec"]
+    assert headless["clusterIP"] == "None"
+    assert headless["selector"].items() <= ranker["template"]["metadata"]["labels"].items()
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("seqrec-config"))
+    assert config["data"]["SEQREC_RANKER"] == "dns:///ranker-headless:50051"
+    assert float(config["data"]["SEQREC_MAX_CONNECTION_AGE_S"]) > 0
+    env = {v["name"]: v.get("value") for v in container(docs, "Deployment", "gateway")["env"]}
+    assert env["SEQREC_TLS_SERVER_NAME"] == "ranker"  # the name in the rankers' certificate
 
 
 @pytest.mark.parametrize("path", ["base", "overlays/dev", "overlays/prod"])

@@ -41,6 +41,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from seqrec.proto.v1 import common_pb2, gateway_pb2, ranker_pb2
+from seqrec.shared.exposure import split_host_port
 from seqrec.shared.local_services import free_port
 from seqrec.shared.settings import Env
 from seqrec.shared.tls import open_channel
@@ -103,7 +104,7 @@ def running_ranker(bundle: Path, redis_address: str, milvus_uri: str, **env: str
         "SEQREC_BUNDLE": str(bundle), "SEQREC_RANKER_ADDRESS": f"127.0.0.1:{free_port()}", "REDIS_URL": redis_url,
         "MILVUS_URI": milvus_uri, "SEQREC_HEALTH_INTERVAL_S": "0.5", "SEQREC_ORT_THREADS": "1", **env})))
     app.start()
-    address = f"127.0.0.1:{app.port}"
+    address = f"{split_host_port(app.settings.address)[0]}:{app.port}"
     try:
         with open_channel(address, app.settings.tls) as channel:  # plaintext, or as the ranker dials its peers
             wait_serving(channel, RANKER_SERVICE)

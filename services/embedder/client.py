@@ -8,6 +8,7 @@ import grpc
 import numpy as np
 
 from seqrec.proto.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
+from seqrec.shared.grpc_client import CLIENT_OPTIONS
 from seqrec.shared.text import TEXT_DIM
 from seqrec.shared.tls import TlsSettings, open_channel
 
@@ -30,7 +31,7 @@ class EmbedderClient:
         self.target = target
         self.timeout = timeout
         self.batch_size = batch_size
-        self.channel = open_channel(target, tls if tls is not None else TlsSettings.from_env())
+        self.channel = open_channel(target, tls if tls is not None else TlsSettings.from_env(), CLIENT_OPTIONS)
         self.stub = embedder_pb2_grpc.EmbedderServiceStub(self.channel)
 
     def _call(self, method: str, request: object, timeout: float) -> object:

@@ -12,6 +12,7 @@ from seqrec.proto.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 from seqrec.services.embedder.minilm import MiniLM
 from seqrec.shared.exposure import grpc_listen_address
 from seqrec.shared.grpc_server import (
+    DEFAULT_MAX_CONNECTION_AGE_S,
     ErrorInterceptor,
     ErrorMapping,
     HealthReporter,
@@ -46,6 +47,7 @@ class EmbedderSettings:
     reflection: bool
     health_interval_s: float
     grace_s: float
+    max_connection_age_s: float = 0.0  # clients reconnect (and re-resolve) after this; 0 = never
     tls: TlsSettings = TlsSettings()  # SEQREC_TLS_CERT/KEY/CLIENT_CA: TLS or mTLS on its port (shared/tls.py)
 
     @classmethod
@@ -63,6 +65,7 @@ class EmbedderSettings:
             reflection=env.bool("SEQREC_GRPC_REFLECTION", False),
             health_interval_s=env.float("SEQREC_HEALTH_INTERVAL_S", 10.0, minimum=0.1),
             grace_s=env.float("SEQREC_SHUTDOWN_GRACE_S", 10.0, minimum=0.0),
+            max_connection_age_s=env.float("SEQREC_MAX_CONNECTION_AGE_S", DEFAULT_MAX_CONNECTION_AGE_S, minimum=0.0),
             tls=tls,
         )
 
@@ -108,7 +111,8 @@ class EmbedderApp:
     def __init__(self, settings: EmbedderSettings, model: MiniLM | None = None):
         self.settings = settings
         self.model = model or MiniLM(settings.device, settings.threads)
-        self.server = make_server(settings.workers, settings.max_concurrent_rpcs, [ErrorInterceptor(ERRORS)])
+        self.server = make_server(settings.workers, settings.max_concurrent_rpcs, [ErrorInterceptor(ERRORS)],
+                                  settings.max_connection_age_s)
         embedder_pb2_grpc.add_EmbedderServiceServicer_to_server(EmbedderServicer(self.model, settings), self.server)
         self.health = HealthReporter(self.server, [SERVICE_NAME], self.probe, settings.health_interval_s)
         if settings.reflection:

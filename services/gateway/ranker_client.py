@@ -11,17 +11,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from seqrec.proto.v1 import ranker_pb2, ranker_pb2_grpc
 from seqrec.services.gateway.metrics import GatewayMetrics
-from seqrec.shared.grpc_server import MAX_MESSAGE_BYTES
+from seqrec.shared.grpc_client import CLIENT_OPTIONS
 from seqrec.shared.tls import TlsSettings, open_aio_channel, open_channel
 
 RANKER_SERVICE = ranker_pb2.DESCRIPTOR.services_by_name["RankerService"].full_name
 HEALTH_TIMEOUT_S = 1.0
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-]
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
@@ -43,7 +37,7 @@ class AsyncRanker:
     """The ranker over a grpc.aio channel; create it inside the event loop that uses it."""
 
     def __init__(self, target: str, metrics: GatewayMetrics, tls: TlsSettings | None = None):
-        self.channel = open_aio_channel(target, tls, CHANNEL_OPTIONS)
+        self.channel = open_aio_channel(target, tls, CLIENT_OPTIONS)
         self.stub = ranker_pb2_grpc.RankerServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.metrics = metrics
@@ -76,7 +70,7 @@ class BlockingRanker:
     """The ranker over a blocking channel, for the gRPC front door's worker threads."""
 
     def __init__(self, target: str, metrics: GatewayMetrics, tls: TlsSettings | None = None):
-        self.channel = open_channel(target, tls, CHANNEL_OPTIONS)
+        self.channel = open_channel(target, tls, CLIENT_OPTIONS)
         self.stub = ranker_pb2_grpc.RankerServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.metrics = metrics

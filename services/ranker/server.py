@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from seqrec.shared.bundle import MANIFEST, Bundle, BundleError
 from seqrec.shared.deadlines import call_deadline
 from seqrec.shared.exposure import grpc_listen_address
 from seqrec.shared.grpc_server import (
+    DEFAULT_MAX_CONNECTION_AGE_S,
     ErrorInterceptor,
     ErrorMapping,
     HealthReporter,
@@ -87,6 +89,8 @@ class RankerSettings:
     future_tolerance_s: float  # how far in the future an event's timestamp may be (clock skew)
     grace_s: float  # shutdown grace for in-flight calls
     reload_interval_s: float  # how often a bundle root's LIVE file is checked for a newly published version
+    max_connection_age_s: float = 0.0  # clients reconnect (and re-resolve) after this; 0 = never
+    instance: str = ""  # this process's name in GetModelInfo (default: the host name)
     tls: TlsSettings = TlsSettings()  # SEQREC_TLS_*: TLS/mTLS on its port and to the embedder (shared/tls.py)
 
     @classmethod
@@ -111,6 +115,8 @@ class RankerSettings:
             future_tolerance_s=env.float("SEQREC_EVENT_FUTURE_TOLERANCE_S", DEFAULT_FUTURE_TOLERANCE_S, minimum=0.0),
             grace_s=env.float("SEQREC_SHUTDOWN_GRACE_S", 10.0, minimum=0.0),
             reload_interval_s=env.float("SEQREC_RELOAD_INTERVAL_S", 2.0, minimum=0.1),
+            max_connection_age_s=env.float("SEQREC_MAX_CONNECTION_AGE_S", DEFAULT_MAX_CONNECTION_AGE_S, minimum=0.0),
+            instance=env.str("SEQREC_INSTANCE", "") or socket.gethostname(),
             tls=tls,
         )
 
@@ -132,7 +138,8 @@ class RankerApp:
         self.refused: dict[str, str] = {}  # bundle versions that failed to load, and why: never tried again
         self.watch_problem = ""  # the watcher's latest failure, "" once it succeeds
         self.recommender = self._load_at_start(Path(settings.bundle))
-        self.server = make_server(settings.workers, settings.max_concurrent_rpcs, [ErrorInterceptor(ERRORS)])
+        self.server = make_server(settings.workers, settings.max_concurrent_rpcs, [ErrorInterceptor(ERRORS)],
+                                  settings.max_connection_age_s)
         ranker_pb2_grpc.add_RankerServiceServicer_to_server(
             RankerServicer(lambda: self.recommender, self.model_info), self.server)
         self.health = HealthReporter(self.server, [SERVICE_NAME], self.probe, settings.health_interval_s)
@@ -256,7 +263,7 @@ class RankerApp:
             num_users=m.n_users, max_len=m.max_len, hidden_size=m.scoring.layout.model,
             metadata_columns=list(m.metadata_schema), metrics=common_pb2.Metrics(values=metrics),
             runtime=f"onnxruntime:{self.recommender.encoder.provider}", default_top_k=self.bundle.top_k,
-            example_user_ids=self.recommender.example_users())
+            example_user_ids=self.recommender.example_users(), instance=self.settings.instance)
 
     def start(self) -> None:
         for warning in self.histories.durability_warnings():

@@ -108,7 +108,7 @@ class Metrics(_message.Message):
     def __init__(self, values: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("bundle_version", "created_at", "hybrid", "num_items", "num_users", "max_len", "hidden_size", "metadata_columns", "text_model", "metrics", "runtime", "default_top_k", "example_user_ids")
+    __slots__ = ("bundle_version", "created_at", "hybrid", "num_items", "num_users", "max_len", "hidden_size", "metadata_columns", "text_model", "metrics", "runtime", "default_top_k", "example_user_ids", "instance")
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     HYBRID_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,7 @@ class ModelInfo(_message.Message):
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_TOP_K_FIELD_NUMBER: _ClassVar[int]
     EXAMPLE_USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     bundle_version: str
     created_at: _timestamp_pb2.Timestamp
     hybrid: bool
@@ -135,7 +136,8 @@ class ModelInfo(_message.Message):
     runtime: str
     default_top_k: int
     example_user_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, bundle_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hybrid: _Optional[bool] = ..., num_items: _Optional[int] = ..., num_users: _Optional[int] = ..., max_len: _Optional[int] = ..., hidden_size: _Optional[int] = ..., metadata_columns: _Optional[_Iterable[str]] = ..., text_model: _Optional[str] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., runtime: _Optional[str] = ..., default_top_k: _Optional[int] = ..., example_user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    instance: str
+    def __init__(self, bundle_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hybrid: _Optional[bool] = ..., num_items: _Optional[int] = ..., num_users: _Optional[int] = ..., max_len: _Optional[int] = ..., hidden_size: _Optional[int] = ..., metadata_columns: _Optional[_Iterable[str]] = ..., text_model: _Optional[str] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., runtime: _Optional[str] = ..., default_top_k: _Optional[int] = ..., example_user_ids: _Optional[_Iterable[str]] = ..., instance: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()
