@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from seqrec.shared.deadlines import DeadlineExceeded, call_deadline
+from seqrec.shared.error_details import rich_status
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
     Also refuses work whose deadline has already passed, and answers requests that are not valid
     protobuf (string fields must be UTF-8) with INVALID_ARGUMENT instead of grpc's INTERNAL. Covers
-    unary calls and server streams (an error raised while a stream runs ends it with its status).
+    unary calls and server streams (an error raised while a stream runs ends it with its status). Refusals
+    carry typed details (shared/error_details.py): BadRequest naming the field, RetryInfo where a retry helps.
     """
 
     def __init__(self, mapping: ErrorMapping):
@@ -123,8 +125,9 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if remaining is not None and remaining <= 0:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired before the call started")
         if isinstance(request, MalformedRequest):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"request: not a valid message ({request.error}); string fields must be UTF-8")
+            context.abort_with_status(rich_status(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request: not a valid message ({request.error}); string fields must be UTF-8"))
         return remaining
 
     def _abort(self, exc: Exception, context: grpc.ServicerContext, method: str) -> None:
@@ -140,7 +143,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if len(details) > MAX_DETAILS_CHARS:  # a message quoting a huge input would overflow the trailers
             details = details[:MAX_DETAILS_CHARS] + f"... ({len(details)} characters)"
         log.info("request refused", extra={"method": method, "code": code.name, "error": details})
-        context.abort(code, details)
+        context.abort_with_status(rich_status(code, details))  # BadRequest / RetryInfo details where they apply
 
 
 def make_server(max_workers: int, max_concurrent_rpcs: int, interceptors: Iterable[grpc.ServerInterceptor] = (),

@@ -16,6 +16,7 @@ from seqrec.proto.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from seqrec.services.embedder.server import EmbedderApp, EmbedderSettings
 from seqrec.services.ranker.publish import publish
 from seqrec.services.ranker.server import RankerApp
+from seqrec.shared.error_details import RETRY_DELAY_S, details_of
 from seqrec.shared.local_services import free_port, start_milvus_lite, start_redis
 from seqrec.shared.settings import Env
 from tests.test_ranker import _settings, _wait_health
@@ -59,6 +60,7 @@ def test_redis_restart_loses_no_acknowledged_event(trained_bundle, milvus_server
         with pytest.raises(grpc.RpcError) as err:
             stub.UserToItem(ranker_pb2.UserToItemRequest(user_id="fault-user", top_k=3), timeout=5)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "Redis" in err.value.details()
+        assert details_of(err.value).retry_after_s == RETRY_DELAY_S  # google.rpc.RetryInfo: worth a retry
         assert len(stub.Sequential(ranker_pb2.SequentialRequest(session_items=["s4e1"], top_k=3), timeout=5).items) == 3
 
         redis = start_redis(tmp_path / "redis", port=redis.port)

@@ -23,7 +23,8 @@ from google.protobuf.message import DecodeError, Message
 from hypothesis import given
 from hypothesis import strategies as st
 
-from seqrec.proto.v1 import common_pb2, embedder_pb2, trainer_pb2
+from seqrec.proto.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+from seqrec.shared.error_details import details_of
 from seqrec.shared.local_services import free_port
 from seqrec.shared.settings import Env
 from tests.conftest import make_series_interactions
@@ -286,6 +287,25 @@ def test_explicit_cases(request, name):
         code, details, _ = call_raw(channel, f"/{prefix}/{rpc}", payload)
     assert code in expected, f"{name}: {code.name}: {details[:300]}"
     (check_trainer_call if service == "trainer" else check_embedder_call)(channel, rpc, payload)
+
+
+def test_refusals_carry_the_field_as_a_bad_request_detail(trainer_channel, embedder_channel):
+    """google.rpc.BadRequest on unary calls and on the trainer's stream, naming what the message names."""
+    stub = trainer_pb2_grpc.TrainerServiceStub(trainer_channel)
+    with pytest.raises(grpc.RpcError) as refused:
+        for _ in stub.StreamProgress(T.JobRef(), timeout=CALL_TIMEOUT_S):
+            pass
+    assert refused.value.code() == C.INVALID_ARGUMENT
+    assert details_of(refused.value).field == "job_id", refused.value.details()
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.StartTraining(T.TrainingRequest.FromString(_valid_training(lr=math.nan)), timeout=CALL_TIMEOUT_S)
+    typed = details_of(refused.value)
+    assert typed.field == "hyperparameters.lr" or typed.field == "lr", refused.value.details()
+    assert typed.description == refused.value.details()
+    with pytest.raises(grpc.RpcError) as refused:
+        embedder_pb2_grpc.EmbedderServiceStub(embedder_channel).Embed(E.EmbedRequest(texts=["x"] * 9),
+                                                                     timeout=CALL_TIMEOUT_S)
+    assert details_of(refused.value).field == "texts", refused.value.details()
 
 
 def test_the_data_file_is_there(trainer_channel):

@@ -37,6 +37,7 @@ from seqrec.services.gateway.settings import GatewaySettings
 from seqrec.services.gateway.validation import pydantic_field
 from seqrec.services.ranker.publish import publish
 from seqrec.services.ranker.server import RankerApp, RankerSettings
+from seqrec.shared.error_details import details_of, rich_status
 from seqrec.shared.json_api import (
     QUERY_TYPES,
     RequestError,
@@ -310,7 +311,8 @@ def test_deadline_is_504(ranker):
     (grpc.StatusCode.DATA_LOSS, 502),
 ])
 def test_status_code_mapping(code, status, caplog):
-    response = upstream_error_response("Sequential", code, "top_k: boom", 2.0, "rid-1")
+    typed = details_of(FailedCall(code, "top_k: boom"))  # what a seqrec server attaches to this refusal
+    response = upstream_error_response("Sequential", code, "top_k: boom", 2.0, "rid-1", typed)
     assert response.status_code == status
     error = json.loads(response.body)["error"]
     assert error["code"] == (code.name.lower() if status != 502 else "upstream_error")
@@ -321,6 +323,19 @@ def test_status_code_mapping(code, status, caplog):
         assert response.headers["retry-after"] == "1"
     if status == 400:
         assert error["field"] == "top_k"
+        # the field comes from the BadRequest detail, not from the message text
+        untyped = json.loads(upstream_error_response("Sequential", code, "top_k: boom", 2.0, "rid-1").body)
+        assert "field" not in untyped["error"]
+
+
+class FailedCall(grpc.RpcError):
+    """A failed call as a client sees it: code, message and the trailers a seqrec server sends."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        self.status = rich_status(code, message)
+
+    def trailing_metadata(self):
+        return self.status.trailing_metadata
 
 
 def test_ranker_down_is_503_and_not_ready():

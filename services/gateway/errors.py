@@ -10,17 +10,22 @@
 | UNAVAILABLE          | 503  | unavailable         |
 | DEADLINE_EXCEEDED    | 504  | deadline_exceeded   |
 | anything else        | 502  | upstream_error (with an incident id in the body and the logs) |
+
+The field of a 4xx comes from the ranker's google.rpc.BadRequest detail, the Retry-After of a 429 / 503 from its
+RetryInfo (shared/error_details.py); neither is parsed out of the message text.
 """
 
 from __future__ import annotations
 
 import logging
-import re
+import math
 import uuid
 from typing import Any
 
 import grpc
 from fastapi.responses import JSONResponse
+
+from seqrec.shared.error_details import NO_DETAILS, ErrorDetails, details_of
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +41,10 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 FORWARDED_CODES = frozenset(HTTP_STATUS)  # the gRPC front door passes these on unchanged
 RETRYABLE_HTTP = {429, 503}  # answered with Retry-After
 
-# "top_k: must be ...", "filters.meta.genre: ...", "events[1].timestamp_ms: ..." → the field
-_FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.\[\]-]*)(?: and [A-Za-z_]\w*)?: ")
 
 
 def new_incident() -> str:
     return uuid.uuid4().hex[:12]
-
-
-def field_of(details: str) -> str | None:
-    """The field a ranker error message names at its start, if any."""
-    match = _FIELD_PREFIX.match(details or "")
-    return match.group(1) if match else None
 
 
 def _printable(text: str) -> str:
@@ -79,8 +76,8 @@ def error_response(status: int, code: str, message: str, *, field: str | None = 
 
 
 def upstream_error_response(rpc: str, code: grpc.StatusCode, details: str, deadline_s: float,
-                            request_id: str | None) -> JSONResponse:
-    """The HTTP answer to a ranker call that failed with `code`."""
+                            request_id: str | None, typed: ErrorDetails = NO_DETAILS) -> JSONResponse:
+    """The HTTP answer to a ranker call that failed with `code` (and the typed details it carried)."""
     status = HTTP_STATUS.get(code)
     if status is None:
         incident = new_incident()
@@ -92,9 +89,10 @@ def upstream_error_response(rpc: str, code: grpc.StatusCode, details: str, deadl
         details = f"the ranker did not answer within the {deadline_s:g} s deadline"
     elif code == grpc.StatusCode.UNAVAILABLE:
         details = f"the ranker is unavailable: {details}"
-    field = field_of(details) if status < 500 else None
+    field = typed.field if status < 500 else None
+    headers = {"Retry-After": str(max(1, math.ceil(typed.retry_after_s)))} if typed.retry_after_s else None
     log.info("ranker refused", extra={"rpc": rpc, "code": code.name, "details": details, "request_id": request_id})
-    return error_response(status, code.name.lower(), details, field=field, request_id=request_id)
+    return error_response(status, code.name.lower(), details, field=field, request_id=request_id, headers=headers)
 
 
 async def ranker_answer(request: Any, rpc: str, message: Any, deadline_s: float) -> Any:
@@ -104,7 +102,7 @@ async def ranker_answer(request: Any, rpc: str, message: Any, deadline_s: float)
     try:
         return await request.app.state.ranker.call(rpc, message, deadline_s, request_id)
     except grpc.RpcError as exc:
-        return upstream_error_response(rpc, exc.code(), exc.details() or "", deadline_s, request_id)
+        return upstream_error_response(rpc, exc.code(), exc.details() or "", deadline_s, request_id, details_of(exc))
     except Exception:  # noqa: BLE001 - a broken channel or the like: 502, logged with an incident id
         incident = new_incident()
         log.exception("ranker call failed", extra={"rpc": rpc, "incident": incident, "request_id": request_id})
