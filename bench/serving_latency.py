@@ -48,6 +48,7 @@ from serving_latency_report import breakdown, json_safe, machine, markdown, plot
 from seqrec.proto.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from seqrec.services.ranker.encoder import OnnxEncoder
 from seqrec.services.ranker.history_store import RedisHistoryStore
+from seqrec.services.ranker.metrics import RankerMetrics
 from seqrec.services.ranker.publish import I2I_SUFFIX, bundle_item_to_item_vectors, publish
 from seqrec.services.ranker.recommender import Recommender
 from seqrec.services.ranker.service import RankerServicer
@@ -334,7 +335,7 @@ def measure_floor(bundle: Bundle, requests: dict[str, list[Any]], histories: lis
             lambda i: health.Check(health_pb2.HealthCheckRequest(service=SERVICE)), seconds)
     floor["recall"] = {"n": q, f"recall@{k}": recall_at_k(bundle, store, intents, k)}
     recommender = Recommender(bundle, encoder, store, redis_store)
-    servicer = RankerServicer(lambda: recommender, common_pb2.ModelInfo)
+    servicer = RankerServicer(lambda: recommender, common_pb2.ModelInfo, RankerMetrics())
     for kind, method in METHODS.items():
         handler, reqs = getattr(servicer, method), requests[kind]
         floor[f"in_process_{kind}"] = time_calls(lambda i, h=handler, r=reqs: h(r[i % len(r)], None), seconds)

@@ -20,6 +20,13 @@ from seqrec.shared.grpc_server import (
     make_server,
     run_service,
 )
+from seqrec.shared.service_metrics import (
+    MetricsEndpoint,
+    MetricsInterceptor,
+    ServiceMetrics,
+    methods_of,
+    open_endpoint,
+)
 from seqrec.shared.settings import Env, SettingsError
 from seqrec.shared.tls import TlsSettings, add_port
 
@@ -48,6 +55,7 @@ class EmbedderSettings:
     health_interval_s: float
     grace_s: float
     max_connection_age_s: float = 0.0  # clients reconnect (and re-resolve) after this; 0 = never
+    metrics_address: str = ""  # host:port of the Prometheus /metrics endpoint ("" = none)
     tls: TlsSettings = TlsSettings()  # SEQREC_TLS_CERT/KEY/CLIENT_CA: TLS or mTLS on its port (shared/tls.py)
 
     @classmethod
@@ -66,6 +74,7 @@ class EmbedderSettings:
             health_interval_s=env.float("SEQREC_HEALTH_INTERVAL_S", 10.0, minimum=0.1),
             grace_s=env.float("SEQREC_SHUTDOWN_GRACE_S", 10.0, minimum=0.0),
             max_connection_age_s=env.float("SEQREC_MAX_CONNECTION_AGE_S", DEFAULT_MAX_CONNECTION_AGE_S, minimum=0.0),
+            metrics_address=env.optional_address("SEQREC_METRICS_ADDRESS"),
             tls=tls,
         )
 
@@ -111,7 +120,10 @@ class EmbedderApp:
     def __init__(self, settings: EmbedderSettings, model: MiniLM | None = None):
         self.settings = settings
         self.model = model or MiniLM(settings.device, settings.threads)
-        self.server = make_server(settings.workers, settings.max_concurrent_rpcs, [ErrorInterceptor(ERRORS)],
+        self.metrics = ServiceMetrics("embedder", methods_of(embedder_pb2, "EmbedderService"))
+        self.metrics_endpoint: MetricsEndpoint | None = None
+        self.server = make_server(settings.workers, settings.max_concurrent_rpcs,
+                                  [MetricsInterceptor(self.metrics), ErrorInterceptor(ERRORS)],
                                   settings.max_connection_age_s)
         embedder_pb2_grpc.add_EmbedderServiceServicer_to_server(EmbedderServicer(self.model, settings), self.server)
         self.health = HealthReporter(self.server, [SERVICE_NAME], self.probe, settings.health_interval_s)
@@ -129,6 +141,7 @@ class EmbedderApp:
     def start(self) -> None:
         self.server.start()
         self.health.start()
+        self.metrics_endpoint = open_endpoint(self.settings.metrics_address, self.metrics.registry)
         log.info("embedder listening", extra={"port": self.port, "device": self.model.device,
                                               "tls": self.settings.tls.describe(),
                                               "max_batch": self.settings.max_batch})
@@ -140,6 +153,8 @@ class EmbedderApp:
     def stop(self, grace: float | None = None) -> None:
         self.drain()
         self.server.stop(self.settings.grace_s if grace is None else grace).wait()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
 
 
 def main() -> int:

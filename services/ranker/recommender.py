@@ -22,6 +22,7 @@ from seqrec.services.ranker.catalog import Catalog
 from seqrec.services.ranker.encoder import OnnxEncoder
 from seqrec.services.ranker.filters import build_expression
 from seqrec.services.ranker.history_store import Event, HistoryStoreUnavailable, Ingested, RedisHistoryStore
+from seqrec.services.ranker.metrics import RankerMetrics
 from seqrec.services.ranker.online_items import (
     MAX_UPSERT,
     CatalogEntry,
@@ -36,6 +37,7 @@ from seqrec.shared.bundle import HISTORIES, REPORT_HTML, Bundle
 from seqrec.shared.history import gap_window, split_at_gap
 from seqrec.shared.json_api import MAX_EVENTS, MAX_ID_CHARS, MAX_LIST_ITEMS, MAX_TOP_K
 from seqrec.shared.scoring import Scorer
+from seqrec.shared.service_metrics import ServiceMetrics
 from seqrec.shared.text import item_text
 
 
@@ -70,8 +72,10 @@ class Recommendation:
 
 class Recommender:
     def __init__(self, bundle: Bundle, encoder: OnnxEncoder, items: MilvusItemStore, histories: RedisHistoryStore,
-                 embedder: EmbedderClient | None = None, future_tolerance_s: float = DEFAULT_FUTURE_TOLERANCE_S):
+                 embedder: EmbedderClient | None = None, future_tolerance_s: float = DEFAULT_FUTURE_TOLERANCE_S,
+                 metrics: ServiceMetrics | None = None):
         self.bundle = bundle
+        self.metrics = metrics or RankerMetrics()  # the stages of each call are timed (the app's registry)
         self.future_tolerance_ms = int(future_tolerance_s * 1000)
         self.version = bundle.version
         self.vocab = bundle.vocab()
@@ -134,9 +138,11 @@ class Recommender:
             history, following = map(list, gap_window(history, following, keep))
         if not history and not following:
             return self._popularity(top_k, clauses, exclude, unknown)
-        intent = self.encoder.intents([history], None if following is None else [following])
+        with self.metrics.stage("encoder"):
+            intent = self.encoder.intents([history], None if following is None else [following])
         limit = top_k + self.scorer.overfetch(history, exclude, following)
-        hits = self.items.search(self.version, intent, limit, expr, [sorted(exclude)])[0]
+        with self.metrics.stage("milvus_search"):
+            hits = self.items.search(self.version, intent, limit, expr, [sorted(exclude)])[0]
         hits = self.scorer.merge(history, intent, hits, top_k, limit, exclude,
                                  lambda indices: self._rows(indices, clauses, expr), following)
         items = [(item_id, score, *_display(display)) for _, score, item_id, display in hits]
@@ -165,7 +171,8 @@ class Recommender:
         return out
 
     def _stored_history(self, user_id: str) -> tuple[list[int], list[str]]:
-        entries = self.histories.read(user_id, self.encoder.max_len - 1)
+        with self.metrics.stage("redis_history"):
+            entries = self.histories.read(user_id, self.encoder.max_len - 1)
         return self.vocab.encode(item for item, _ in entries)
 
     # ---- the query types ------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from seqrec.services.ranker.encoder import OnnxEncoder
 from seqrec.services.ranker.event_ingest import DEFAULT_ID_RETENTION_S
 from seqrec.services.ranker.filters import FilterError
 from seqrec.services.ranker.history_store import HistoryStoreUnavailable, RedisHistoryStore
+from seqrec.services.ranker.metrics import RankerMetrics
 from seqrec.services.ranker.online_items import InvalidItem
 from seqrec.services.ranker.publish import I2I_SUFFIX
 from seqrec.services.ranker.recommender import (
@@ -41,6 +42,7 @@ from seqrec.shared.grpc_server import (
 )
 from seqrec.shared.json_api import RequestError
 from seqrec.shared.registry import BundleRegistry, resolve_bundle
+from seqrec.shared.service_metrics import MetricsEndpoint, MetricsInterceptor, open_endpoint
 from seqrec.shared.settings import Env
 from seqrec.shared.tls import TlsSettings, add_port
 
@@ -91,6 +93,7 @@ class RankerSettings:
     reload_interval_s: float  # how often a bundle root's LIVE file is checked for a newly published version
     max_connection_age_s: float = 0.0  # clients reconnect (and re-resolve) after this; 0 = never
     instance: str = ""  # this process's name in GetModelInfo (default: the host name)
+    metrics_address: str = ""  # host:port of the Prometheus /metrics endpoint ("" = none)
     tls: TlsSettings = TlsSettings()  # SEQREC_TLS_*: TLS/mTLS on its port and to the embedder (shared/tls.py)
 
     @classmethod
@@ -117,6 +120,7 @@ class RankerSettings:
             reload_interval_s=env.float("SEQREC_RELOAD_INTERVAL_S", 2.0, minimum=0.1),
             max_connection_age_s=env.float("SEQREC_MAX_CONNECTION_AGE_S", DEFAULT_MAX_CONNECTION_AGE_S, minimum=0.0),
             instance=env.str("SEQREC_INSTANCE", "") or socket.gethostname(),
+            metrics_address=env.optional_address("SEQREC_METRICS_ADDRESS"),
             tls=tls,
         )
 
@@ -137,11 +141,15 @@ class RankerApp:
         self.embedder = EmbedderClient(settings.embedder, timeout=5.0, tls=settings.tls) if settings.embedder else None
         self.refused: dict[str, str] = {}  # bundle versions that failed to load, and why: never tried again
         self.watch_problem = ""  # the watcher's latest failure, "" once it succeeds
+        self.metrics = RankerMetrics()
+        self.metrics_endpoint: MetricsEndpoint | None = None
         self.recommender = self._load_at_start(Path(settings.bundle))
-        self.server = make_server(settings.workers, settings.max_concurrent_rpcs, [ErrorInterceptor(ERRORS)],
+        self.metrics.serving(self.bundle.version, self.bundle.manifest.created_at)
+        self.server = make_server(settings.workers, settings.max_concurrent_rpcs,
+                                  [MetricsInterceptor(self.metrics), ErrorInterceptor(ERRORS)],
                                   settings.max_connection_age_s)
         ranker_pb2_grpc.add_RankerServiceServicer_to_server(
-            RankerServicer(lambda: self.recommender, self.model_info), self.server)
+            RankerServicer(lambda: self.recommender, self.model_info, self.metrics), self.server)
         self.health = HealthReporter(self.server, [SERVICE_NAME], self.probe, settings.health_interval_s)
         if settings.reflection:
             enable_reflection(self.server, [SERVICE_NAME])
@@ -183,7 +191,8 @@ class RankerApp:
     def _load(self, path: Path) -> Recommender:
         bundle = Bundle.open(path)  # verifies every checksum
         encoder = OnnxEncoder(bundle, self.settings.ort_threads, self.settings.ort_provider)
-        return Recommender(bundle, encoder, self.items, self.histories, self.embedder, self.settings.future_tolerance_s)
+        return Recommender(bundle, encoder, self.items, self.histories, self.embedder, self.settings.future_tolerance_s,
+                           self.metrics)
 
     def reload_if_changed(self) -> bool:
         """Swap to the version the LIVE file names, once it is verified and its collections exist.
@@ -216,6 +225,7 @@ class RankerApp:
             self.health.check_now()
             return False
         previous, self.recommender = self.bundle.version, fresh
+        self.metrics.serving(fresh.version, fresh.bundle.manifest.created_at)
         self.watch_problem = ""
         log.info("bundle swapped", extra={"bundle": version, "previous": previous})
         self.health.check_now()
@@ -270,6 +280,7 @@ class RankerApp:
             log.warning("redis: %s", warning)
         self.server.start()
         self.health.start()
+        self.metrics_endpoint = open_endpoint(self.settings.metrics_address, self.metrics.registry)
         if not (Path(self.settings.bundle) / MANIFEST).is_file():  # a bundle root: follow its LIVE file
             self._watcher.start()
         log.info("ranker listening", extra={"port": self.port, "bundle": self.bundle.version,
@@ -284,6 +295,8 @@ class RankerApp:
     def stop(self, grace: float | None = None) -> None:
         self.drain()
         self.server.stop(self.settings.grace_s if grace is None else grace).wait()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
 
 
 def main() -> int:

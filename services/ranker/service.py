@@ -8,6 +8,7 @@ import grpc
 
 from seqrec.proto.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from seqrec.services.ranker.history_store import Event
+from seqrec.services.ranker.metrics import RankerMetrics
 from seqrec.services.ranker.online_items import CatalogEntry
 from seqrec.services.ranker.recommender import Recommendation, Recommender
 from seqrec.shared.json_api import from_metadata_value, to_metadata_value
@@ -30,36 +31,42 @@ def _flag(request, name: str, default: bool) -> bool:
 class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
     """Each call reads the current `Recommender` through `current`, so a bundle swap is one assignment."""
 
-    def __init__(self, current: Callable[[], Recommender], model_info: Callable[[], common_pb2.ModelInfo]):
+    def __init__(self, current: Callable[[], Recommender], model_info: Callable[[], common_pb2.ModelInfo],
+                 metrics: RankerMetrics):
         self.current = current
         self.model_info = model_info
+        self.metrics = metrics
+
+    def _answer(self, method: str, rec: Recommendation) -> ranker_pb2.RecommendResponse:
+        self.metrics.answered(method, rec.fallback, len(rec.unknown_items))
+        return to_response(rec)
 
     def UserToItem(self, request: ranker_pb2.UserToItemRequest, context: grpc.ServicerContext):
         rec = self.current().user_to_item(request.user_id, request.filters, request.top_k,
                                           _flag(request, "exclude_seen", True), request.exclude_item_ids)
-        return to_response(rec)
+        return self._answer("UserToItem", rec)
 
     def Contextual(self, request: ranker_pb2.ContextualRequest, context: grpc.ServicerContext):
         rec = self.current().contextual(request.user_id, request.item_id, request.filters, request.top_k,
                                         _flag(request, "exclude_seen", True), request.exclude_item_ids)
-        return to_response(rec)
+        return self._answer("Contextual", rec)
 
     def Sequential(self, request: ranker_pb2.SequentialRequest, context: grpc.ServicerContext):
         rec = self.current().sequential(request.session_items, request.filters, request.top_k,
                                         _flag(request, "exclude_seen", False), request.exclude_item_ids)
-        return to_response(rec)
+        return self._answer("Sequential", rec)
 
     def ItemToItem(self, request: ranker_pb2.ItemToItemRequest, context: grpc.ServicerContext):
         text = request.item_text if request.HasField("item_text") else None
         rec = self.current().item_to_item(request.item_id, text, request.filters, request.top_k,
                                           request.exclude_item_ids)
-        return to_response(rec)
+        return self._answer("ItemToItem", rec)
 
     def GapFill(self, request: ranker_pb2.GapRequest, context: grpc.ServicerContext):
         position = request.gap_position if request.HasField("gap_position") else None
         rec = self.current().gap(request.user_id, request.session_items, position, request.filters, request.top_k,
                                  _flag(request, "exclude_seen", True), request.exclude_item_ids)
-        return to_response(rec)
+        return self._answer("GapFill", rec)
 
     def IngestEvents(self, request: ranker_pb2.IngestEventsRequest, context: grpc.ServicerContext):
         events = [Event(e.user_id, e.item_id, e.timestamp_ms, e.event_id) for e in request.events]

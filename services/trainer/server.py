@@ -24,6 +24,13 @@ from seqrec.shared.grpc_server import (
     run_service,
 )
 from seqrec.shared.registry import InvalidVersion, NothingToRollBack, VersionNotFound
+from seqrec.shared.service_metrics import (
+    MetricsEndpoint,
+    MetricsInterceptor,
+    ServiceMetrics,
+    methods_of,
+    open_endpoint,
+)
 from seqrec.shared.settings import Env, SettingsError
 from seqrec.shared.tls import TlsSettings, add_port
 
@@ -63,6 +70,7 @@ class TrainerSettings:
     max_queued: int  # jobs waiting at once; beyond, StartTraining gets RESOURCE_EXHAUSTED
     max_streams: int  # StreamProgress calls at once, below the worker threads so probes always get one
     max_job_s: float  # wall clock of one job (training, export); past it the job is stopped and fails
+    metrics_address: str = ""  # host:port of the Prometheus /metrics endpoint ("" = none)
     tls: TlsSettings = TlsSettings()  # SEQREC_TLS_*: TLS/mTLS on its port; training processes inherit them
 
     @classmethod
@@ -86,6 +94,7 @@ class TrainerSettings:
             max_queued=env.int("SEQREC_TRAINER_MAX_QUEUED", 16, minimum=1, maximum=10_000),
             max_streams=env.int("SEQREC_TRAINER_MAX_STREAMS", max(1, workers // 2), minimum=1, maximum=1024),
             max_job_s=env.float("SEQREC_TRAINER_MAX_JOB_S", DEFAULT_MAX_JOB_S, minimum=1.0),
+            metrics_address=env.optional_address("SEQREC_METRICS_ADDRESS"),
             tls=tls,
         )
 
@@ -107,7 +116,10 @@ class TrainerApp:
         if settings.max_streams >= settings.workers:
             raise SettingsError(f"SEQREC_TRAINER_MAX_STREAMS ({settings.max_streams}) must be below "
                                 f"SEQREC_GRPC_WORKERS ({settings.workers}): each stream holds a worker thread")
-        self.server = make_server(settings.workers, settings.max_concurrent_rpcs, [ErrorInterceptor(ERRORS)])
+        self.metrics = ServiceMetrics("trainer", methods_of(trainer_pb2, "TrainerService"))
+        self.metrics_endpoint: MetricsEndpoint | None = None
+        self.server = make_server(settings.workers, settings.max_concurrent_rpcs,
+                                  [MetricsInterceptor(self.metrics), ErrorInterceptor(ERRORS)])
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server(
             TrainerServicer(self.jobs, self.bundles, settings.data_root, settings.max_streams, settings.max_job_s),
             self.server)
@@ -128,6 +140,7 @@ class TrainerApp:
         self.jobs.start()
         self.server.start()
         self.health.start()
+        self.metrics_endpoint = open_endpoint(self.settings.metrics_address, self.metrics.registry)
         log.info("trainer listening", extra={"port": self.port, "bundle_root": str(self.settings.bundle_root),
                                              "serving": self.health.serving, "reason": self.health.reason})
 
@@ -139,6 +152,8 @@ class TrainerApp:
     def stop(self, grace: float | None = None) -> None:
         self.drain()
         self.server.stop(self.settings.grace_s if grace is None else grace).wait()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
 
 
 def main() -> int:
