@@ -41,6 +41,17 @@ class ServiceMetrics:
         self.stage_latency = Histogram(f"{prefix}_stage_duration_seconds",
                                        "Time spent in one stage of a call (encoder, Redis, Milvus, ...).",
                                        ("stage",), buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._endpoint: MetricsEndpoint | None = None
+
+    def serve(self, address: str) -> None:
+        """Serve /metrics on `address` (SEQREC_METRICS_ADDRESS); "" leaves it off."""
+        if address:
+            self._endpoint = MetricsEndpoint(address, self.registry)
+
+    def stop_serving(self) -> None:
+        if self._endpoint is not None:
+            self._endpoint.stop()
+            self._endpoint = None
 
     def observe_rpc(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         name = method.rsplit("/", 1)[-1]
@@ -59,7 +70,7 @@ class ServiceMetrics:
 
 
 def _code_of(context: grpc.ServicerContext, failed: bool) -> grpc.StatusCode:
-    code = context.code() if hasattr(context, "code") else None
+    code = context.code()  # what an abort (or set_code) left; None when the handler set none
     if isinstance(code, grpc.StatusCode):
         return code
     return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
@@ -122,8 +133,3 @@ class MetricsEndpoint:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=5)
-
-
-def open_endpoint(address: str, registry: CollectorRegistry) -> MetricsEndpoint | None:
-    """The /metrics endpoint on `address` (SEQREC_METRICS_ADDRESS), or None when it is "" (off)."""
-    return MetricsEndpoint(address, registry) if address else None

@@ -20,13 +20,7 @@ from seqrec.shared.grpc_server import (
     make_server,
     run_service,
 )
-from seqrec.shared.service_metrics import (
-    MetricsEndpoint,
-    MetricsInterceptor,
-    ServiceMetrics,
-    methods_of,
-    open_endpoint,
-)
+from seqrec.shared.service_metrics import MetricsInterceptor, ServiceMetrics, methods_of
 from seqrec.shared.settings import Env, SettingsError
 from seqrec.shared.tls import TlsSettings, add_port
 
@@ -121,7 +115,6 @@ class EmbedderApp:
         self.settings = settings
         self.model = model or MiniLM(settings.device, settings.threads)
         self.metrics = ServiceMetrics("embedder", methods_of(embedder_pb2, "EmbedderService"))
-        self.metrics_endpoint: MetricsEndpoint | None = None
         self.server = make_server(settings.workers, settings.max_concurrent_rpcs,
                                   [MetricsInterceptor(self.metrics), ErrorInterceptor(ERRORS)],
                                   settings.max_connection_age_s)
@@ -141,7 +134,7 @@ class EmbedderApp:
     def start(self) -> None:
         self.server.start()
         self.health.start()
-        self.metrics_endpoint = open_endpoint(self.settings.metrics_address, self.metrics.registry)
+        self.metrics.serve(self.settings.metrics_address)
         log.info("embedder listening", extra={"port": self.port, "device": self.model.device,
                                               "tls": self.settings.tls.describe(),
                                               "max_batch": self.settings.max_batch})
@@ -153,8 +146,7 @@ class EmbedderApp:
     def stop(self, grace: float | None = None) -> None:
         self.drain()
         self.server.stop(self.settings.grace_s if grace is None else grace).wait()
-        if self.metrics_endpoint is not None:
-            self.metrics_endpoint.stop()
+        self.metrics.stop_serving()
 
 
 def main() -> int:

@@ -42,7 +42,7 @@ from seqrec.shared.grpc_server import (
 )
 from seqrec.shared.json_api import RequestError
 from seqrec.shared.registry import BundleRegistry, resolve_bundle
-from seqrec.shared.service_metrics import MetricsEndpoint, MetricsInterceptor, open_endpoint
+from seqrec.shared.service_metrics import MetricsInterceptor
 from seqrec.shared.settings import Env
 from seqrec.shared.tls import TlsSettings, add_port
 
@@ -142,7 +142,6 @@ class RankerApp:
         self.refused: dict[str, str] = {}  # bundle versions that failed to load, and why: never tried again
         self.watch_problem = ""  # the watcher's latest failure, "" once it succeeds
         self.metrics = RankerMetrics()
-        self.metrics_endpoint: MetricsEndpoint | None = None
         self.recommender = self._load_at_start(Path(settings.bundle))
         self.metrics.serving(self.bundle.version, self.bundle.manifest.created_at)
         self.server = make_server(settings.workers, settings.max_concurrent_rpcs,
@@ -280,7 +279,7 @@ class RankerApp:
             log.warning("redis: %s", warning)
         self.server.start()
         self.health.start()
-        self.metrics_endpoint = open_endpoint(self.settings.metrics_address, self.metrics.registry)
+        self.metrics.serve(self.settings.metrics_address)
         if not (Path(self.settings.bundle) / MANIFEST).is_file():  # a bundle root: follow its LIVE file
             self._watcher.start()
         log.info("ranker listening", extra={"port": self.port, "bundle": self.bundle.version,
@@ -295,8 +294,7 @@ class RankerApp:
     def stop(self, grace: float | None = None) -> None:
         self.drain()
         self.server.stop(self.settings.grace_s if grace is None else grace).wait()
-        if self.metrics_endpoint is not None:
-            self.metrics_endpoint.stop()
+        self.metrics.stop_serving()
 
 
 def main() -> int:

@@ -24,13 +24,7 @@ from seqrec.shared.grpc_server import (
     run_service,
 )
 from seqrec.shared.registry import InvalidVersion, NothingToRollBack, VersionNotFound
-from seqrec.shared.service_metrics import (
-    MetricsEndpoint,
-    MetricsInterceptor,
-    ServiceMetrics,
-    methods_of,
-    open_endpoint,
-)
+from seqrec.shared.service_metrics import MetricsInterceptor, ServiceMetrics, methods_of
 from seqrec.shared.settings import Env, SettingsError
 from seqrec.shared.tls import TlsSettings, add_port
 
@@ -117,7 +111,6 @@ class TrainerApp:
             raise SettingsError(f"SEQREC_TRAINER_MAX_STREAMS ({settings.max_streams}) must be below "
                                 f"SEQREC_GRPC_WORKERS ({settings.workers}): each stream holds a worker thread")
         self.metrics = ServiceMetrics("trainer", methods_of(trainer_pb2, "TrainerService"))
-        self.metrics_endpoint: MetricsEndpoint | None = None
         self.server = make_server(settings.workers, settings.max_concurrent_rpcs,
                                   [MetricsInterceptor(self.metrics), ErrorInterceptor(ERRORS)])
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server(
@@ -140,7 +133,7 @@ class TrainerApp:
         self.jobs.start()
         self.server.start()
         self.health.start()
-        self.metrics_endpoint = open_endpoint(self.settings.metrics_address, self.metrics.registry)
+        self.metrics.serve(self.settings.metrics_address)
         log.info("trainer listening", extra={"port": self.port, "bundle_root": str(self.settings.bundle_root),
                                              "serving": self.health.serving, "reason": self.health.reason})
 
@@ -152,8 +145,7 @@ class TrainerApp:
     def stop(self, grace: float | None = None) -> None:
         self.drain()
         self.server.stop(self.settings.grace_s if grace is None else grace).wait()
-        if self.metrics_endpoint is not None:
-            self.metrics_endpoint.stop()
+        self.metrics.stop_serving()
 
 
 def main() -> int:
