@@ -46,6 +46,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_latency_report import breakdown, json_safe, machine, markdown, plot, ratios
 
 from seqrec.proto.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
+from seqrec.services.ranker.attribution import DEFAULT_TTL_S as DEFAULT_RECOMMENDATION_TTL_S
+from seqrec.services.ranker.attribution import ServedLists
 from seqrec.services.ranker.encoder import OnnxEncoder
 from seqrec.services.ranker.history_store import RedisHistoryStore
 from seqrec.services.ranker.metrics import RankerMetrics
@@ -335,7 +337,9 @@ def measure_floor(bundle: Bundle, requests: dict[str, list[Any]], histories: lis
             lambda i: health.Check(health_pb2.HealthCheckRequest(service=SERVICE)), seconds)
     floor["recall"] = {"n": q, f"recall@{k}": recall_at_k(bundle, store, intents, k)}
     recommender = Recommender(bundle, encoder, store, redis_store)
-    servicer = RankerServicer(lambda: recommender, common_pb2.ModelInfo, RankerMetrics())
+    metrics = RankerMetrics()
+    servicer = RankerServicer(lambda: recommender, common_pb2.ModelInfo, metrics,
+                              ServedLists(redis_store, DEFAULT_RECOMMENDATION_TTL_S, metrics))
     for kind, method in METHODS.items():
         handler, reqs = getattr(servicer, method), requests[kind]
         floor[f"in_process_{kind}"] = time_calls(lambda i, h=handler, r=reqs: h(r[i % len(r)], None), seconds)

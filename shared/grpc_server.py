@@ -16,6 +16,9 @@ from grpc_reflection.v1alpha import reflection
 
 from seqrec.shared.deadlines import DeadlineExceeded, call_deadline
 from seqrec.shared.error_details import rich_status
+from seqrec.shared.grpc_handlers import Behaviour, rewrap
+from seqrec.shared.settings import Env, SettingsError
+from seqrec.shared.tracing import TracingInterceptor, TracingSettings, configure_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +92,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
 
+        def unary(inner: Behaviour) -> Behaviour:
             def guarded(request: Any, context: grpc.ServicerContext) -> Any:
                 remaining = self._refuse_early(request, context)
                 try:
@@ -99,24 +101,18 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                         return inner(request, context)
                 except Exception as exc:  # noqa: BLE001 - this is the one place errors become statuses
                     self._abort(exc, context, method)
+            return guarded
 
-            return grpc.unary_unary_rpc_method_handler(
-                guarded, request_deserializer=tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer)
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-
+        def stream(inner: Behaviour) -> Behaviour:
             def guarded_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 self._refuse_early(request, context)
                 try:
-                    yield from inner_stream(request, context)
+                    yield from inner(request, context)
                 except Exception as exc:  # noqa: BLE001 - as for unary calls
                     self._abort(exc, context, method)
+            return guarded_stream
 
-            return grpc.unary_stream_rpc_method_handler(
-                guarded_stream, request_deserializer=tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer)
-        return handler
+        return rewrap(handler, unary, stream, tolerant)
 
     @staticmethod
     def _refuse_early(request: Any, context: grpc.ServicerContext) -> float | None:
@@ -152,13 +148,15 @@ def make_server(max_workers: int, max_concurrent_rpcs: int, interceptors: Iterab
 
     `max_connection_age_s` > 0: each client connection is closed (GOAWAY; calls in flight get
     CONNECTION_AGE_GRACE_S to finish) after about that long, so clients re-resolve the service's name and
-    spread over replicas added since they connected. 0 keeps connections for as long as clients do."""
+    spread over replicas added since they connected. 0 keeps connections for as long as clients do.
+    Every call gets a trace span first (shared/tracing.py), then goes through `interceptors` in order."""
     options = list(SERVER_OPTIONS)
     if max_connection_age_s > 0:
         options += [("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
                     ("grpc.max_connection_age_grace_ms", int(CONNECTION_AGE_GRACE_S * 1000))]
     return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-                       interceptors=list(interceptors), options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
+                       interceptors=[TracingInterceptor(), *interceptors], options=options,
+                       maximum_concurrent_rpcs=max_concurrent_rpcs)
 
 
 class HealthReporter:
@@ -213,14 +211,17 @@ def run_service(name: str, build: Callable[[], Any], startup_errors: tuple[type[
     """`main()` of a gRPC service: build the app (exit 2 on a startup error), serve until SIGTERM/SIGINT.
 
     The app has `start()`, `server`, `settings.grace_s` and `drain()` (report NOT_SERVING, stop taking work).
+    Traces are set up first (SEQREC_OTLP_ENDPOINT ...) and flushed after the server stopped.
     """
     try:
+        configure_tracing(name, TracingSettings.from_env(Env()))
         app = build()
-    except startup_errors as exc:
+    except (SettingsError, *startup_errors) as exc:
         log.error("%s cannot start: %s", name, exc)
         return 2
     app.start()
     serve_until_signal(app.server, app.drain, app.settings.grace_s)
+    shutdown_tracing()
     return 0
 
 

@@ -46,6 +46,10 @@ MAX_POSITION = 2**31 - 1  # gap_position is an int32
 QUERY_TYPES = tuple(_FIELDS)
 FALLBACK_NAMES = {common_pb2.FALLBACK_NONE: None, common_pb2.FALLBACK_POPULARITY: "popularity",
                   common_pb2.FALLBACK_CONTENT: "content"}
+#: Interaction.event_type as JSON and the event log name it: "view", "click", ...; "" is unspecified.
+EVENT_TYPE_NAMES = {value: "" if value == common_pb2.EVENT_TYPE_UNSPECIFIED
+                    else name.removeprefix("EVENT_TYPE_").lower() for name, value in common_pb2.EventType.items()}
+EVENT_TYPE_VALUES = {name: value for value, name in EVENT_TYPE_NAMES.items()}
 
 
 class RequestError(ValueError):
@@ -238,7 +242,8 @@ def response_to_json(response: ranker_pb2.RecommendResponse) -> dict[str, Any]:
             entry["meta"] = {k: from_metadata_value(v) for k, v in item.meta.items()}
         items.append(entry)
     out: dict[str, Any] = {"items": items, "model_version": response.model_version,
-                           "fallback": FALLBACK_NAMES.get(response.fallback)}
+                           "fallback": FALLBACK_NAMES.get(response.fallback),
+                           "recommendation_id": response.recommendation_id}
     if response.unknown_items:
         out["unknown_items"] = list(response.unknown_items)
     return out

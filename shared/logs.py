@@ -14,6 +14,7 @@ import sys
 import time
 from typing import TextIO
 
+from opentelemetry import trace
 from tqdm.auto import tqdm
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -22,8 +23,17 @@ FORMATS = ("auto", "json", "text")
 QUIET_LIBRARIES = ("httpx", "urllib3", "pymilvus", "sentence_transformers", "onnxscript", "onnx_ir", "torch.onnx")
 
 
+def _trace_ids() -> dict[str, str]:
+    """The trace and span of the request being served, as hex (shared/tracing.py); {} outside any."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return {}
+    return {"trace_id": format(context.trace_id, "032x"), "span_id": format(context.span_id, "016x")}
+
+
 class JsonFormatter(logging.Formatter):
-    """`{"ts": ..., "level": ..., "logger": ..., "msg": ..., **extra}` per record."""
+    """`{"ts": ..., "level": ..., "logger": ..., "msg": ..., "trace_id": ..., "span_id": ..., **extra}` per record
+    (the ids while a request's span is current)."""
 
     def format(self, record: logging.LogRecord) -> str:
         payload = {
@@ -32,6 +42,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        payload.update(_trace_ids())
         payload.update({k: v for k, v in record.__dict__.items() if k not in _RESERVED})
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)

@@ -15,9 +15,12 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from seqrec.shared.exposure import split_host_port
+from seqrec.shared.grpc_handlers import Behaviour, code_of, rewrap
+from seqrec.shared.tracing import TRACER_NAME
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -61,19 +64,14 @@ class ServiceMetrics:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Time the enclosed block as stage `name` (recorded whether it succeeds or raises)."""
+        """Time the enclosed block as stage `name` (recorded whether it succeeds or raises), in the histogram and
+        as a span of the call's trace."""
         started = time.perf_counter()
         try:
-            yield
+            with trace.get_tracer(TRACER_NAME).start_as_current_span(name):
+                yield
         finally:
             self.stage_latency.labels(name).observe(time.perf_counter() - started)
-
-
-def _code_of(context: grpc.ServicerContext, failed: bool) -> grpc.StatusCode:
-    code = context.code()  # what an abort (or set_code) left; None when the handler set none
-    if isinstance(code, grpc.StatusCode):
-        return code
-    return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):
@@ -89,9 +87,8 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             return handler
         method = handler_call_details.method
         observe = self.metrics.observe_rpc
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
 
+        def unary(inner: Behaviour) -> Behaviour:
             def timed(request: Any, context: grpc.ServicerContext) -> Any:
                 started, failed = time.perf_counter(), True
                 try:
@@ -99,25 +96,20 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                     failed = False
                     return answer
                 finally:
-                    observe(method, _code_of(context, failed), time.perf_counter() - started)
+                    observe(method, code_of(context, failed), time.perf_counter() - started)
+            return timed
 
-            return grpc.unary_unary_rpc_method_handler(timed, request_deserializer=handler.request_deserializer,
-                                                       response_serializer=handler.response_serializer)
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-
+        def stream(inner: Behaviour) -> Behaviour:
             def timed_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 started, failed = time.perf_counter(), True
                 try:
-                    yield from inner_stream(request, context)
+                    yield from inner(request, context)
                     failed = False
                 finally:
-                    observe(method, _code_of(context, failed), time.perf_counter() - started)
+                    observe(method, code_of(context, failed), time.perf_counter() - started)
+            return timed_stream
 
-            return grpc.unary_stream_rpc_method_handler(
-                timed_stream, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        return handler
+        return rewrap(handler, unary, stream)
 
 
 class MetricsEndpoint:

@@ -70,7 +70,8 @@ def test_the_event_log_keeps_every_applied_event_beyond_the_cap(store_url, tmp_p
     assert store.call(lambda client: export_csv(client, out)) == 50
     rows = list(csv.DictReader(out.open()))
     assert [int(r["timestamp_ms"]) for r in rows] == list(range(1000, 1050))  # by event time
-    assert set(rows[0]) == {"user_id", "item_id", "timestamp_ms", "event_id", "logged_ms"}
+    assert set(rows[0]) == {"user_id", "item_id", "timestamp_ms", "event_id", "logged_ms", "recommendation_id",
+                            "event_type"}
 
     cut = max(e.logged_ms for e in logged) + 1
     assert store.call(lambda client: trim_log(client, cut)) == 50

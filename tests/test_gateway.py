@@ -194,6 +194,17 @@ def test_a_retried_events_request_with_ids_is_applied_once(client):
     assert [entry["item_id"] for entry in history["items"]] == ["s3e0", "s3e1"]
 
 
+def test_a_clicked_recommendation_is_attributed_through_the_gateway(client):
+    listed = client.post("/v1/recommend", json={"query_type": "sequential", "session_items": ["s3e0"], "top_k": 3})
+    answer = listed.json()
+    assert len(answer["recommendation_id"]) == 32  # a fresh id per response
+    click = {"user_id": "gateway-clicker", "item_id": answer["items"][0]["item_id"],
+             "recommendation_id": answer["recommendation_id"], "event_type": "click"}
+    assert client.post("/v1/events", json={"events": [click]}).json()["accepted"] == 1
+    wrong = client.post("/v1/events", json={"events": [{**click, "event_type": "stare"}]})
+    assert wrong.status_code == 400 and wrong.json()["error"]["field"] == "events[0].event_type", wrong.text
+
+
 def test_an_event_far_in_the_future_is_a_400_naming_it(client):
     future = {"user_id": "gateway-future", "item_id": "s3e1", "timestamp_ms": 4_102_444_800_000}  # 2100
     answer = client.post("/v1/events", json={"events": [future]})
@@ -514,6 +525,10 @@ def test_grpc_front_door_answers_each_query_type(front_door, ranker_stub, payloa
     query_type, request = parse_request(payload)
     answer = stub.Recommend(gateway_pb2.RecommendRequest(**{query_type: request}), timeout=10)
     direct = getattr(ranker_stub, rpc_name(query_type))(request, timeout=10)
+    # every list served gets its own recommendation id; the rest of the answer is the ranker's
+    assert answer.recommendation_id and answer.recommendation_id != direct.recommendation_id
+    answer.ClearField("recommendation_id")
+    direct.ClearField("recommendation_id")
     assert answer == direct and len(answer.items) == payload["top_k"]
 
 

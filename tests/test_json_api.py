@@ -85,9 +85,9 @@ def test_response_json_shape():
         items=[common_pb2.ScoredItem(item_id="a", score=1.5, display_name="A",
                                      meta={"in_stock": common_pb2.MetadataValue(bool_value=True)}),
                common_pb2.ScoredItem(item_id="b", score=0.25)],
-        model_version="v1", fallback=common_pb2.FALLBACK_POPULARITY, unknown_items=["zz"])
+        model_version="v1", fallback=common_pb2.FALLBACK_POPULARITY, unknown_items=["zz"], recommendation_id="r1")
     assert response_to_json(response) == {
         "items": [{"item_id": "a", "score": 1.5, "display_name": "A", "meta": {"in_stock": True}},
                   {"item_id": "b", "score": 0.25}],
-        "model_version": "v1", "fallback": "popularity", "unknown_items": ["zz"]}
+        "model_version": "v1", "fallback": "popularity", "unknown_items": ["zz"], "recommendation_id": "r1"}
     assert response_to_json(ranker_pb2.RecommendResponse(model_version="v"))["fallback"] is None

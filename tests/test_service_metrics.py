@@ -158,6 +158,8 @@ def test_every_metric_the_dashboard_plots_is_exported():
     ranker.serving("20261201T000000Z-abcd", "2026-12-01T00:00:00+00:00")
     with ranker.stage("encoder"):
         pass
+    ranker.served_lists.labels("v").inc()
+    ranker.attributed_events.labels("v", "click", "hit").inc()
     gateway.observe_http("/v1/recommend", "user_to_item", 200, 0.01)
     registries = [ranker.registry, gateway.registry, embedder.registry, trainer.registry]
     exported = {s.name for r in registries

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -20,13 +21,14 @@ from seqrec.services.demo_data import demo_items
 from seqrec.services.stack import add_up_arguments, start_stack
 from seqrec.shared.local_services import free_port
 from seqrec.shared.registry import resolve_bundle
+from tests.otlp_collector import OtlpCollector
 
 CATALOG = set(demo_items()["item_id"])
 
 
-def _post(url: str, payload: dict) -> tuple[int, dict]:
+def _post(url: str, payload: dict, headers: dict[str, str] | None = None) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                     headers={"content-type": "application/json"})
+                                     headers={"content-type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -42,9 +44,27 @@ def _args(workdir: Path, *extra: str) -> argparse.Namespace:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def collector():
+    """An OTLP collector the stack's services export their traces to."""
+    collector = OtlpCollector()
+    yield collector
+    collector.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, collector):
     args = _args(tmp_path_factory.mktemp("stack"))
-    running, root = start_stack(args, say=lambda _: None)
+    exporting = {"SEQREC_OTLP_ENDPOINT": collector.address, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+    before = {name: os.environ.get(name) for name in exporting}
+    os.environ.update(exporting)  # the children inherit it
+    try:
+        running, root = start_stack(args, say=lambda _: None)
+    finally:
+        for name, value in before.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
     yield f"http://127.0.0.1:{args.port}", running, root
     running.stop()
 
@@ -83,6 +103,37 @@ def test_the_four_query_types_through_the_gateway(stack):
     assert all(i["meta"]["genre"] == "drama" and i["meta"]["in_stock"] for i in session["items"])
     _, session = _post(f"{url}/v1/recommend", {**payloads[3], "filters": {}, "exclude_seen": True})
     assert "s02e06" in _ids(session)[:3]  # the next episode
+
+
+def test_a_request_is_one_trace_across_gateway_ranker_and_embedder(stack, collector):
+    """An unknown seed item with text: the gateway calls the ranker, which has the embedder embed the text.
+    The caller's traceparent is continued; every service's spans arrive at the collector under its trace id,
+    parent before child, and the log lines the request caused carry the trace id."""
+    url, running, _ = stack
+    trace_id, caller_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    headers = {"traceparent": f"00-{trace_id}-{caller_span}-01"}
+    status, body = _post(f"{url}/v1/recommend", {"query_type": "item_to_item", "item_id": "brand-new-show",
+                                                 "item_text": "a crime drama about detectives", "top_k": 3},
+                         headers)
+    assert status == 200 and body["fallback"] == "content", body
+    status, _ = _post(f"{url}/v1/recommend", {"query_type": "item_to_item", "item_id": "no-such-show"}, headers)
+    assert status == 404  # refused by the ranker: its log line carries the trace id too
+
+    spans = collector.trace(trace_id, {"seqrec-gateway", "seqrec-ranker", "seqrec-embedder"})
+    by_id = {s.span_id: s for s in spans}
+    gateway = [s for s in spans if s.service == "seqrec-gateway" and s.name == "POST /v1/recommend"]
+    assert len(gateway) == 2 and all(s.parent_span_id == caller_span for s in gateway)
+    ranker = [s for s in spans if s.name == "seqrec.proto.v1.RankerService/ItemToItem"]
+    assert {s.service for s in ranker} == {"seqrec-ranker"} and {by_id[s.parent_span_id].service for s in ranker} \
+        == {"seqrec-gateway"}
+    (embedder,) = [s for s in spans if s.service == "seqrec-embedder"]
+    assert embedder.name == "seqrec.proto.v1.EmbedderService/Embed"
+    assert by_id[embedder.parent_span_id].service == "seqrec-ranker"
+    assert {s.name for s in spans if s.service == "seqrec-ranker"} >= {"milvus_search"}  # stages are spans
+    logs = {c.name: c.log_path.read_text() for c in running.children if c.name in ("gateway", "ranker")}
+    for name, text in logs.items():
+        lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        assert any(line.get("trace_id") == trace_id for line in lines), name
 
 
 def test_unknown_user_gets_flagged_popularity(stack):

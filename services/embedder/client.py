@@ -11,6 +11,7 @@ from seqrec.proto.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 from seqrec.shared.grpc_client import CLIENT_OPTIONS
 from seqrec.shared.text import TEXT_DIM
 from seqrec.shared.tls import TlsSettings, open_channel
+from seqrec.shared.tracing import inject_metadata
 
 
 class EmbedderUnavailable(RuntimeError):
@@ -36,7 +37,7 @@ class EmbedderClient:
 
     def _call(self, method: str, request: object, timeout: float) -> object:
         try:
-            return getattr(self.stub, method)(request, timeout=timeout)
+            return getattr(self.stub, method)(request, timeout=timeout, metadata=inject_metadata())
         except grpc.RpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.INVALID_ARGUMENT:

@@ -26,6 +26,7 @@ from seqrec.services.gateway.settings import GatewaySettings
 from seqrec.shared.grpc_server import SERVER_OPTIONS, ErrorInterceptor, ErrorMapping, HealthReporter
 from seqrec.shared.json_api import QUERY_TYPES, rpc_name
 from seqrec.shared.tls import add_port
+from seqrec.shared.tracing import TracingInterceptor
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -119,7 +120,8 @@ class GrpcFrontDoor:
     def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics):
         self.settings = settings
         self.ranker = BlockingRanker(settings.ranker, metrics, settings.tls)
-        interceptors = [ApiKeyInterceptor(ApiKeys(settings.api_keys)), ErrorInterceptor(StatusErrorMapping([]))]
+        interceptors = [TracingInterceptor(), ApiKeyInterceptor(ApiKeys(settings.api_keys)),
+                        ErrorInterceptor(StatusErrorMapping([]))]
         # like make_server, but a port another process holds is an error rather than shared (SO_REUSEPORT)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="rpc"),

@@ -9,6 +9,7 @@ messages name the field; every invalid argument is 400 with `{"error": {"code": 
 
 from __future__ import annotations
 
+import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -41,7 +42,14 @@ from seqrec.services.gateway.models import (
 from seqrec.services.gateway.ranker_client import AsyncRanker
 from seqrec.services.gateway.settings import GatewaySettings
 from seqrec.services.gateway.validation import describe_invalid, message_of
-from seqrec.shared.json_api import QUERY_TYPES, RequestError, parse_request, response_to_json, rpc_name
+from seqrec.shared.json_api import (
+    EVENT_TYPE_VALUES,
+    QUERY_TYPES,
+    RequestError,
+    parse_request,
+    response_to_json,
+    rpc_name,
+)
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid argument; `error.field` names the field."},
@@ -61,6 +69,13 @@ HTTP_CODES = {400: "invalid_argument", 401: "unauthenticated", 403: "permission_
               405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
+# FastAPI from 0.165 traces requests itself once a tracer provider is set: RequestContextMiddleware's span is
+# the gateway's HTTP span on every FastAPI version, so the native one (a duplicate) is turned off where it exists.
+NATIVE_TELEMETRY_OFF: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
+
+
 def create_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None) -> FastAPI:
     """The HTTP API; its lifespan opens (and closes) the asyncio channel to the ranker."""
     metrics = metrics or GatewayMetrics()
@@ -76,7 +91,8 @@ def create_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None)
     app = FastAPI(
         title="seqrec gateway", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
         description="Hybrid BERT4Rec recommendations: one JSON request per query, routed by `query_type` "
-                    "(item_to_item, user_to_item, contextual, sequential, gap), and interaction ingestion.")
+                    "(item_to_item, user_to_item, contextual, sequential, gap), and interaction ingestion.",
+        **NATIVE_TELEMETRY_OFF)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.draining = False  # set on SIGTERM: /readyz answers 503 while in-flight requests finish
@@ -135,7 +151,9 @@ def create_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None)
         id get one here, so the gateway's own retries are safe too (a client's retry of those is not)."""
         now_ms = time.time_ns() // 1_000_000
         events = [common_pb2.Interaction(user_id=e.user_id, item_id=e.item_id, timestamp_ms=e.timestamp_ms or now_ms,
-                                         event_id=e.event_id or f"gw-{uuid.uuid4().hex}")
+                                         event_id=e.event_id or f"gw-{uuid.uuid4().hex}",
+                                         recommendation_id=e.recommendation_id,
+                                         event_type=EVENT_TYPE_VALUES[e.event_type or ""])
                   for e in batch.events]
         answer = await _call_ranker(request, "IngestEvents", ranker_pb2.IngestEventsRequest(events=events))
         if isinstance(answer, Response):

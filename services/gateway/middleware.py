@@ -3,17 +3,20 @@ API-key authentication and the request body size limit."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 import uuid
 
+from opentelemetry.trace import Status, StatusCode
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from seqrec.services.gateway.auth import ApiKeys
 from seqrec.services.gateway.errors import error_response, new_incident
 from seqrec.services.gateway.metrics import GatewayMetrics
+from seqrec.shared.tracing import server_span
 
 log = logging.getLogger("seqrec.gateway.http")
 
@@ -35,8 +38,9 @@ def request_id_of(scope: Scope) -> str | None:
 
 
 class RequestContextMiddleware:
-    """Outermost layer: a request id (the caller's X-Request-ID when sane), Prometheus metrics, one JSON
-    access-log line per request, and a JSON 500 with an incident id for anything that escapes."""
+    """Outermost layer: a request id (the caller's X-Request-ID when sane), a trace span (continuing the
+    caller's `traceparent`), Prometheus metrics, one JSON access-log line per request, and a JSON 500 with an
+    incident id for anything that escapes."""
 
     def __init__(self, app: ASGIApp, metrics: GatewayMetrics):
         self.app = app
@@ -59,27 +63,36 @@ class RequestContextMiddleware:
                 MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
             await send(message)
 
+        traced = scope["path"] not in QUIET_PATHS  # probes and scrapes would drown the traces that matter
+        span = (server_span(f'{scope["method"]} {scope["path"]}', Headers(scope=scope),
+                            {"http.request.method": scope["method"], "url.path": scope["path"]})
+                if traced else contextlib.nullcontext())
         self.metrics.http_in_flight.inc()
-        try:
-            await self.app(scope, receive, send_with_id)
-        except Exception:  # noqa: BLE001 - the last resort: never a bare 500
-            incident = new_incident()
-            log.exception("unhandled error", extra={"incident": incident, "request_id": request_id,
-                                                    "path": scope["path"]})
-            if not started:
-                response = error_response(500, "internal", f"internal error (incident {incident})",
-                                          incident=incident, request_id=request_id)
-                await response(scope, receive, send_with_id)
-        finally:
-            self.metrics.http_in_flight.dec()
-            seconds = time.perf_counter() - start
-            query_type = state.get("query_type", "none")
-            self.metrics.observe_http(scope["path"], query_type, status, seconds)
-            level = logging.DEBUG if scope["path"] in QUIET_PATHS else logging.INFO
-            log.log(level, "request", extra={
-                "method": scope["method"], "path": scope["path"], "status": status, "query_type": query_type,
-                "duration_ms": round(seconds * 1000, 3), "request_id": request_id,
-                "client": (scope.get("client") or ("", 0))[0]})
+        with span as current:  # the ranker call and every log line of the request are inside it
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception:  # noqa: BLE001 - the last resort: never a bare 500
+                incident = new_incident()
+                log.exception("unhandled error", extra={"incident": incident, "request_id": request_id,
+                                                        "path": scope["path"]})
+                if not started:
+                    response = error_response(500, "internal", f"internal error (incident {incident})",
+                                              incident=incident, request_id=request_id)
+                    await response(scope, receive, send_with_id)
+            finally:
+                self.metrics.http_in_flight.dec()
+                seconds = time.perf_counter() - start
+                query_type = state.get("query_type", "none")
+                self.metrics.observe_http(scope["path"], query_type, status, seconds)
+                if current is not None:
+                    current.set_attribute("http.response.status_code", status)
+                    if status >= 500:
+                        current.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
+                level = logging.DEBUG if scope["path"] in QUIET_PATHS else logging.INFO
+                log.log(level, "request", extra={
+                    "method": scope["method"], "path": scope["path"], "status": status, "query_type": query_type,
+                    "duration_ms": round(seconds * 1000, 3), "request_id": request_id,
+                    "client": (scope.get("client") or ("", 0))[0]})
 
 
 class ApiKeyMiddleware:

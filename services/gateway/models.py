@@ -157,6 +157,8 @@ class RecommendResponse(BaseModel):
     fallback: Literal["popularity", "content"] | None = Field(
         description="Set when the personalised model did not serve the request (e.g. unknown user → popularity).")
     unknown_items: list[str] | None = Field(None, description="Requested item ids the model does not know (skipped).")
+    recommendation_id: str = Field(description="Unique per response: send it back on the events the list leads to "
+                                               "(events[].recommendation_id), so they are attributed to it.")
 
 
 class Event(StrictModel):
@@ -170,6 +172,11 @@ class Event(StrictModel):
     event_id: str = Field("", max_length=MAX_ID_CHARS,
                           description="Unique per user (a UUID is). A repeated id is acknowledged as a duplicate "
                                       "and not applied again (for 24 h by default), so retries are safe.")
+    recommendation_id: str = Field("", max_length=MAX_ID_CHARS,
+                                   description="The recommendation_id of the response whose list led to this "
+                                               "event, for attribution (hit rate per model version).")
+    event_type: Literal["view", "click", "add_to_cart", "purchase"] | None = Field(
+        None, description="What kind of interaction this is; absent means not given.")
 
 
 class EventsRequest(StrictModel):
@@ -179,7 +186,8 @@ class EventsRequest(StrictModel):
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"events": [{"user_id": "user_777", "item_id": "item_1024", "timestamp_ms": 1767225600000,
-                     "event_id": "3f2b8c1e-5a7d-4c1b-9e0f-2d6a8b4c7e91"}]}]})
+                     "event_id": "3f2b8c1e-5a7d-4c1b-9e0f-2d6a8b4c7e91",
+                     "recommendation_id": "9d3c0f7a2b6e4f1a8c5d7e9b0a1c2d3e", "event_type": "click"}]}]})
 
 
 class EventsResponse(BaseModel):

@@ -13,6 +13,7 @@ from seqrec.proto.v1 import ranker_pb2, ranker_pb2_grpc
 from seqrec.services.gateway.metrics import GatewayMetrics
 from seqrec.shared.grpc_client import CLIENT_OPTIONS
 from seqrec.shared.tls import TlsSettings, open_aio_channel, open_channel
+from seqrec.shared.tracing import inject_metadata
 
 RANKER_SERVICE = ranker_pb2.DESCRIPTOR.services_by_name["RankerService"].full_name
 HEALTH_TIMEOUT_S = 1.0
@@ -20,7 +21,8 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 def _metadata(request_id: str | None) -> Sequence[tuple[str, str]]:
-    return (("x-request-id", request_id),) if request_id else ()
+    """The request id and the trace context of the request being served, for the ranker."""
+    return inject_metadata((("x-request-id", request_id),) if request_id else ())
 
 
 def _health_reason(status: int) -> tuple[bool, str]:

@@ -32,7 +32,8 @@ from seqrec.services.gateway.http_app import create_app
 from seqrec.services.gateway.metrics import GatewayMetrics
 from seqrec.services.gateway.settings import GatewaySettings
 from seqrec.shared.exposure import split_host_port
-from seqrec.shared.settings import SettingsError
+from seqrec.shared.settings import Env, SettingsError
+from seqrec.shared.tracing import TracingSettings, configure_tracing, shutdown_tracing
 
 log = logging.getLogger("seqrec.gateway")
 
@@ -110,6 +111,7 @@ class Gateway:
         if not self.server.started:
             log.error("gateway cannot start: the HTTP server did not start")
             return 1
+        shutdown_tracing()
         log.info("stopped")
         return 0
 
@@ -119,6 +121,7 @@ def main() -> int:
     logging.getLogger("uvicorn.error").addFilter(_DropColorMessage())
     try:
         settings = GatewaySettings.from_env()
+        configure_tracing("gateway", TracingSettings.from_env(Env()))
     except SettingsError as exc:
         log.error("gateway cannot start: %s", exc)
         return 2

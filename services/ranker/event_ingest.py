@@ -19,24 +19,26 @@ service that sees them, so retries inside seqrec are covered too.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 KEY_PREFIX = "seqrec:hist:"
 EVENT_IDS_PREFIX = "seqrec:eid:"
 DEFAULT_ID_RETENTION_S = 24 * 3600  # how long a retried event id is recognised
 
 # KEYS: history, event ids, event log. ARGV: cap, now_ms, retention_ms, user, then (timestamp_ms,
-# item_id, event_id) triples sorted by timestamp. Returns {applied, duplicates}.
+# item_id, event_id, recommendation_id, event_type) quintuples sorted by timestamp. Returns {applied,
+# duplicates, the ids of the applied events...}: the caller attributes each applied event once.
 APPEND_SCRIPT = """
 local cap, now, keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local user = ARGV[4]
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - keep)
-local fresh, duplicates = {}, 0
-for i = 5, #ARGV, 3 do
+local fresh, duplicates, applied = {}, 0, {}
+for i = 5, #ARGV, 5 do
   local ts, item, id = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if redis.call('ZADD', KEYS[2], 'NX', now, id) == 1 then
     fresh[#fresh + 1] = {tonumber(ts), ts .. ':' .. item}
-    redis.call('XADD', KEYS[3], '*', 'u', user, 'i', item, 't', ts, 'e', id)
+    applied[#applied + 1] = id
+    redis.call('XADD', KEYS[3], '*', 'u', user, 'i', item, 't', ts, 'e', id, 'r', ARGV[i + 3], 'k', ARGV[i + 4])
   else
     duplicates = duplicates + 1
   end
@@ -70,7 +72,7 @@ while a >= 1 or b <= #fresh do
 end
 if #out > 0 then redis.call('RPUSH', KEYS[1], unpack(out)) end
 redis.call('LTRIM', KEYS[1], -cap, -1)
-return {#fresh, duplicates}
+return {#fresh, duplicates, unpack(applied)}
 """
 
 
@@ -80,17 +82,21 @@ class Event:
     item_id: str
     timestamp_ms: int
     event_id: str = ""  # unique per user; "" only before a seqrec service gave it one
+    recommendation_id: str = ""  # the served list that led to it, if the client says (attribution)
+    event_type: str = ""  # view, click, add_to_cart, purchase; "" when not given
 
 
 @dataclass(frozen=True)
 class Ingested:
-    """What one ingestion did: events applied, and events acknowledged as repeats of applied ones."""
+    """What one ingestion did: events applied, events acknowledged as repeats of applied ones, and the
+    applied events themselves (so each is attributed exactly once)."""
 
     applied: int = 0
     duplicates: int = 0
+    fresh: tuple[Event, ...] = field(default=(), compare=False)  # equality is about the counts
 
     def __add__(self, other: Ingested) -> Ingested:
-        return Ingested(self.applied + other.applied, self.duplicates + other.duplicates)
+        return Ingested(self.applied + other.applied, self.duplicates + other.duplicates, self.fresh + other.fresh)
 
 
 def _escape(user_id: str) -> str:
@@ -112,5 +118,5 @@ def script_args(user_id: str, events: Sequence[Event], cap: int, now_ms: int, re
     """ARGV of APPEND_SCRIPT for one user's events (sorted by timestamp here, stably)."""
     args: list = [cap, now_ms, retention_ms, user_id]
     for event in sorted(events, key=lambda e: e.timestamp_ms):
-        args += [event.timestamp_ms, event.item_id, event.event_id]
+        args += [event.timestamp_ms, event.item_id, event.event_id, event.recommendation_id, event.event_type]
     return args

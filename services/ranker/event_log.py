@@ -24,7 +24,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 LOG_PREFIX = "seqrec:log:"
 SINGLE_LOG = f"{LOG_PREFIX}{{all}}"
-EXPORT_COLUMNS = ("user_id", "item_id", "timestamp_ms", "event_id", "logged_ms")
+EXPORT_COLUMNS = ("user_id", "item_id", "timestamp_ms", "event_id", "logged_ms", "recommendation_id", "event_type")
 
 
 @functools.cache
@@ -55,6 +55,8 @@ class LoggedEvent:
     timestamp_ms: int
     event_id: str
     logged_ms: int  # when Redis applied it (the stream entry id's time)
+    recommendation_id: str = ""  # the served list it is attributed to, if the client said
+    event_type: str = ""
 
 
 def _log_keys(client: redis.Redis | RedisCluster) -> list[str]:
@@ -64,11 +66,12 @@ def _log_keys(client: redis.Redis | RedisCluster) -> list[str]:
 
 def _decode(entry_id: bytes | str, fields: dict[Any, Any]) -> LoggedEvent:
     def text(name: str) -> str:
-        value = fields[name.encode()] if name.encode() in fields else fields[name]
+        value = fields.get(name.encode(), fields.get(name, ""))  # r and k are absent from older entries
         return value.decode() if isinstance(value, bytes) else value
 
     stream_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return LoggedEvent(text("u"), text("i"), int(text("t")), text("e"), int(stream_id.partition("-")[0]))
+    return LoggedEvent(text("u"), text("i"), int(text("t")), text("e"), int(stream_id.partition("-")[0]),
+                       text("r"), text("k"))
 
 
 def read_log(client: redis.Redis | RedisCluster, since_ms: int = 0, until_ms: int | None = None,
@@ -101,7 +104,8 @@ def export_csv(client: redis.Redis | RedisCluster, out: Path, since_ms: int = 0,
         writer = csv.writer(fh)
         writer.writerow(EXPORT_COLUMNS)
         for e in events:
-            writer.writerow([e.user_id, e.item_id, e.timestamp_ms, e.event_id, e.logged_ms])
+            writer.writerow([e.user_id, e.item_id, e.timestamp_ms, e.event_id, e.logged_ms, e.recommendation_id,
+                             e.event_type])
     tmp.replace(out)
     return len(events)
 

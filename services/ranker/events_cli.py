@@ -13,7 +13,8 @@ def add_events_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     sub = parser.add_subparsers(dest="events_command", required=True)
     export = sub.add_parser("export", help="write the logged events to a CSV file (user_id, item_id, "
-                                           "timestamp_ms, event_id, logged_ms), in event time order")
+                                           "timestamp_ms, event_id, logged_ms, recommendation_id, event_type), "
+                                           "in event time order")
     export.add_argument("--out", type=Path, required=True)
     export.add_argument("--since-ms", type=int, default=0, help="only events applied at or after this time")
     export.add_argument("--until-ms", type=int, default=None, help="only events applied before this time")

@@ -22,6 +22,7 @@ only changed ones from Milvus.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -301,7 +302,7 @@ class RedisHistoryStore:
         by_user: dict[str, list[Event]] = defaultdict(list)
         for event in events:
             if not event.event_id:
-                event = Event(event.user_id, event.item_id, event.timestamp_ms, f"seqrec-{uuid.uuid4().hex}")
+                event = dataclasses.replace(event, event_id=f"seqrec-{uuid.uuid4().hex}")
             by_user[event.user_id].append(event)
         if not by_user:
             return Ingested()
@@ -316,7 +317,12 @@ class RedisHistoryStore:
                     args = script_args(users[i], by_user[users[i]], self.cap, now_ms, self.id_retention_ms)
                     pipe.execute_command("EVAL", APPEND_SCRIPT, len(keyset), *keyset, *args)
                 replies = pipe.execute()
-            return sum((Ingested(int(a), int(d)) for a, d in replies), Ingested())
+            done = Ingested()
+            for i, (applied, duplicates, *ids) in zip(group, replies, strict=True):
+                by_id = {e.event_id: e for e in by_user[users[i]]}
+                fresh = tuple(by_id[e.decode() if isinstance(e, bytes) else e] for e in ids)
+                done += Ingested(int(applied), int(duplicates), fresh)
+            return done
 
         done, written = Ingested(), 0
         for group in self._slot_groups(keys):

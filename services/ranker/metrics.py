@@ -28,6 +28,14 @@ class RankerMetrics(ServiceMetrics):
                            registry=self.registry)
         self.bundle_age = Gauge("seqrec_ranker_bundle_age_seconds", "Seconds since the served bundle was built.",
                                 registry=self.registry)
+        # Labelled by the version that served the list, so the hit rate of each model shows during a rollout.
+        self.served_lists = Counter(
+            "seqrec_ranker_served_lists", "Recommendation lists answered, by the model version that served them.",
+            ("version",), registry=self.registry)
+        self.attributed_events = Counter(
+            "seqrec_ranker_attributed_events", "Applied events naming a recommendation_id: hit (the item was in "
+            "the list), miss, or expired (no list held under the id), by the list's model version and event type.",
+            ("version", "event_type", "outcome"), registry=self.registry)
         self._built_at = time.time()
         self.bundle_age.set_function(lambda: time.time() - self._built_at)
 

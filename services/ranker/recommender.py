@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -229,7 +229,8 @@ class Recommender:
                 fallback, unknown = common_pb2.FALLBACK_CONTENT, [item_id] if item_id else []
             else:
                 raise UnknownItem(f"item_id: unknown item {item_id!r}; pass item_text to find items by content")
-        hits = self.items.search(self.version + I2I_SUFFIX, vector, top_k, expr, [sorted(exclude)])[0]
+        with self.metrics.stage("milvus_search"):
+            hits = self.items.search(self.version + I2I_SUFFIX, vector, top_k, expr, [sorted(exclude)])[0]
         items = [(hit_id, score, *_display(display)) for _, score, hit_id, display in hits]
         return Recommendation(items, self.version, fallback, unknown, 1)
 
@@ -304,8 +305,9 @@ class Recommender:
                     raise InvalidQuery(f"events[{n}].{name}: required")
                 if len(value) > MAX_ID_CHARS:
                     raise InvalidQuery(f"events[{n}].{name}: longer than {MAX_ID_CHARS} characters")
-            if len(event.event_id) > MAX_ID_CHARS:
-                raise InvalidQuery(f"events[{n}].event_id: longer than {MAX_ID_CHARS} characters")
+            for name in ("event_id", "recommendation_id"):
+                if len(getattr(event, name)) > MAX_ID_CHARS:
+                    raise InvalidQuery(f"events[{n}].{name}: longer than {MAX_ID_CHARS} characters")
             if event.timestamp_ms < 0:
                 raise InvalidQuery(f"events[{n}].timestamp_ms: must be >= 0")
             if event.timestamp_ms > latest:
@@ -313,7 +315,7 @@ class Recommender:
                 raise InvalidQuery(f"events[{n}].timestamp_ms: {ahead:,.0f} s in the future (more than the "
                                    f"{self.future_tolerance_ms / 1000:g} s allowed for clock skew; milliseconds "
                                    f"since the Unix epoch are expected)")
-        return self.histories.append([e if e.timestamp_ms else Event(e.user_id, e.item_id, now_ms, e.event_id)
+        return self.histories.append([e if e.timestamp_ms else replace(e, timestamp_ms=now_ms)
                                       for e in events])
 
     def history(self, user_id: str, limit: int) -> list[tuple[str, int]]:

@@ -12,6 +12,8 @@ import grpc
 
 from seqrec.proto.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from seqrec.services.embedder.client import EmbedderClient, EmbedderRejected, EmbedderUnavailable
+from seqrec.services.ranker.attribution import DEFAULT_TTL_S as DEFAULT_RECOMMENDATION_TTL_S
+from seqrec.services.ranker.attribution import ServedLists
 from seqrec.services.ranker.encoder import OnnxEncoder
 from seqrec.services.ranker.event_ingest import DEFAULT_ID_RETENTION_S
 from seqrec.services.ranker.filters import FilterError
@@ -94,6 +96,7 @@ class RankerSettings:
     max_connection_age_s: float = 0.0  # clients reconnect (and re-resolve) after this; 0 = never
     instance: str = ""  # this process's name in GetModelInfo (default: the host name)
     metrics_address: str = ""  # host:port of the Prometheus /metrics endpoint ("" = none)
+    recommendation_ttl_s: float = DEFAULT_RECOMMENDATION_TTL_S  # served lists kept for attribution; 0 = none
     tls: TlsSettings = TlsSettings()  # SEQREC_TLS_*: TLS/mTLS on its port and to the embedder (shared/tls.py)
 
     @classmethod
@@ -121,6 +124,7 @@ class RankerSettings:
             max_connection_age_s=env.float("SEQREC_MAX_CONNECTION_AGE_S", DEFAULT_MAX_CONNECTION_AGE_S, minimum=0.0),
             instance=env.str("SEQREC_INSTANCE", "") or socket.gethostname(),
             metrics_address=env.optional_address("SEQREC_METRICS_ADDRESS"),
+            recommendation_ttl_s=env.float("SEQREC_RECOMMENDATION_TTL_S", DEFAULT_RECOMMENDATION_TTL_S, minimum=0.0),
             tls=tls,
         )
 
@@ -148,7 +152,8 @@ class RankerApp:
                                   [MetricsInterceptor(self.metrics), ErrorInterceptor(ERRORS)],
                                   settings.max_connection_age_s)
         ranker_pb2_grpc.add_RankerServiceServicer_to_server(
-            RankerServicer(lambda: self.recommender, self.model_info, self.metrics), self.server)
+            RankerServicer(lambda: self.recommender, self.model_info, self.metrics,
+                           ServedLists(self.histories, settings.recommendation_ttl_s, self.metrics)), self.server)
         self.health = HealthReporter(self.server, [SERVICE_NAME], self.probe, settings.health_interval_s)
         if settings.reflection:
             enable_reflection(self.server, [SERVICE_NAME])

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import grpc
 
 from seqrec.proto.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
+from seqrec.services.ranker.attribution import ServedLists, event_type_name
 from seqrec.services.ranker.history_store import Event
 from seqrec.services.ranker.metrics import RankerMetrics
 from seqrec.services.ranker.online_items import CatalogEntry
@@ -14,14 +15,15 @@ from seqrec.services.ranker.recommender import Recommendation, Recommender
 from seqrec.shared.json_api import from_metadata_value, to_metadata_value
 
 
-def to_response(rec: Recommendation) -> ranker_pb2.RecommendResponse:
+def to_response(rec: Recommendation, recommendation_id: str) -> ranker_pb2.RecommendResponse:
     items = []
     for item_id, score, name, meta in rec.items:
         items.append(common_pb2.ScoredItem(
             item_id=item_id, score=score, display_name=name or "",
             meta={k: to_metadata_value(f"meta.{k}", v) for k, v in meta.items() if v is not None}))
     return ranker_pb2.RecommendResponse(items=items, model_version=rec.model_version, fallback=rec.fallback,
-                                        unknown_items=rec.unknown_items, sequence_length=rec.sequence_length)
+                                        unknown_items=rec.unknown_items, sequence_length=rec.sequence_length,
+                                        recommendation_id=recommendation_id)
 
 
 def _flag(request, name: str, default: bool) -> bool:
@@ -32,14 +34,15 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
     """Each call reads the current `Recommender` through `current`, so a bundle swap is one assignment."""
 
     def __init__(self, current: Callable[[], Recommender], model_info: Callable[[], common_pb2.ModelInfo],
-                 metrics: RankerMetrics):
+                 metrics: RankerMetrics, served: ServedLists):
         self.current = current
         self.model_info = model_info
         self.metrics = metrics
+        self.served = served
 
     def _answer(self, method: str, rec: Recommendation) -> ranker_pb2.RecommendResponse:
         self.metrics.answered(method, rec.fallback, len(rec.unknown_items))
-        return to_response(rec)
+        return to_response(rec, self.served.record(method, rec))
 
     def UserToItem(self, request: ranker_pb2.UserToItemRequest, context: grpc.ServicerContext):
         rec = self.current().user_to_item(request.user_id, request.filters, request.top_k,
@@ -69,8 +72,11 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         return self._answer("GapFill", rec)
 
     def IngestEvents(self, request: ranker_pb2.IngestEventsRequest, context: grpc.ServicerContext):
-        events = [Event(e.user_id, e.item_id, e.timestamp_ms, e.event_id) for e in request.events]
+        events = [Event(e.user_id, e.item_id, e.timestamp_ms, e.event_id, e.recommendation_id,
+                        event_type_name(e.event_type, f"events[{n}].event_type"))
+                  for n, e in enumerate(request.events)]
         done = self.current().ingest(events)
+        self.served.attribute(done.fresh)
         return ranker_pb2.IngestEventsResponse(accepted=done.applied + done.duplicates, duplicates=done.duplicates)
 
     def GetHistory(self, request: ranker_pb2.GetHistoryRequest, context: grpc.ServicerContext):

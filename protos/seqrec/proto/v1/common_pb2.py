@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cseqrec/proto/v1/common.proto\x12\x0fseqrec.proto.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x01\n\rMetadataValue\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x03 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x12\x30\n\nlist_value\x18\x05 \x01(\x0b\x32\x1a.seqrec.proto.v1.ValueListH\x00\x42\x06\n\x04kind\";\n\tValueList\x12.\n\x06values\x18\x01 \x03(\x0b\x32\x1e.seqrec.proto.v1.MetadataValue\"r\n\x0cNumericRange\x12\x10\n\x03gte\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x02gt\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x10\n\x03lte\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x0f\n\x02lt\x18\x04 \x01(\x01H\x03\x88\x01\x01\x42\x06\n\x04_gteB\x05\n\x03_gtB\x06\n\x04_lteB\x05\n\x03_lt\"\xb3\x01\n\x0c\x46ilterClause\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x30\n\x06\x65quals\x18\x02 \x01(\x0b\x32\x1e.seqrec.proto.v1.MetadataValueH\x00\x12,\n\x06\x61ny_of\x18\x03 \x01(\x0b\x32\x1a.seqrec.proto.v1.ValueListH\x00\x12.\n\x05range\x18\x04 \x01(\x0b\x32\x1d.seqrec.proto.v1.NumericRangeH\x00\x42\x04\n\x02op\"\xc4\x01\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x33\n\x04meta\x18\x04 \x03(\x0b\x32%.seqrec.proto.v1.ScoredItem.MetaEntry\x1aK\n\tMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.seqrec.proto.v1.MetadataValue:\x02\x38\x01\"W\n\x0bInteraction\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\"n\n\x07Metrics\x12\x34\n\x06values\x18\x01 \x03(\x0b\x32$.seqrec.proto.v1.Metrics.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xdc\x02\n\tModelInfo\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06hybrid\x18\x03 \x01(\x08\x12\x11\n\tnum_items\x18\x04 \x01(\x03\x12\x11\n\tnum_users\x18\x05 \x01(\x03\x12\x0f\n\x07max_len\x18\x06 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x07 \x01(\x05\x12\x18\n\x10metadata_columns\x18\x08 \x03(\t\x12\x12\n\ntext_model\x18\t \x01(\t\x12)\n\x07metrics\x18\n \x01(\x0b\x32\x18.seqrec.proto.v1.Metrics\x12\x0f\n\x07runtime\x18\x0b \x01(\t\x12\x15\n\rdefault_top_k\x18\x0c \x01(\x05\x12\x18\n\x10\x65xample_user_ids\x18\r \x03(\t\x12\x10\n\x08instance\x18\x0e \x01(\t\"\x15\n\x13GetModelInfoRequest*L\n\x08\x46\x61llback\x12\x11\n\rFALLBACK_NONE\x10\x00\x12\x17\n\x13\x46\x41LLBACK_POPULARITY\x10\x01\x12\x14\n\x10\x46\x41LLBACK_CONTENT\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cseqrec/proto/v1/common.proto\x12\x0fseqrec.proto.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x01\n\rMetadataValue\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x03 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x12\x30\n\nlist_value\x18\x05 \x01(\x0b\x32\x1a.seqrec.proto.v1.ValueListH\x00\x42\x06\n\x04kind\";\n\tValueList\x12.\n\x06values\x18\x01 \x03(\x0b\x32\x1e.seqrec.proto.v1.MetadataValue\"r\n\x0cNumericRange\x12\x10\n\x03gte\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x02gt\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x10\n\x03lte\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x0f\n\x02lt\x18\x04 \x01(\x01H\x03\x88\x01\x01\x42\x06\n\x04_gteB\x05\n\x03_gtB\x06\n\x04_lteB\x05\n\x03_lt\"\xb3\x01\n\x0c\x46ilterClause\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x30\n\x06\x65quals\x18\x02 \x01(\x0b\x32\x1e.seqrec.proto.v1.MetadataValueH\x00\x12,\n\x06\x61ny_of\x18\x03 \x01(\x0b\x32\x1a.seqrec.proto.v1.ValueListH\x00\x12.\n\x05range\x18\x04 \x01(\x0b\x32\x1d.seqrec.proto.v1.NumericRangeH\x00\x42\x04\n\x02op\"\xc4\x01\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x33\n\x04meta\x18\x04 \x03(\x0b\x32%.seqrec.proto.v1.ScoredItem.MetaEntry\x1aK\n\tMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.seqrec.proto.v1.MetadataValue:\x02\x38\x01\"\xa2\x01\n\x0bInteraction\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x19\n\x11recommendation_id\x18\x05 \x01(\t\x12.\n\nevent_type\x18\x06 \x01(\x0e\x32\x1a.seqrec.proto.v1.EventType\"n\n\x07Metrics\x12\x34\n\x06values\x18\x01 \x03(\x0b\x32$.seqrec.proto.v1.Metrics.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xdc\x02\n\tModelInfo\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06hybrid\x18\x03 \x01(\x08\x12\x11\n\tnum_items\x18\x04 \x01(\x03\x12\x11\n\tnum_users\x18\x05 \x01(\x03\x12\x0f\n\x07max_len\x18\x06 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x07 \x01(\x05\x12\x18\n\x10metadata_columns\x18\x08 \x03(\t\x12\x12\n\ntext_model\x18\t \x01(\t\x12)\n\x07metrics\x18\n \x01(\x0b\x32\x18.seqrec.proto.v1.Metrics\x12\x0f\n\x07runtime\x18\x0b \x01(\t\x12\x15\n\rdefault_top_k\x18\x0c \x01(\x05\x12\x18\n\x10\x65xample_user_ids\x18\r \x03(\t\x12\x10\n\x08instance\x18\x0e \x01(\t\"\x15\n\x13GetModelInfoRequest*L\n\x08\x46\x61llback\x12\x11\n\rFALLBACK_NONE\x10\x00\x12\x17\n\x13\x46\x41LLBACK_POPULARITY\x10\x01\x12\x14\n\x10\x46\x41LLBACK_CONTENT\x10\x02*\x87\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOREDITEM_METAENTRY']._serialized_options = b'8\001'
   _globals['_METRICS_VALUESENTRY']._loaded_options = None
   _globals['_METRICS_VALUESENTRY']._serialized_options = b'8\001'
-  _globals['_FALLBACK']._serialized_start=1382
-  _globals['_FALLBACK']._serialized_end=1458
+  _globals['_FALLBACK']._serialized_start=1458
+  _globals['_FALLBACK']._serialized_end=1534
+  _globals['_EVENTTYPE']._serialized_start=1537
+  _globals['_EVENTTYPE']._serialized_end=1672
   _globals['_METADATAVALUE']._serialized_start=83
   _globals['_METADATAVALUE']._serialized_end=247
   _globals['_VALUELIST']._serialized_start=249
@@ -50,14 +52,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOREDITEM']._serialized_end=805
   _globals['_SCOREDITEM_METAENTRY']._serialized_start=730
   _globals['_SCOREDITEM_METAENTRY']._serialized_end=805
-  _globals['_INTERACTION']._serialized_start=807
-  _globals['_INTERACTION']._serialized_end=894
-  _globals['_METRICS']._serialized_start=896
-  _globals['_METRICS']._serialized_end=1006
-  _globals['_METRICS_VALUESENTRY']._serialized_start=961
-  _globals['_METRICS_VALUESENTRY']._serialized_end=1006
-  _globals['_MODELINFO']._serialized_start=1009
-  _globals['_MODELINFO']._serialized_end=1357
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1359
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1380
+  _globals['_INTERACTION']._serialized_start=808
+  _globals['_INTERACTION']._serialized_end=970
+  _globals['_METRICS']._serialized_start=972
+  _globals['_METRICS']._serialized_end=1082
+  _globals['_METRICS_VALUESENTRY']._serialized_start=1037
+  _globals['_METRICS_VALUESENTRY']._serialized_end=1082
+  _globals['_MODELINFO']._serialized_start=1085
+  _globals['_MODELINFO']._serialized_end=1433
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1435
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1456
 # @@protoc_insertion_point(module_scope)

@@ -15,9 +15,22 @@ class Fallback(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FALLBACK_NONE: _ClassVar[Fallback]
     FALLBACK_POPULARITY: _ClassVar[Fallback]
     FALLBACK_CONTENT: _ClassVar[Fallback]
+
+class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
+    EVENT_TYPE_VIEW: _ClassVar[EventType]
+    EVENT_TYPE_CLICK: _ClassVar[EventType]
+    EVENT_TYPE_ADD_TO_CART: _ClassVar[EventType]
+    EVENT_TYPE_PURCHASE: _ClassVar[EventType]
 FALLBACK_NONE: Fallback
 FALLBACK_POPULARITY: Fallback
 FALLBACK_CONTENT: Fallback
+EVENT_TYPE_UNSPECIFIED: EventType
+EVENT_TYPE_VIEW: EventType
+EVENT_TYPE_CLICK: EventType
+EVENT_TYPE_ADD_TO_CART: EventType
+EVENT_TYPE_PURCHASE: EventType
 
 class MetadataValue(_message.Message):
     __slots__ = ("string_value", "int_value", "double_value", "bool_value", "list_value")
@@ -83,16 +96,20 @@ class ScoredItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., display_name: _Optional[str] = ..., meta: _Optional[_Mapping[str, MetadataValue]] = ...) -> None: ...
 
 class Interaction(_message.Message):
-    __slots__ = ("user_id", "item_id", "timestamp_ms", "event_id")
+    __slots__ = ("user_id", "item_id", "timestamp_ms", "event_id", "recommendation_id", "event_type")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     item_id: str
     timestamp_ms: int
     event_id: str
-    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., event_id: _Optional[str] = ...) -> None: ...
+    recommendation_id: str
+    event_type: EventType
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., event_id: _Optional[str] = ..., recommendation_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ...) -> None: ...
 
 class Metrics(_message.Message):
     __slots__ = ("values",)

@@ -86,18 +86,20 @@ class GapRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., session_items: _Optional[_Iterable[str]] = ..., gap_position: _Optional[int] = ..., filters: _Optional[_Iterable[_Union[_common_pb2.FilterClause, _Mapping]]] = ..., top_k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "model_version", "fallback", "unknown_items", "sequence_length")
+    __slots__ = ("items", "model_version", "fallback", "unknown_items", "sequence_length", "recommendation_id")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_ITEMS_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[_common_pb2.ScoredItem]
     model_version: str
     fallback: _common_pb2.Fallback
     unknown_items: _containers.RepeatedScalarFieldContainer[str]
     sequence_length: int
-    def __init__(self, items: _Optional[_Iterable[_Union[_common_pb2.ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., fallback: _Optional[_Union[_common_pb2.Fallback, str]] = ..., unknown_items: _Optional[_Iterable[str]] = ..., sequence_length: _Optional[int] = ...) -> None: ...
+    recommendation_id: str
+    def __init__(self, items: _Optional[_Iterable[_Union[_common_pb2.ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., fallback: _Optional[_Union[_common_pb2.Fallback, str]] = ..., unknown_items: _Optional[_Iterable[str]] = ..., sequence_length: _Optional[int] = ..., recommendation_id: _Optional[str] = ...) -> None: ...
 
 class IngestEventsRequest(_message.Message):
     __slots__ = ("events",)
