@@ -32,6 +32,7 @@ VOCAB = "vocab.json"
 POPULARITY = "popularity.npy"
 ITEMS = "items.jsonl"
 HISTORIES = "histories.jsonl"
+HELDOUT = "heldout.jsonl"  # the selection run's held-out last item of each user and its rank (the quality gate's)
 METRICS = "metrics.json"
 REPORT_HTML = "report.html"  # the training report, one self-contained page
 # Hybrid bundles only:

@@ -31,6 +31,8 @@ PUBLISHED_FILE = "published.json"
 LOCK_FILE = ".registry.lock"
 
 Loader = Callable[[Path], object]  # fills the online stores for a bundle directory (idempotent)
+# judges a candidate against the live bundle (None: nothing is live) and raises GateRefused to hold it back
+Gate = Callable[[Bundle, "Bundle | None"], None]
 
 
 class RegistryError(BundleError):
@@ -43,6 +45,14 @@ class InvalidVersion(RegistryError, ValueError):
 
 class VersionNotFound(RegistryError, LookupError):
     """No bundle with this version in the root."""
+
+
+class GateRefused(RegistryError):
+    """The quality gate kept the candidate from going live; `decision` says why, with the figures."""
+
+    def __init__(self, reason: str, decision: dict[str, object]):
+        super().__init__(f"held by the quality gate: {reason}")
+        self.decision = decision
 
 
 class NothingToRollBack(RegistryError):
@@ -140,8 +150,9 @@ class BundleRegistry:
         _write_atomic(self.root / PUBLISHED_FILE, json.dumps(history, indent=1))
         _write_atomic(self.root / LIVE_FILE, version + "\n")
 
-    def publish(self, path: Path, load: Loader) -> str:
-        """Verify the bundle, load it into the stores, then make it live; returns its version.
+    def publish(self, path: Path, load: Loader, gate: Gate | None = None) -> str:
+        """Verify the bundle, let `gate` judge it against the live one, load it into the stores, then make it
+        live; returns its version. A refusal (GateRefused) leaves the stores and the live version as they were.
 
         Publishing the live version again reloads it (idempotent) and leaves the history as it is.
         """
@@ -153,6 +164,9 @@ class BundleRegistry:
             bundle = Bundle.open(path)  # every checksum, before any store is touched
             if bundle.version != version:
                 raise RegistryError(f"{path}: the directory name must be the bundle's version {bundle.version!r}")
+            if gate is not None:
+                live = self.live_version()
+                gate(bundle, Bundle.open(self.path_of(live), verify=False) if live else None)
             load(path)
             history = self.history()
             if not history or history[-1] != version:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from seqrec.shared.logs import show_progress
 
+EXIT_HELD = 3  # `seqrec publish`: the quality gate kept the bundle back (the live version is unchanged)
+
 
 def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", help="bundle directory (or, with --rollback, the bundle root)")
@@ -19,22 +21,33 @@ def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", choices=["FLAT", "HNSW"], default="FLAT",
                         help="FLAT = exact search (matches offline top-k); HNSW = approximate, for big catalogs")
     parser.add_argument("--rollback", action="store_true", help="make the previously published version live")
+    parser.add_argument("--no-gate", action="store_true",
+                        help="publish without the quality gate (which compares the bundle with the live one on the "
+                             "newest held-out interactions; SEQREC_GATE_MARGIN, SEQREC_GATE_MIN_USERS)")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run_publish(args: argparse.Namespace) -> int:
     from seqrec.services.ranker.history_store import HistoryStoreUnavailable
     from seqrec.services.ranker.publish import publish, rollback
+    from seqrec.services.ranker.quality_gate import GatePolicy, QualityGate
     from seqrec.services.ranker.vector_store import VectorStoreError, VectorStoreUnavailable
     from seqrec.shared.bundle import BundleError
+    from seqrec.shared.registry import GateRefused
+    from seqrec.shared.settings import SettingsError
 
     try:
         if args.rollback:
             version = rollback(Path(args.bundle), args.redis_url, args.milvus_uri, args.milvus_token)
         else:
+            gate = None if args.no_gate else QualityGate(GatePolicy.from_env())
             version = publish(Path(args.bundle), args.redis_url, args.milvus_uri, args.milvus_token,
-                              progress=show_progress(args.no_progress), index_type=args.index).version
-    except (BundleError, HistoryStoreUnavailable, VectorStoreError, VectorStoreUnavailable) as exc:
+                              progress=show_progress(args.no_progress), index_type=args.index, gate=gate).version
+    except GateRefused as held:
+        print(f"seqrec publish: {held}", file=sys.stderr)
+        print(json.dumps({"held": held.decision["candidate"], "live": held.decision["live"], "gate": held.decision}))
+        return EXIT_HELD
+    except (BundleError, HistoryStoreUnavailable, VectorStoreError, VectorStoreUnavailable, SettingsError) as exc:
         print(f"seqrec publish: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps({"live": version}))

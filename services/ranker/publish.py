@@ -19,7 +19,7 @@ from seqrec.services.ranker.catalog import Catalog
 from seqrec.services.ranker.history_store import RedisHistoryStore
 from seqrec.services.ranker.vector_store import MilvusItemStore
 from seqrec.shared.bundle import HISTORIES, ITEM_TO_ITEM, Bundle, BundleError
-from seqrec.shared.registry import BundleRegistry
+from seqrec.shared.registry import BundleRegistry, Gate
 from seqrec.shared.similarity import item_to_item_vectors
 
 log = logging.getLogger(__name__)
@@ -75,12 +75,13 @@ def load_stores(bundle_path: Path, redis_url: str, milvus_uri: str, milvus_token
 
 
 def publish(bundle_path: Path, redis_url: str, milvus_uri: str, milvus_token: str = "", progress: bool = True,
-            index_type: str = "FLAT") -> Bundle:
-    """Load the bundle into Milvus and Redis and make it the live version of its root."""
+            index_type: str = "FLAT", gate: Gate | None = None) -> Bundle:
+    """Load the bundle into Milvus and Redis and make it the live version of its root; with `gate`
+    (`quality_gate.QualityGate`) only if it judges the bundle no worse than the live one."""
     bundle_path = Path(bundle_path)
     load = functools.partial(load_stores, redis_url=redis_url, milvus_uri=milvus_uri, milvus_token=milvus_token,
                              progress=progress, index_type=index_type)
-    BundleRegistry(bundle_path.parent).publish(bundle_path, load)
+    BundleRegistry(bundle_path.parent).publish(bundle_path, load, gate)
     return Bundle.open(bundle_path, verify=False)
 
 

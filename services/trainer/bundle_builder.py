@@ -55,6 +55,7 @@ class BundleContents:
     history: list[EpochRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form manifest notes
+    heldout_ranks: np.ndarray | None = None  # `Selection.heldout_ranks`, one per user with a test item
 
 
 def _versions() -> dict[str, str]:
@@ -104,6 +105,8 @@ def write_bundle(out_dir: str | Path, model: BERT4Rec, contents: BundleContents,
                 writer.write_array(b.ITEM_TO_ITEM, item_to_item_vectors(rows, parts.layout, text))
             step(EXPORT_STEPS[2])
             _write_tables(writer, data)
+            if contents.heldout_ranks is not None:
+                _write_heldout(writer, data, contents.heldout_ranks)
             step(EXPORT_STEPS[3])
             _write_reports(writer, contents)
             step(EXPORT_STEPS[4])
@@ -128,6 +131,19 @@ def _write_tables(writer: b.BundleWriter, data: Interactions) -> None:
                                       "timestamps": np.asarray(ts).tolist()}
                                      for user, seq, ts in zip(data.user_ids, data.sequences, data.timestamps,
                                                               strict=True)))
+
+
+def _write_heldout(writer: b.BundleWriter, data: Interactions, ranks: np.ndarray) -> None:
+    """Each test user's held-out last item, when it happened, and the rank the selection run gave it (seen
+    items excluded, as served): the candidate's side of the publish quality gate (services/ranker/quality_gate.py),
+    the one model of this bundle that never learned those items."""
+    tested = [(user, seq, ts) for user, seq, ts in zip(data.user_ids, data.sequences, data.timestamps, strict=True)
+              if len(seq) >= 3]  # the users `leave_one_out` tests, in its order
+    if len(tested) != len(ranks):
+        raise ValueError(f"{len(ranks)} held-out ranks for {len(tested)} tested users")
+    writer.write_jsonl(b.HELDOUT, ({"user_id": user, "item_id": data.vocab.decode(seq[-1:])[0],
+                                    "timestamp": float(ts[-1]), "rank": int(rank)}
+                                   for (user, seq, ts), rank in zip(tested, ranks, strict=True)))
 
 
 def _write_reports(writer: b.BundleWriter, contents: BundleContents) -> None:

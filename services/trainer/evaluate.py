@@ -96,6 +96,18 @@ def _block_ranks(model: BERT4Rec, scorer: Scorer, block: EvalSet, mask_index: in
     return target_ranks(scores, target_cols), sampled
 
 
+def full_ranks(model: BERT4Rec, eval_set: EvalSet, mask_index: int, exclude_seen: bool, scorer: Scorer,
+               batch_size: int = 256) -> np.ndarray:
+    """Each user's full-ranking rank of their target (0 = first) through `scorer`, in blocks as `evaluate`."""
+    block_users = max(1, EVAL_BLOCK_CELLS // max(mask_index - 1, 1))
+    ranks = [np.zeros(0, dtype=np.int64)]
+    rng = np.random.default_rng(0)  # unused: no sampled negatives
+    for start in range(0, len(eval_set), block_users):
+        block = EvalSet(eval_set.inputs[start:start + block_users], eval_set.targets[start:start + block_users])
+        ranks.append(_block_ranks(model, scorer, block, mask_index, exclude_seen, batch_size, None, rng)[0])
+    return np.concatenate(ranks)
+
+
 def evaluate(model: BERT4Rec, eval_set: EvalSet, mask_index: int, exclude_seen: bool = False,
              popularity: np.ndarray | None = None, seed: int = 0, batch_size: int = 256,
              scorer: Scorer | None = None) -> dict[str, float]:

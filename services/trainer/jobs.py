@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from seqrec.shared.config import TrainConfig
+from seqrec.shared.registry import GateRefused
 
 log = logging.getLogger(__name__)
 
@@ -524,6 +525,8 @@ class JobManager:
             try:
                 self.publisher(final)
                 message += " and published"
+            except GateRefused as held:  # the job did its work; the live model was better on the newest data
+                message += f", not published: {held}"
             except Exception as exc:  # noqa: BLE001 - any store error: the bundle stays, the job says why
                 log.exception("publishing failed", extra={"job_id": job.job_id})
                 with self._cond:

@@ -18,7 +18,7 @@ import torch
 from seqrec.services.trainer import distributed
 from seqrec.services.trainer.bundle_builder import BundleContents, model_config, scoring_parts, write_bundle
 from seqrec.services.trainer.data import Interactions, load_interactions
-from seqrec.services.trainer.evaluate import evaluate, model_scorer
+from seqrec.services.trainer.evaluate import evaluate, full_ranks, model_scorer
 from seqrec.services.trainer.freshness import (
     calibrate_exposure,
     expected_unseen_share,
@@ -179,6 +179,7 @@ class Selection:
     exposure_boost: float
     metrics: dict[str, Any]
     warnings: list[str]
+    heldout_ranks: np.ndarray  # each test user's rank of their last item, seen items excluded (the quality gate's)
 
 
 def _select(cfg: TrainConfig, data: Interactions, split: LeaveOneOut, result: TrainResult, train_counts: np.ndarray,
@@ -194,10 +195,11 @@ def _select(cfg: TrainConfig, data: Interactions, split: LeaveOneOut, result: Tr
         boost = _calibrate_new_items(cfg, model, encoder_alone.with_prior(prior_fit.prior), data, split, newest)
     scorer = Scorer.from_parts(scoring_parts(model, boost), prior_fit.prior)
     test = evaluate(model, split.test, mask_index, popularity=train_counts, seed=cfg.seed, scorer=scorer)
+    heldout = full_ranks(model, split.test, mask_index, exclude_seen=True, scorer=scorer)  # as served
     metrics: dict[str, Any] = {
         "valid": evaluate(model, split.valid, mask_index, scorer=scorer),
         "test": test,
-        "test_seen_excluded": evaluate(model, split.test, mask_index, exclude_seen=True, scorer=scorer),
+        "test_seen_excluded": {**ranking_metrics(heldout), "users": float(len(heldout))} if len(heldout) else {},
         "sequence_prior": {**prior_fit.summary(),
                            "test_encoder_only": evaluate(model, split.test, mask_index, scorer=encoder_alone)},
         "popularity_test": popularity_metrics(train_counts, split.test),
@@ -218,7 +220,7 @@ def _select(cfg: TrainConfig, data: Interactions, split: LeaveOneOut, result: Tr
                                  metrics["popularity_test"], result.stopped_early, result.device,
                                  result.stopped_by_budget)
     metrics["warnings"] = warnings
-    return Selection(prior_fit.prior, boost, metrics, warnings)
+    return Selection(prior_fit.prior, boost, metrics, warnings, heldout)
 
 
 def _write(cfg: TrainConfig, out_dir: str | Path, data: Interactions, result: TrainResult, selection: Selection,
@@ -231,6 +233,7 @@ def _write(cfg: TrainConfig, out_dir: str | Path, data: Interactions, result: Tr
         prior = prior.weighted(selection.prior.transition_weight, selection.prior.repeat_bias)
     metrics = {**selection.metrics, "refit": refit}
     path = write_bundle(out_dir, result.model, BundleContents(cfg, data, prior, metrics, selection.exposure_boost,
-                                                              result.history, selection.warnings),
+                                                              result.history, selection.warnings,
+                                                              heldout_ranks=selection.heldout_ranks),
                         progress)
     return path, metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 import grpc
 
 from seqrec.proto.v1 import trainer_pb2, trainer_pb2_grpc
+from seqrec.services.ranker.quality_gate import GatePolicy, QualityGate
 from seqrec.services.trainer.jobs import JobManager, JobNotFound, QueueFull, RootInUse, TrainerClosed
 from seqrec.services.trainer.messages import InvalidRequest
 from seqrec.services.trainer.service import BundleStore, StoreUnavailable, StreamsBusy, TrainerServicer
@@ -65,6 +67,8 @@ class TrainerSettings:
     max_streams: int  # StreamProgress calls at once, below the worker threads so probes always get one
     max_job_s: float  # wall clock of one job (training, export); past it the job is stopped and fails
     metrics_address: str = ""  # host:port of the Prometheus /metrics endpoint ("" = none)
+    gate_margin: float = 0.0  # SEQREC_GATE_MARGIN: NDCG@10 a job's bundle may lose to the live one and still go live
+    gate_min_users: int = 100  # SEQREC_GATE_MIN_USERS: newest held-out interactions the gate needs to judge
     tls: TlsSettings = TlsSettings()  # SEQREC_TLS_*: TLS/mTLS on its port; training processes inherit them
 
     @classmethod
@@ -72,6 +76,7 @@ class TrainerSettings:
         env = env or Env()
         tls = TlsSettings.from_env(env)
         workers = env.int("SEQREC_GRPC_WORKERS", 32, minimum=2, maximum=1024)
+        gate = GatePolicy.from_env(env)
         return cls(
             bundle_root=Path(env.str("SEQREC_BUNDLE_ROOT")),
             data_root=Path(env.str("SEQREC_DATA_ROOT")),  # required: jobs may read only below it
@@ -89,6 +94,8 @@ class TrainerSettings:
             max_streams=env.int("SEQREC_TRAINER_MAX_STREAMS", max(1, workers // 2), minimum=1, maximum=1024),
             max_job_s=env.float("SEQREC_TRAINER_MAX_JOB_S", DEFAULT_MAX_JOB_S, minimum=1.0),
             metrics_address=env.optional_address("SEQREC_METRICS_ADDRESS"),
+            gate_margin=gate.margin,
+            gate_min_users=gate.min_users,
             tls=tls,
         )
 
@@ -104,7 +111,9 @@ class TrainerApp:
         self.bundles = BundleStore(settings.bundle_root, settings.redis_url, settings.milvus_uri,
                                    settings.milvus_token)
         child_env = {EMBEDDER_ENV: settings.embedder} if settings.embedder else {}
-        self.jobs = JobManager(settings.bundle_root, publisher=self.bundles.publish, child_env=child_env,
+        gate = QualityGate(GatePolicy(settings.gate_margin, settings.gate_min_users))
+        self.jobs = JobManager(settings.bundle_root, publisher=functools.partial(self.bundles.publish, gate=gate),
+                               child_env=child_env,
                                cancel_grace_s=min(5.0, max(settings.grace_s, 1.0)), max_queued=settings.max_queued,
                                max_job_s=settings.max_job_s)
         if settings.max_streams >= settings.workers:

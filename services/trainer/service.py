@@ -27,7 +27,7 @@ from seqrec.services.trainer.messages import (
     timestamp,
 )
 from seqrec.shared.bundle import Bundle
-from seqrec.shared.registry import BundleRegistry
+from seqrec.shared.registry import BundleRegistry, Gate
 
 log = logging.getLogger(__name__)
 MAX_JOB_ID_CHARS = 128  # ids this trainer hands out are far shorter
@@ -73,10 +73,11 @@ class BundleStore:
                                       metrics=common_pb2.Metrics(values=metrics), live=bundle.version == live,
                                       job_id=job_id, model=model)
 
-    def publish(self, path: Path) -> str:
-        """Load the bundle into Milvus and Redis and make it live (idempotent); returns its version."""
+    def publish(self, path: Path, gate: Gate | None = None) -> str:
+        """Load the bundle into Milvus and Redis and make it live (idempotent); returns its version. A job's
+        bundle goes through the quality gate; PublishBundle, an operator naming a version, does not."""
         with _store_errors(f"publishing {path.name}"):
-            return self.registry.publish(path, self._loader())
+            return self.registry.publish(path, self._loader(), gate)
 
     def rollback(self, version: str = "") -> str:
         """Make `version` (default: the one published before the live one) live again; returns it."""
