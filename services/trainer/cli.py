@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -50,7 +51,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Data flags, then one flag per hyperparameter (named after the field, defaults from the spec)."""
     parser.epilog = DATA_PARALLEL_HELP
     data = parser.add_argument_group("data")
-    data.add_argument("--data", required=True, help="interactions file (.csv, .tsv or .parquet)")
+    data.add_argument("--data", default=None, help="interactions file (.csv, .tsv or .parquet); required unless "
+                                                   "--config-env names the whole payload")
     data.add_argument("--user-col", default="user_id")
     data.add_argument("--item-col", default="item_id")
     data.add_argument("--time-col", default="timestamp", help="numbers or ISO date strings")
@@ -74,11 +76,25 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             text += "; sequences per optimizer step in all: under torchrun each of N processes takes 1/N"
         hp.add_argument(flag, type=kind, default=None, help=text, **extra)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--config-env", default=None, metavar="VAR",
+                        help="read the whole training configuration (TrainConfig JSON, as the trainer service "
+                             "stores a job's) from environment variable VAR instead of the data and "
+                             "hyperparameter flags: how a Kubernetes Job the trainer service submits gets it")
     parser.add_argument("--out", default="bundles", help="directory that receives the versioned bundle")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    if args.config_env:
+        raw = os.environ.get(args.config_env)
+        if raw is None:
+            raise ConfigError(f"--config-env: environment variable {args.config_env} is not set")
+        try:
+            return TrainConfig.from_dict(json.loads(raw))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"--config-env: {args.config_env} is not a training configuration ({exc})") from exc
+    if not args.data:
+        raise ConfigError("--data: required (or --config-env)")
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Hyperparameters)}
     meta_cols = tuple(c.strip() for c in args.meta_cols.split(",") if c.strip())
     data = DataConfig(data=args.data, user_col=args.user_col, item_col=args.item_col, time_col=args.time_col,

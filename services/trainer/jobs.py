@@ -32,6 +32,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from seqrec.services.trainer.kube_jobs import KubernetesError, KubernetesLauncher
 from seqrec.shared.config import TrainConfig
 from seqrec.shared.registry import GateRefused
 
@@ -202,7 +203,7 @@ class JobManager:
 
     def __init__(self, bundle_root: Path, publisher: Callable[[Path], Any] | None = None,
                  child_env: dict[str, str] | None = None, cancel_grace_s: float = 5.0, max_queued: int = 16,
-                 max_job_s: float = 0.0):
+                 max_job_s: float = 0.0, launcher: KubernetesLauncher | None = None):
         self.root = Path(bundle_root)
         self.max_queued = max_queued
         self.max_job_s = max_job_s  # wall clock of a training process; 0 = no cap
@@ -211,6 +212,7 @@ class JobManager:
         self._lock_file = _lock_root(self.jobs_dir / LOCK_FILE)
         self.publisher = publisher
         self.child_env = dict(child_env or {})
+        self.launcher = launcher  # None: a child process per job; else a Kubernetes Job (kube_jobs)
         self.cancel_grace_s = cancel_grace_s
         self._cond = threading.Condition()
         self._jobs: dict[str, Job] = {}
@@ -403,6 +405,9 @@ class JobManager:
                         self._finish(job, FAILED, f"internal error: {type(exc).__name__}: {exc}")
 
     def _run(self, job: Job, running: _Running) -> None:
+        if self.launcher is not None:
+            self._run_launched(job, running)
+            return
         ctx = multiprocessing.get_context("spawn")
         reader, writer = ctx.Pipe(duplex=False)
         staging = self.jobs_dir / f"{job.job_id}{STAGING_SUFFIX}"
@@ -453,6 +458,41 @@ class JobManager:
             process.join(10.0)
         try:
             self._finalize(job, outcome, cancel_reason, process.exitcode, staging, running.timed_out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            with self._cond:
+                self._running = None
+                self._cond.notify_all()
+
+    def _run_launched(self, job: Job, running: _Running) -> None:
+        """The job as a Kubernetes Job: submitted, polled, deleted when cancelled or overdue; its bundle lands in
+        the same staging folder a child process would use, and is finalized the same way."""
+        assert self.launcher is not None
+        staging = self.jobs_dir / f"{job.job_id}{STAGING_SUFFIX}"
+        shutil.rmtree(staging, ignore_errors=True)
+        started = time.monotonic()
+
+        def stop() -> bool:
+            with self._cond:
+                if running.cancel_reason is None and self.max_job_s and time.monotonic() - started > self.max_job_s:
+                    running.timed_out = True
+                    running.cancel_reason = f"stopped after {self.max_job_s:g} s (SEQREC_TRAINER_MAX_JOB_S)"
+                return running.cancel_reason is not None or self._closed
+
+        def submitted(name: str) -> None:
+            with self._cond:
+                self._event(job, JobEvent(RUNNING, f"running as Kubernetes Job {name}", time.time(),
+                                          total_epochs=job.total_epochs))
+
+        try:
+            outcome = self.launcher.run(job.job_id, TrainConfig.from_dict(job.config), staging, stop, submitted)
+        except KubernetesError as exc:
+            outcome = ("error", f"could not run the training as a Kubernetes Job: {_clip(str(exc))}")
+        with self._cond:
+            running.finalizing = True
+            cancel_reason = running.cancel_reason or (self._close_reason if outcome is None else None)
+        try:
+            self._finalize(job, outcome, cancel_reason, None, staging, running.timed_out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             with self._cond:

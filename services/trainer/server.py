@@ -13,6 +13,7 @@ import grpc
 from seqrec.proto.v1 import trainer_pb2, trainer_pb2_grpc
 from seqrec.services.ranker.quality_gate import GatePolicy, QualityGate
 from seqrec.services.trainer.jobs import JobManager, JobNotFound, QueueFull, RootInUse, TrainerClosed
+from seqrec.services.trainer.kube_jobs import KubernetesApi, KubernetesError, KubernetesLauncher
 from seqrec.services.trainer.messages import InvalidRequest
 from seqrec.services.trainer.service import BundleStore, StoreUnavailable, StreamsBusy, TrainerServicer
 from seqrec.shared.bundle import BundleError
@@ -69,6 +70,8 @@ class TrainerSettings:
     metrics_address: str = ""  # host:port of the Prometheus /metrics endpoint ("" = none)
     gate_margin: float = 0.0  # SEQREC_GATE_MARGIN: NDCG@10 a job's bundle may lose to the live one and still go live
     gate_min_users: int = 100  # SEQREC_GATE_MIN_USERS: newest held-out interactions the gate needs to judge
+    launcher: str = "process"  # SEQREC_TRAINER_LAUNCHER: process (a child process) or kubernetes (a Job per job)
+    cronjob: str = "seqrec-retrain"  # SEQREC_TRAINER_CRONJOB: whose job template the Kubernetes Jobs copy
     tls: TlsSettings = TlsSettings()  # SEQREC_TLS_*: TLS/mTLS on its port; training processes inherit them
 
     @classmethod
@@ -96,8 +99,26 @@ class TrainerSettings:
             metrics_address=env.optional_address("SEQREC_METRICS_ADDRESS"),
             gate_margin=gate.margin,
             gate_min_users=gate.min_users,
+            launcher=_launcher(env.str("SEQREC_TRAINER_LAUNCHER", "process")),
+            cronjob=env.str("SEQREC_TRAINER_CRONJOB", "seqrec-retrain"),
             tls=tls,
         )
+
+
+def _kubernetes(settings: TrainerSettings) -> KubernetesLauncher | None:
+    """The Kubernetes Job launcher when SEQREC_TRAINER_LAUNCHER=kubernetes (in a pod with a service account)."""
+    if settings.launcher != "kubernetes":
+        return None
+    try:
+        return KubernetesLauncher(KubernetesApi.in_cluster(), settings.cronjob, settings.data_root)
+    except KubernetesError as exc:
+        raise SettingsError(str(exc)) from exc
+
+
+def _launcher(name: str) -> str:
+    if name not in ("process", "kubernetes"):
+        raise SettingsError(f"SEQREC_TRAINER_LAUNCHER: process or kubernetes, got {name!r}")
+    return name
 
 
 class TrainerApp:
@@ -115,7 +136,7 @@ class TrainerApp:
         self.jobs = JobManager(settings.bundle_root, publisher=functools.partial(self.bundles.publish, gate=gate),
                                child_env=child_env,
                                cancel_grace_s=min(5.0, max(settings.grace_s, 1.0)), max_queued=settings.max_queued,
-                               max_job_s=settings.max_job_s)
+                               max_job_s=settings.max_job_s, launcher=_kubernetes(settings))
         if settings.max_streams >= settings.workers:
             raise SettingsError(f"SEQREC_TRAINER_MAX_STREAMS ({settings.max_streams}) must be below "
                                 f"SEQREC_GRPC_WORKERS ({settings.workers}): each stream holds a worker thread")
