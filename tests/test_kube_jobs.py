@@ -70,6 +70,9 @@ def test_a_template_that_does_not_mount_the_trainers_volumes_is_refused():
     outside = TrainConfig(data=DataConfig(data="/srv/other.csv"))
     with pytest.raises(KubernetesError, match="training data /srv/other.csv"):
         job_manifest(template, "abc", outside, STAGING, Path("/data"))
+    items_elsewhere = TrainConfig(data=DataConfig(data="/data/a.csv", items="/srv/items.csv"))
+    with pytest.raises(KubernetesError, match="item table /srv/items.csv"):
+        job_manifest(template, "abc", items_elsewhere, STAGING, Path("/data"))
 
 
 def test_job_status_reads_the_conditions():

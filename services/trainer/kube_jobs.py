@@ -64,7 +64,10 @@ def job_manifest(cronjob: dict[str, Any], job_id: str, config: TrainConfig, stag
         raise KubernetesError(f"CronJob {cronjob['metadata']['name']}: no container named {CONTAINER!r}")
     train = containers[0]
     mounts = [Path(m["mountPath"]) for m in train.get("volumeMounts", [])]
-    for what, path in (("the bundle staging folder", staging), ("the training data", Path(config.data.data))):
+    needed = [("the bundle staging folder", staging), ("the training data", Path(config.data.data))]
+    if config.data.items:
+        needed.append(("the item table", Path(config.data.items)))
+    for what, path in needed:
         if not any(path.is_relative_to(m) for m in mounts):
             raise KubernetesError(f"CronJob {cronjob['metadata']['name']}: {what} {path} is on no volume of its "
                                   f"container (mounts {[str(m) for m in mounts]}); mount the trainer's volumes at "
