@@ -19,6 +19,16 @@ def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return (scores > target_scores).sum(axis=1)
 
 
+def exclude_seen(scores: np.ndarray, histories: list[np.ndarray] | list[list[int]], target_cols: np.ndarray) -> None:
+    """In place: each row's history items (item indices; column = index - 1) score -inf, except the row's
+    target column, which is never excluded: the seen-excluded ranking that serving does."""
+    rows = np.arange(len(target_cols))
+    target_scores = scores[rows, target_cols].copy()
+    for row, history in enumerate(histories):
+        scores[row, np.asarray(history, dtype=np.int64) - 1] = -np.inf
+    scores[rows, target_cols] = target_scores
+
+
 def ranking_metrics(ranks: np.ndarray, cutoffs: tuple[int, ...] = CUTOFFS) -> dict[str, float]:
     """HR@K, NDCG@K for every cutoff and MRR, averaged over users."""
     ranks = np.asarray(ranks, dtype=np.float64)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from seqrec.shared.bundle import HELDOUT, HISTORIES, Bundle
+from seqrec.shared.metrics import exclude_seen, ranking_metrics, target_ranks
 from seqrec.shared.registry import GateRefused
 from seqrec.shared.scoring import Scorer
 from seqrec.shared.settings import Env, SettingsError
@@ -74,10 +75,9 @@ class GateDecision:
 
 
 def ndcg_hr(ranks: np.ndarray) -> tuple[float, float]:
-    """NDCG@10 and HR@10 of 0-based ranks (one relevant item per user)."""
-    hit = ranks < CUTOFF
-    gains = np.where(hit, 1.0 / np.log2(ranks.astype(np.float64) + 2.0), 0.0)
-    return float(gains.mean()), float(hit.mean())
+    """NDCG@10 and HR@10 of 0-based ranks (one relevant item per user), as the trainer reports them."""
+    metrics = ranking_metrics(ranks, cutoffs=(CUTOFF,))
+    return metrics[f"ndcg@{CUTOFF}"], metrics[f"hr@{CUTOFF}"]
 
 
 def newest_training_time(bundle: Bundle) -> float:
@@ -107,15 +107,11 @@ def live_ranks(live: Bundle, histories: Sequence[Sequence[str]], targets: Sequen
         if model_rows:
             hist = [chunk[n] for n in model_rows]
             scores[model_rows] = scorer.scores(encoder.intents(hist), hist)
-        for n, history in enumerate(chunk):
-            target = wanted[start + n]
-            if target is None:
-                continue
-            row = scores[n]
-            target_score = row[target - 1]
-            row[np.asarray(history, dtype=np.int64) - 1] = -np.inf
-            row[target - 1] = target_score
-            ranks[start + n] = int((row > target_score).sum())
+        ranked = [n for n in range(len(chunk)) if wanted[start + n] is not None]
+        if ranked:
+            sub, cols = scores[ranked], np.asarray([wanted[start + n] for n in ranked], dtype=np.int64) - 1
+            exclude_seen(sub, [chunk[n] for n in ranked], cols)
+            ranks[[start + n for n in ranked]] = target_ranks(sub, cols)
     return ranks
 
 

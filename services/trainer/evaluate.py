@@ -7,12 +7,15 @@ measure exactly what serving computes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
 from seqrec.services.trainer.model import BERT4Rec
 from seqrec.services.trainer.split import EvalSet
 from seqrec.shared.history import encode_histories
+from seqrec.shared.metrics import exclude_seen as exclude_seen_items
 from seqrec.shared.metrics import ranking_metrics, target_ranks
 from seqrec.shared.scoring import Scorer
 
@@ -87,25 +90,25 @@ def _block_ranks(model: BERT4Rec, scorer: Scorer, block: EvalSet, mask_index: in
     scores = score_histories(model, block.inputs, mask_index, scorer, batch_size)
     target_cols = block.targets - 1
     if exclude_seen:
-        rows = np.arange(len(block))
-        target_scores = scores[rows, target_cols].copy()
-        for row, history in enumerate(block.inputs):
-            scores[row, history - 1] = -np.inf
-        scores[rows, target_cols] = target_scores  # the target itself is never excluded
+        exclude_seen_items(scores, block.inputs, target_cols)
     sampled = None if popularity is None else _sampled_ranks(scores, block, popularity, rng)
     return target_ranks(scores, target_cols), sampled
+
+
+def _blocks(eval_set: EvalSet, mask_index: int) -> Iterator[EvalSet]:
+    """`eval_set` in consecutive blocks of users whose score matrix stays under EVAL_BLOCK_CELLS floats."""
+    block_users = max(1, EVAL_BLOCK_CELLS // max(mask_index - 1, 1))
+    for start in range(0, len(eval_set), block_users):
+        yield EvalSet(eval_set.inputs[start:start + block_users], eval_set.targets[start:start + block_users])
 
 
 def full_ranks(model: BERT4Rec, eval_set: EvalSet, mask_index: int, exclude_seen: bool, scorer: Scorer,
                batch_size: int = 256) -> np.ndarray:
     """Each user's full-ranking rank of their target (0 = first) through `scorer`, in blocks as `evaluate`."""
-    block_users = max(1, EVAL_BLOCK_CELLS // max(mask_index - 1, 1))
-    ranks = [np.zeros(0, dtype=np.int64)]
     rng = np.random.default_rng(0)  # unused: no sampled negatives
-    for start in range(0, len(eval_set), block_users):
-        block = EvalSet(eval_set.inputs[start:start + block_users], eval_set.targets[start:start + block_users])
-        ranks.append(_block_ranks(model, scorer, block, mask_index, exclude_seen, batch_size, None, rng)[0])
-    return np.concatenate(ranks)
+    return np.concatenate([np.zeros(0, dtype=np.int64)] + [
+        _block_ranks(model, scorer, block, mask_index, exclude_seen, batch_size, None, rng)[0]
+        for block in _blocks(eval_set, mask_index)])
 
 
 def evaluate(model: BERT4Rec, eval_set: EvalSet, mask_index: int, exclude_seen: bool = False,
@@ -121,10 +124,8 @@ def evaluate(model: BERT4Rec, eval_set: EvalSet, mask_index: int, exclude_seen: 
         return {}
     rng = np.random.default_rng(seed)  # drawn block after block: the same draws as scoring all at once
     scorer = model_scorer(model) if scorer is None else scorer
-    block_users = max(1, EVAL_BLOCK_CELLS // max(mask_index - 1, 1))
     full, sampled = [], []
-    for start in range(0, len(eval_set), block_users):
-        block = EvalSet(eval_set.inputs[start:start + block_users], eval_set.targets[start:start + block_users])
+    for block in _blocks(eval_set, mask_index):
         ranks, sampled_ranks = _block_ranks(model, scorer, block, mask_index, exclude_seen, batch_size, popularity, rng)
         full.append(ranks)
         if sampled_ranks is not None:
