@@ -1,7 +1,8 @@
 """Quality as a user gets it: hold each user's last interaction out of the file, train on the rest with `seqrec
 train`, serve every user through `seqrec batch-recommend` and score the lists against the held-out items.
 
-    python bench/served_quality.py --datasets ml beauty --seeds 1 2 3 --out docs/served_quality.md
+    python bench/served_quality.py --datasets ml beauty --seeds 1 2 3 --json-out docs/served_quality.jsonl
+    python bench/served_quality.py --datasets beauty --set causal=true   (extra `seqrec train` flags)
 
 Per dataset and seed this runs exactly what a user types (subprocesses):
 
@@ -140,19 +141,21 @@ def markov_chain(bundle_path: Path, heldout: pd.DataFrame) -> dict[str, float]:
     return ranking_metrics(np.concatenate(ranks), cutoffs=(10,))
 
 
-def run(name: str, seed: int, preset: str, scratch: Path) -> dict:
+def run(name: str, seed: int, preset: str, scratch: Path, extra: tuple[str, ...] = ()) -> dict:
     data, heldout = prepare(name, scratch)
     settings = SETTINGS[name]
-    out = scratch / f"{name}_{preset}_{seed}"
-    log_path = scratch / f"{name}_{preset}_{seed}.log"
+    label = "_".join([preset, *(e.replace("=", "-") for e in extra)])
+    out = scratch / f"{name}_{label}_{seed}"
+    log_path = scratch / f"{name}_{label}_{seed}.log"
     argv = ["seqrec", "train", "--data", str(data), "--user-col", "user_id", "--item-col", "item_id",
             "--time-col", "timestamp", *([] if preset == "none" else ["--preset", preset]),
             "--max-len", str(settings["max_len"]), "--epochs", "1000", "--patience", str(settings["patience"]),
-            "--seed", str(seed), "--out", str(out / "bundles"), "--no-progress"]
+            "--seed", str(seed), "--out", str(out / "bundles"), "--no-progress",
+            *(arg for e in extra for arg in (f"--{e.split('=', 1)[0]}", e.split("=", 1)[1]))]
     started = time.perf_counter()
     bundle = Path(json.loads(_run(argv, log_path).strip().splitlines()[-1])["bundle"])
     train_wall = time.perf_counter() - started
-    result = {"dataset": name, "seed": seed, "preset": preset, "bundle": str(bundle),
+    result = {"dataset": name, "seed": seed, "preset": preset, "extra": list(extra), "bundle": str(bundle),
               "train_command": " ".join(argv), "train_wall_seconds": round(train_wall, 1)}
     for key, flag in (("served", "--exclude-seen"), ("served_seen_kept", "--no-exclude-seen")):
         recs = out / f"{key}.parquet"
@@ -197,10 +200,10 @@ def report(results: list[dict]) -> str:
              "| dataset | settings | seeds | served NDCG@10 | served HR@10 | seen kept NDCG@10 | encoder alone NDCG@10 "
              "| Markov chain NDCG@10 | epochs (best) + refit | training wall | item positions / s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str, tuple[str, ...]], list[dict]] = {}
     for r in results:
-        groups.setdefault((r["dataset"], r["preset"]), []).append(r)
-    for (name, preset), runs in groups.items():
+        groups.setdefault((r["dataset"], r["preset"], tuple(r.get("extra", ()))), []).append(r)
+    for (name, preset, extra), runs in groups.items():
         cells = [_mean_sd([r[key][metric] for r in runs])
                  for key, metric in (("served", "ndcg@10"), ("served", "hr@10"), ("served_seen_kept", "ndcg@10"),
                                      ("encoder_alone", "ndcg@10"), ("markov", "ndcg@10"))]
@@ -208,7 +211,7 @@ def report(results: list[dict]) -> str:
                            for sel in (r["selection"] for r in runs))
         wall = _mean_sd([r["train_wall_seconds"] for r in runs], 0) + " s"
         speed = f"{np.mean([r['positions_per_s'] for r in runs]):,.0f}"
-        settings = "spec defaults" if preset == "none" else preset
+        settings = " ".join(["spec defaults" if preset == "none" else preset, *(f"`--{e}`" for e in extra)])
         lines.append(f"| {name} | {settings} | {len(runs)} | {' | '.join(cells)} | {epochs} | {wall} | {speed} |")
     for name, before in BEFORE.items():
         if any(r["dataset"] == name for r in results):
@@ -224,6 +227,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["ml", "beauty"], choices=sorted(SETTINGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1])
     parser.add_argument("--preset", default="accuracy", help="a preset name, or none for the spec's defaults")
+    parser.add_argument("--set", dest="extra", nargs="*", default=[], metavar="FLAG=VALUE",
+                        help="extra seqrec train flags, e.g. causal=true eval-every=2")
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/seqrec-served"))
     parser.add_argument("--json-out", type=Path, default=None, help="append each run's result here (JSON lines)")
     parser.add_argument("--report", type=Path, default=None, help="print the Markdown table of these JSON lines")
@@ -233,7 +238,7 @@ def main() -> None:
         return
     for name in args.datasets:
         for seed in args.seeds:
-            result = run(name, seed, args.preset, args.scratch)
+            result = run(name, seed, args.preset, args.scratch, tuple(args.extra))
             if args.json_out:
                 with open(args.json_out, "a") as f:
                     f.write(json.dumps(result) + "\n")

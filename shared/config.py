@@ -27,6 +27,7 @@ class Hyperparameters:
     mask_ratio: float = 0.15  # share of items hidden during training
     last_item_mask_share: float = 0.5  # share of sequences trained as next-item examples (random cut, [MASK] last)
     next_item_context_ratio: float = 0.0  # next-item rows: share of the items before the target also masked (Cloze)
+    causal: bool = False  # causal next-item model (SASRec-style) instead of Cloze; masking settings then unused
     hidden_size: int = 64  # embedding width; divisible by heads
     depth: int = 2  # Transformer encoder layers
     heads: int = 4  # attention heads

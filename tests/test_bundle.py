@@ -19,11 +19,11 @@ from seqrec.shared.scoring import ItemParts, Scorer
 from seqrec.shared.sequence_prior import SequencePrior
 
 
-@pytest.mark.parametrize("tying,attn_mask", [(False, True), (True, False)])
-def test_onnx_matches_torch_at_several_lengths_with_padding(tmp_path, tying, attn_mask):
+@pytest.mark.parametrize("tying,attn_mask,causal", [(False, True, False), (True, False, False), (False, True, True)])
+def test_onnx_matches_torch_at_several_lengths_with_padding(tmp_path, tying, attn_mask, causal):
     torch.manual_seed(0)
     model = BERT4Rec(ModelConfig(n_indices=202, max_len=16, hidden_size=32, heads=4, weight_tying=tying,
-                                 use_attention_mask=attn_mask, transition_dim=16)).eval()
+                                 use_attention_mask=attn_mask, transition_dim=16, causal=causal)).eval()
     path = export_encoder(model, tmp_path / "encoder.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)

@@ -2,7 +2,7 @@
 
 import torch
 
-from seqrec.services.trainer.masking import cloze_mask
+from seqrec.services.trainer.masking import causal_targets, cloze_mask
 
 N_ITEMS, MASK = 50, 51
 
@@ -113,3 +113,16 @@ def test_next_item_rows_with_context_masking():
     assert ((labels == 0) | (labels == inputs) | (inputs == MASK) | (inputs <= N_ITEMS)).all()
     plain = cloze_mask(seqs, 0.15, MASK, N_ITEMS, 1.0, torch.Generator().manual_seed(3))
     assert ((plain[1][:, :-1] == 0).all())  # without it, next-item rows keep one target
+
+
+def test_causal_targets_label_every_item_but_the_first_and_hide_the_newest():
+    seqs = _batch()
+    inputs, labels = causal_targets(seqs, MASK)
+    real = seqs != 0
+    first = real.int().argmax(1)
+    rows = torch.arange(len(seqs))
+    assert (labels[rows, first] == 0).all()
+    assert (labels.ne(0).sum(1) == real.sum(1) - 1).all()  # one target per item after the first
+    assert torch.equal(labels[labels != 0], seqs[labels != 0])
+    assert (inputs[:, -1] == MASK).all()  # the newest item is answered from the slots before it
+    assert torch.equal(inputs[:, :-1], seqs[:, :-1])

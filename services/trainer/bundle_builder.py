@@ -40,7 +40,7 @@ def model_config(hp: Hyperparameters, n_indices: int, hybrid: bool) -> ModelConf
                        heads=hp.heads, dropout=hp.dropout, weight_tying=hp.weight_tying,
                        use_attention_mask=hp.use_attention_mask, text_dim=TEXT_DIM if hybrid else 0,
                        id_dropout=hp.id_dropout, content_dim=TEXT_DIM if hybrid else 0,
-                       transition_dim=hp.hidden_size)
+                       transition_dim=hp.hidden_size, causal=hp.causal)
 
 
 @dataclass

@@ -10,6 +10,7 @@ end) matters: fixed cuts give one next-item target per window, which the model m
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from seqrec.shared.vocab import PAD_INDEX
 
@@ -76,4 +77,19 @@ def cloze_mask(
     random_items = torch.randint(1, n_items + 1, seqs.shape, generator=generator, device=device)
     inputs = torch.where(masked & (action < 0.8), torch.full_like(seqs, mask_index), seqs)
     inputs = torch.where(masked & (action >= 0.8) & (action < 0.9), random_items, inputs)
+    return inputs, labels
+
+
+def causal_targets(seqs: torch.Tensor, mask_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) of a causal-mode batch (`ModelConfig.causal`) from left-padded `seqs` [B, L].
+
+    Every item but a row's first is a label (the slot before it answers for it); inputs are the row with its
+    newest item replaced by [MASK], so the newest item is learned from the slots before it exactly as serving
+    asks, with the history's last item one slot before the [MASK].
+    """
+    real = seqs != PAD_INDEX
+    first = real & ~F.pad(real[:, :-1], (1, 0), value=False)
+    labels = torch.where(real & ~first, seqs, torch.full_like(seqs, PAD_INDEX))
+    inputs = seqs.clone()
+    inputs[:, -1] = torch.where(real[:, -1], torch.full_like(seqs[:, -1], mask_index), inputs[:, -1])
     return inputs, labels

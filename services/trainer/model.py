@@ -22,6 +22,11 @@ factorized first-order Markov chain (the "FMC" of Rendle et al.'s FPMC) learned 
 What follows what is a sparse, high-rank pattern that the 64-wide encoder compresses poorly: a plain
 first-order Markov chain beat the encoder alone on both benchmark datasets (docs/training_benchmark.md).
 
+Causal mode (`causal`, an option beside the Cloze model): attention only looks back, and the intent for a
+slot is read at the slot before it, which has seen exactly the items before the answer. Trained like SASRec:
+every item of a window is the target of the slot before it, so a row carries one target per item instead of
+Cloze's few. It answers next-item queries like the Cloze model; a gap is answered from the items before it.
+
 Scoring: `intent(ids)` [B, D] · `item_vectors()` [n_indices, D] is exactly the model's logit for every item
 (columns: `shared.manifest.Layout`). Export hands `item_parts()` to the torch-free scoring contract
 (`seqrec.shared.scoring`), which rebuilds the same rows and owns every term added after training.
@@ -58,6 +63,7 @@ class ModelConfig:
     id_dropout: float = 0.0  # hybrid training: share of items (with text) whose id part is hidden per step
     content_dim: int = 0  # > 0: content affinity over frozen text embeddings of this width (hybrid and its export)
     transition_dim: int = 0  # > 0: factorized last-item transitions of this width
+    causal: bool = False  # next-item mode: each slot attends to itself and the slots before it (SASRec-style)
 
     @property
     def layout(self) -> Layout:
@@ -284,6 +290,10 @@ class BERT4Rec(nn.Module):
         pos = torch.arange(self.cfg.max_len - t, self.cfg.max_len, device=ids.device)
         x = self.emb_drop(self.emb_norm(self.embed_items(ids, keep) + self.pos_emb(pos)))
         key_mask = (ids != PAD_INDEX)[:, None, None, :] if self.cfg.use_attention_mask else None  # (B,1,1,T)
+        if self.cfg.causal:  # every slot also attends to itself, so a padding slot never has an empty row
+            earlier = torch.ones(t, t, dtype=torch.bool, device=ids.device).tril()
+            key_mask = earlier if key_mask is None else (key_mask & earlier) | torch.eye(t, dtype=torch.bool,
+                                                                                            device=ids.device)
         for block in self.blocks:
             x = block(x, key_mask)
         return self.final_norm(x)
@@ -348,6 +358,16 @@ class BERT4Rec(nn.Module):
                 content = content * (1.0 + new * GATE_SCALE * self.new_content)[:, None]
         return CandidateRows(base, bias, content)
 
+    def read_slot(self, ids: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """The slot whose hidden state answers for `slot` (B,): the slot itself, or in causal mode the one before
+        it (it has seen exactly the items before `slot`), unless nothing comes before it (an empty history reads
+        its [MASK] slot, however much padding it has)."""
+        if not self.cfg.causal:
+            return slot
+        before = (slot - 1).clamp(min=0)
+        has_item = (slot > 0) & (ids.gather(1, before[:, None]).squeeze(1) != PAD_INDEX)
+        return torch.where(has_item, before, slot)
+
     def answer_slot(self, ids: torch.Tensor) -> torch.Tensor:
         """(B,) the slot each row is answered at: its last [MASK] (the last slot for a next-item row, an inner one
         for a gap), or the last slot when a row holds none."""
@@ -362,7 +382,8 @@ class BERT4Rec(nn.Module):
         the slot, and a constant 1 that carries the bias."""
         slot = self.answer_slot(ids)
         hidden = self.encode(ids)
-        h = self.project(hidden.gather(1, slot[:, None, None].expand(-1, 1, hidden.shape[-1])).squeeze(1))
+        read = self.read_slot(ids, slot)
+        h = self.project(hidden.gather(1, read[:, None, None].expand(-1, 1, hidden.shape[-1])).squeeze(1))
         parts = [h]
         if self.cfg.content_dim:
             at_end = (slot == ids.shape[1] - 1).to(h.dtype)[:, None]

@@ -32,7 +32,7 @@ from seqrec.services.trainer.losses import (
     per_sequence_mean,
     sampled_softmax_loss,
 )
-from seqrec.services.trainer.masking import cloze_mask
+from seqrec.services.trainer.masking import causal_targets, cloze_mask
 from seqrec.services.trainer.model import BERT4Rec
 from seqrec.services.trainer.progress_display import LossDisplay, epoch_line
 from seqrec.services.trainer.sparse_rows import RowAdamW, all_reduce_sparse_mean, clip_grad_norm
@@ -147,7 +147,8 @@ class ClozeLoss(nn.Module):
         flat = (labels != 0).view(-1).nonzero().squeeze(1)  # masked positions only
         keep = model.id_keep(self.keep_generator)  # hybrid: which items keep their id part this step
         hidden = model.encode(inputs, keep)
-        out = model.project(hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat))  # (P, C)
+        read = flat - 1 if model.cfg.causal else flat  # causal: the slot before a target answers for it
+        out = model.project(hidden.reshape(-1, hidden.shape[-1]).index_select(0, read))  # (P, C)
         targets = labels.view(-1).index_select(0, flat)
         if model.cfg.transition_dim:  # the transition term joins the dot product: (P, C + R) · (n, C + R)
             previous = model.previous_items(inputs).reshape(-1).index_select(0, flat)
@@ -168,13 +169,15 @@ class ClozeLoss(nn.Module):
         return per_sequence_mean(position_loss, flat // inputs.shape[1], inputs.shape[0])
 
     def _content_term(self, inputs: torch.Tensor, flat: torch.Tensor) -> ContentTerm | None:
-        """Content affinity at the masked last slots (the serving position), from the items before them."""
+        """Content affinity at the targets answered as serving answers, from the items before them: the masked
+        last slots, or in causal mode every target (each is answered from exactly the items before it)."""
         model = self.model
         if not model.cfg.content_dim:
             return None
         width = inputs.shape[1]
-        positions = (flat % width == width - 1).nonzero().squeeze(1)
-        query = model.content_query(inputs.index_select(0, flat.index_select(0, positions) // width))
+        positions = (flat >= 0 if model.cfg.causal else flat % width == width - 1).nonzero().squeeze(1)
+        chosen = flat.index_select(0, positions)
+        query = model.content_query(inputs.index_select(0, chosen // width), chosen % width)
         return ContentTerm(positions, query)
 
 
@@ -311,8 +314,11 @@ def train_model(
         for b, (rows, width) in enumerate(plan):
             index = torch.from_numpy(rows).to(data.device, non_blocking=True)
             batch = data[index, -width:].to(device, non_blocking=True)
-            inputs, labels = cloze_mask(batch, hp.mask_ratio, mask_index, n_warm, hp.last_item_mask_share,
-                                        generator, hp.next_item_context_ratio)
+            if hp.causal:
+                inputs, labels = causal_targets(batch, mask_index)
+            else:
+                inputs, labels = cloze_mask(batch, hp.mask_ratio, mask_index, n_warm, hp.last_item_mask_share,
+                                            generator, hp.next_item_context_ratio)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = step(inputs, labels)
             for optimizer in optimizers:
