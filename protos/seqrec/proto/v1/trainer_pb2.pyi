@@ -36,7 +36,7 @@ JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
 
 class Hyperparameters(_message.Message):
-    __slots__ = ("max_len", "sampling", "window_stride", "mask_ratio", "last_item_mask_share", "hidden_size", "depth", "heads", "batch_size", "epochs", "lr", "dropout", "weight_tying", "grad_clip", "use_attention_mask", "negative_samples", "top_k", "patience", "seed", "weight_decay", "eval_every", "id_dropout", "new_item_exposure", "next_item_context_ratio", "refit_share", "time_budget")
+    __slots__ = ("max_len", "sampling", "window_stride", "mask_ratio", "last_item_mask_share", "hidden_size", "depth", "heads", "batch_size", "epochs", "lr", "dropout", "weight_tying", "grad_clip", "use_attention_mask", "negative_samples", "top_k", "patience", "seed", "weight_decay", "eval_every", "id_dropout", "new_item_exposure", "next_item_context_ratio", "refit_share", "time_budget", "causal")
     MAX_LEN_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     WINDOW_STRIDE_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class Hyperparameters(_message.Message):
     NEXT_ITEM_CONTEXT_RATIO_FIELD_NUMBER: _ClassVar[int]
     REFIT_SHARE_FIELD_NUMBER: _ClassVar[int]
     TIME_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    CAUSAL_FIELD_NUMBER: _ClassVar[int]
     max_len: int
     sampling: SequenceSampling
     window_stride: int
@@ -89,7 +90,8 @@ class Hyperparameters(_message.Message):
     next_item_context_ratio: float
     refit_share: float
     time_budget: float
-    def __init__(self, max_len: _Optional[int] = ..., sampling: _Optional[_Union[SequenceSampling, str]] = ..., window_stride: _Optional[int] = ..., mask_ratio: _Optional[float] = ..., last_item_mask_share: _Optional[float] = ..., hidden_size: _Optional[int] = ..., depth: _Optional[int] = ..., heads: _Optional[int] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., lr: _Optional[float] = ..., dropout: _Optional[float] = ..., weight_tying: _Optional[bool] = ..., grad_clip: _Optional[float] = ..., use_attention_mask: _Optional[bool] = ..., negative_samples: _Optional[int] = ..., top_k: _Optional[int] = ..., patience: _Optional[int] = ..., seed: _Optional[int] = ..., weight_decay: _Optional[float] = ..., eval_every: _Optional[int] = ..., id_dropout: _Optional[float] = ..., new_item_exposure: _Optional[float] = ..., next_item_context_ratio: _Optional[float] = ..., refit_share: _Optional[float] = ..., time_budget: _Optional[float] = ...) -> None: ...
+    causal: bool
+    def __init__(self, max_len: _Optional[int] = ..., sampling: _Optional[_Union[SequenceSampling, str]] = ..., window_stride: _Optional[int] = ..., mask_ratio: _Optional[float] = ..., last_item_mask_share: _Optional[float] = ..., hidden_size: _Optional[int] = ..., depth: _Optional[int] = ..., heads: _Optional[int] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., lr: _Optional[float] = ..., dropout: _Optional[float] = ..., weight_tying: _Optional[bool] = ..., grad_clip: _Optional[float] = ..., use_attention_mask: _Optional[bool] = ..., negative_samples: _Optional[int] = ..., top_k: _Optional[int] = ..., patience: _Optional[int] = ..., seed: _Optional[int] = ..., weight_decay: _Optional[float] = ..., eval_every: _Optional[int] = ..., id_dropout: _Optional[float] = ..., new_item_exposure: _Optional[float] = ..., next_item_context_ratio: _Optional[float] = ..., refit_share: _Optional[float] = ..., time_budget: _Optional[float] = ..., causal: _Optional[bool] = ...) -> None: ...
 
 class TrainingRequest(_message.Message):
     __slots__ = ("data_uri", "items_uri", "user_column", "item_column", "timestamp_column", "metadata_columns", "display_name_column", "min_user_interactions", "min_item_interactions", "preset", "hyperparameters", "publish_on_success", "description", "timestamp_unit")
