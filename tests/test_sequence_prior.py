@@ -140,3 +140,45 @@ def test_fit_leans_on_counts_when_the_encoder_knows_nothing():
     assert fit.prior.transition_weight > 0
     assert fit.ndcg > 0.9 > fit.encoder_ndcg
     assert fit.users == len(split.valid)
+
+
+def _cycle_model(n_items: int, transition_sign: float) -> BERT4Rec:
+    """An untrained encoder whose factorized transitions say item i leads to i + 1 (sign 1) or away from it (-1):
+    prev(i) · next(j) is large exactly when j = i + 1, times the sign."""
+    torch.manual_seed(0)
+    model = BERT4Rec(ModelConfig(n_indices=n_items + 2, max_len=12, hidden_size=16, heads=2,
+                                 transition_dim=n_items + 2)).eval()
+    with torch.no_grad():
+        eye = torch.eye(n_items + 2)
+        model.prev_emb.weight.copy_(eye.roll(1, dims=1) * 500.0 * transition_sign)
+        model.prev_emb.weight[0].zero_()
+        model.next_emb.weight.copy_(eye)
+    return model
+
+
+def test_fit_weighs_the_factorized_transitions_by_what_they_are_worth():
+    """Users walk i → i + 1 (the last item wraps to the first): transitions that say so are kept at weight 1,
+    transitions that say the opposite are switched off and the counts carry the score."""
+    rng = np.random.default_rng(2)
+    n_items = 30
+    sequences = [np.array([(start + step) % n_items + 1 for step in range(int(rng.integers(6, 20)))])
+                 for start in rng.integers(0, n_items, size=150)]
+    split = leave_one_out(sequences)
+    helpful = _cycle_model(n_items, 1.0)
+    fit = fit_sequence_prior(helpful, model_scorer(helpful), split.train, split.valid, n_items + 1)
+    assert fit.factorized_weight == 1.0 and fit.encoder_ndcg > 0.5
+    misleading = _cycle_model(n_items, -1.0)
+    fit = fit_sequence_prior(misleading, model_scorer(misleading), split.train, split.valid, n_items + 1)
+    assert fit.factorized_weight == 0.0 and fit.ndcg > 0.9 > fit.encoder_ndcg
+
+
+def test_the_factorized_weight_scales_the_transition_columns_of_the_rows():
+    model = _cycle_model(10, 1.0)
+    parts = model.item_parts()
+    layout = parts.layout
+    halved = parts.with_factorized_weight(0.5).rows()
+    full = parts.rows()
+    np.testing.assert_allclose(halved[:, layout.transition_cols], 0.5 * full[:, layout.transition_cols])
+    np.testing.assert_array_equal(halved[:, layout.model_cols], full[:, layout.model_cols])
+    np.testing.assert_array_equal(halved[:, layout.bias_col], full[:, layout.bias_col])
+    assert parts.with_factorized_weight(1.0) is parts
