@@ -4,7 +4,7 @@
 
 The score (`shared/scoring.py`) is a sum of terms: the encoder's affinity (model columns), content affinity
 (content columns, hybrid), factorized transitions (transition columns), item biases (the bias column: id and
-text bias, new-item marks, exposure boost), transition counts and the repeat bias (the sequence prior), and,
+text bias, new-item marks, exposure boost), sequential rules and the repeat bias (the sequence prior), and,
 in hybrid bundles, the exposure boost of items nobody has interacted with. Each row scores the trainer's
 leave-one-out test users (each user's last item from everything before it, as `metrics.json`'s `test`;
 "seen excluded" removes every earlier item of the user, as `test_seen_excluded` does)
@@ -39,7 +39,7 @@ CUTOFF = 10
 class Variant:
     name: str
     columns_off: tuple[str, ...] = ()  # intent column groups zeroed: model, content, transition, bias
-    transition_weight: bool = True  # the prior's transition counts kept
+    transition_weight: bool = True  # the prior's sequential rules kept
     repeat_bias: bool = True  # the prior's repeat bias kept
     exposure: bool = True  # the exposure boost kept (hybrid)
 
@@ -61,7 +61,7 @@ def terms(bundle: Bundle) -> list[str]:
     out += ["content affinity"] if layout.content else []
     out += ["factorized transitions"] if layout.transition else []
     out += ["item biases"]
-    out += ["transition counts"] if spec.prior and spec.prior.transition_weight else []
+    out += ["sequential rules"] if spec.prior and spec.prior.transition_weight else []
     out += ["repeat bias"] if spec.prior and spec.prior.repeat_bias else []
     out += ["exposure boost"] if spec.exposure_boost else []
     return out
@@ -74,7 +74,7 @@ COLUMN_OF = {"encoder affinity": "model", "content affinity": "content", "factor
 def variant(term_set: set[str], name: str) -> Variant:
     """The score with exactly the terms `term_set`."""
     return Variant(name, tuple(col for term, col in COLUMN_OF.items() if term not in term_set),
-                   "transition counts" in term_set, "repeat bias" in term_set, "exposure boost" in term_set)
+                   "sequential rules" in term_set, "repeat bias" in term_set, "exposure boost" in term_set)
 
 
 def scorer_for(bundle: Bundle, v: Variant) -> Scorer:

@@ -64,6 +64,8 @@ class PriorSpec:
     repeat_bias: float
     window: int  # history items that count as seen: max_len - 1
     max_successors: int
+    reach: int = 1  # pairs up to this many steps apart are counted, each 1 / steps (1: bundles before rules)
+    anchors: int = 1  # newest history items whose successors vote, the k-th newest weighing 1 / k
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,9 @@ class ScoringSpec:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["formula"] = ("intent · row[i] + transition_weight · log(1 + count(last history item → i)) "
-                          "+ repeat_bias · [i among the last `window` history items]")
+        out["formula"] = ("intent · row[i] + transition_weight · Σ_k≤anchors (1/k) · log(1 + rule(k-th newest "
+                          "history item → i)) + repeat_bias · [i among the last `window` history items]; "
+                          "rule(a → i) = Σ over training pairs a … i at most `reach` steps apart of 1/steps")
         out["tie_break"] = "higher score first, then lower item index"
         return out
 

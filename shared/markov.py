@@ -22,7 +22,8 @@ class MarkovChain:
 
     def __init__(self, sequences: Sequence[np.ndarray], n_items: int):
         self.n_items = n_items
-        self.counts = SequencePrior.from_sequences(sequences, n_items + 2, 1, max_successors=n_items)
+        self.counts = SequencePrior.from_sequences(sequences, n_items + 2, 1, max_successors=n_items, reach=1,
+                                                   anchors=1)
         popularity = np.bincount(np.concatenate(sequences), minlength=n_items + 1)[1:].astype(np.float64)
         self.tie_break = popularity / (popularity.max() + 1.0)  # below one transition count
 

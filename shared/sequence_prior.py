@@ -1,16 +1,20 @@
 """Count-based sequence prior: two terms added to the encoder's logit that a dot product cannot hold.
 
     score(i | history) = intent · item_vectors[i]
-                         + transition_weight · log(1 + count(last history item → i))
+                         + transition_weight · Σ_{k=1..anchors} (1/k) · log(1 + rule(h_k → i))
                          + repeat_bias · [i is in the history window]
 
-A gap (gap filling: items before and after it) reads the counts from both sides with the same weight,
-`transition_weight · (log(1 + count(item before → i)) + log(1 + count(i → item after)))`: the same evidence,
-read forwards and backwards; the window is then the gap's (`gap_window`).
+where h_k is the k-th newest history item and `rule(a → i)` the sequential rule of Ludewig et al. (RecSys 2019):
+over the training sequences, every time `i` came at most `reach` steps after `a`, 1 / steps. With reach 1 and
+one anchor this is the first-order Markov chain of transition counts.
 
-- Transition counts: how often `i` directly followed the last history item in the training sequences.
-  What follows what is sparse and high-rank; a first-order Markov chain on raw counts beat the encoder
-  alone on both benchmark datasets, and the sum beats both (docs/training_benchmark.md).
+A gap (gap filling: items before and after it) reads the rules from both sides with the same weight: the
+newest items before it forwards, the first items after it backwards (`rule(i → a_k)`, a_k the k-th item after
+the gap); the window is then the gap's (`gap_window`).
+
+- Sequential rules: what follows what is sparse and high-rank, and the 64-wide encoder compresses it poorly.
+  Counting what came within a few steps (not only right after), from the last few items (not only the last),
+  is much stronger than the first-order chain wherever the order of nearby items is loose (docs/ablation.md).
 - Repeat bias: whether people consume again what they already have. Movie ratings never repeat, so a
   model that learns that puts seen items last; a shop where people reorder learns a bias near zero.
 
@@ -30,17 +34,20 @@ import numpy as np
 from seqrec.shared.history import gap_window, history_window
 from seqrec.shared.manifest import PriorSpec
 
-MAX_SUCCESSORS = 256  # successors kept per item, the most frequent first (ties: lower index)
+MAX_SUCCESSORS = 256  # successors kept per item, the strongest rules first (ties: lower index)
+RULE_REACH = 10  # steps within which a later item counts as following an earlier one
+RULE_ANCHORS = 10  # newest history items (first items after a gap) whose rules vote
 INDPTR, SUCCESSORS, LOG_COUNTS = "prior_indptr.npy", "prior_successors.npy", "prior_log_counts.npy"
 PRED_INDPTR, PREDECESSORS, PRED_LOG_COUNTS = ("prior_pred_indptr.npy", "prior_predecessors.npy",
                                               "prior_pred_log_counts.npy")
 
 
-def _adjacency(previous: np.ndarray, following: np.ndarray, n_indices: int,
+def _adjacency(previous: np.ndarray, following: np.ndarray, weights: np.ndarray, n_indices: int,
                max_neighbours: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(indptr, neighbours, log counts) of the pairs previous → following: the `max_neighbours` most frequent
-    neighbours of each index (ties: lower index)."""
-    codes, counts = np.unique(previous * n_indices + following, return_counts=True)
+    """(indptr, neighbours, log(1 + summed weight)) of the weighted pairs previous → following: the
+    `max_neighbours` strongest neighbours of each index (ties: lower index)."""
+    codes, position = np.unique(previous * n_indices + following, return_inverse=True)
+    counts = np.bincount(position.reshape(-1), weights=weights, minlength=len(codes))
     previous, following = codes // n_indices, codes % n_indices
     order = np.lexsort((following, -counts, previous))  # by previous item, most frequent first
     previous, following, counts = previous[order], following[order], counts[order]
@@ -62,16 +69,26 @@ class SequencePrior:
     window: int  # history items that count as seen: the encoder's window, max_len - 1
     transition_weight: float = 0.0
     repeat_bias: float = 0.0
+    reach: int = 1  # pairs up to this many steps apart were counted, each 1 / steps
+    anchors: int = 1  # newest history items whose rules vote, the k-th newest weighing 1 / k
 
     @classmethod
     def from_sequences(cls, sequences: Sequence[np.ndarray], n_indices: int, window: int,
-                       max_successors: int = MAX_SUCCESSORS) -> SequencePrior:
-        """Transition counts over consecutive pairs of `sequences` (item indices), both ways; weights zero."""
-        pairs = [seq for seq in sequences if len(seq) >= 2]
-        previous = np.concatenate([seq[:-1] for seq in pairs]).astype(np.int64) if pairs else np.zeros(0, np.int64)
-        following = np.concatenate([seq[1:] for seq in pairs]).astype(np.int64) if pairs else np.zeros(0, np.int64)
-        return cls(*_adjacency(previous, following, n_indices, max_successors),
-                   *_adjacency(following, previous, n_indices, max_successors), window)
+                       max_successors: int = MAX_SUCCESSORS, reach: int = RULE_REACH,
+                       anchors: int = RULE_ANCHORS) -> SequencePrior:
+        """Sequential rules over the pairs of `sequences` (item indices) at most `reach` steps apart, both ways;
+        weights zero."""
+        previous, following, weights = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+        for seq in sequences:
+            seq = np.asarray(seq, dtype=np.int64)
+            for steps in range(1, min(reach, len(seq) - 1) + 1):
+                previous.append(seq[:-steps])
+                following.append(seq[steps:])
+                weights.append(np.full(len(seq) - steps, 1.0 / steps))
+        pairs = np.concatenate(previous), np.concatenate(following), np.concatenate(weights)
+        return cls(*_adjacency(pairs[0], pairs[1], pairs[2], n_indices, max_successors),
+                   *_adjacency(pairs[1], pairs[0], pairs[2], n_indices, max_successors), window,
+                   reach=reach, anchors=anchors)
 
     def weighted(self, transition_weight: float, repeat_bias: float) -> SequencePrior:
         return dataclasses.replace(self, transition_weight=float(transition_weight), repeat_bias=float(repeat_bias))
@@ -89,18 +106,20 @@ class SequencePrior:
 
     def components(self, history: Sequence[int], following: Sequence[int] | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(indices, log counts, seen) of every item the prior touches for `history` (item indices, oldest
-        first): the successors of its last item and the items of its window, each index once. With `following`
-        (a gap between `history` and `following`) also the predecessors of the first item after the gap, and
-        the window is the gap's."""
+        """(indices, rule evidence, seen) of every item the prior touches for `history` (item indices, oldest
+        first): the successors of its newest `anchors` items (the k-th newest's log counts weighed 1 / k) and
+        the items of its window, each index once. With `following` (a gap between `history` and `following`)
+        also the predecessors of the first `anchors` items after the gap, and the window is the gap's."""
         before, after = self.context(history, following)
         seen_items = np.asarray([*before, *after], dtype=np.int64)
         if len(seen_items) == 0:
             empty = np.zeros(0, np.int64)
             return empty, np.zeros(0, np.float32), np.zeros(0, np.float32)
-        linked = [self._neighbours(self.indptr, self.successors, self.log_counts, before[-1] if len(before) else 0),
-                  self._neighbours(self.pred_indptr, self.predecessors, self.pred_log_counts,
-                                   after[0] if len(after) else 0)]
+        newest_first = list(before[::-1][:self.anchors])
+        linked = [self._neighbours(self.indptr, self.successors, self.log_counts, anchor, k)
+                  for k, anchor in enumerate(newest_first, start=1)]
+        linked += [self._neighbours(self.pred_indptr, self.predecessors, self.pred_log_counts, anchor, k)
+                   for k, anchor in enumerate(after[:self.anchors], start=1)]
         n_linked = sum(len(items) for items, _ in linked)
         indices, position = np.unique(np.concatenate([*(items for items, _ in linked), seen_items]),
                                       return_inverse=True)
@@ -111,12 +130,13 @@ class SequencePrior:
         return indices, log_counts, seen
 
     @staticmethod
-    def _neighbours(indptr: np.ndarray, items: np.ndarray, log_counts: np.ndarray,
-                    index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(neighbours, log counts) of `index`; none for padding (0) or an index the counts do not cover."""
+    def _neighbours(indptr: np.ndarray, items: np.ndarray, log_counts: np.ndarray, index: int,
+                    rank: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(neighbours, log counts / rank) of `index`, the rank-th anchor; none for padding (0) or an index the
+        counts do not cover."""
         if not 0 < index < len(indptr) - 1:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        return items[indptr[index]:indptr[index + 1]], log_counts[indptr[index]:indptr[index + 1]]
+        return items[indptr[index]:indptr[index + 1]], log_counts[indptr[index]:indptr[index + 1]] / np.float32(rank)
 
     def terms(self, history: Sequence[int], following: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(indices, score added to each) for `history` (or the gap before `following`); every other item gets
@@ -135,7 +155,8 @@ class SequencePrior:
                 PRED_INDPTR: self.pred_indptr, PREDECESSORS: self.predecessors, PRED_LOG_COUNTS: self.pred_log_counts}
 
     def spec(self) -> PriorSpec:
-        return PriorSpec(self.transition_weight, self.repeat_bias, self.window, MAX_SUCCESSORS)
+        return PriorSpec(self.transition_weight, self.repeat_bias, self.window, MAX_SUCCESSORS, self.reach,
+                         self.anchors)
 
     @classmethod
     def from_bundle(cls, bundle: Any) -> SequencePrior | None:
@@ -149,4 +170,4 @@ class SequencePrior:
         else:  # written before gap filling: such a bundle only answers after the last item
             backward = np.zeros_like(indptr), np.zeros(0, np.int64), np.zeros(0, np.float32)
         return cls(indptr, bundle.array(SUCCESSORS), bundle.array(LOG_COUNTS), *backward, spec.window,
-                   spec.transition_weight, spec.repeat_bias)
+                   spec.transition_weight, spec.repeat_bias, spec.reach, spec.anchors)

@@ -11,13 +11,41 @@ from seqrec.services.trainer.evaluate import model_scorer
 from seqrec.services.trainer.model import BERT4Rec, ModelConfig
 from seqrec.services.trainer.prior_fit import fit_sequence_prior
 from seqrec.services.trainer.split import leave_one_out
+from seqrec.shared.manifest import Layout, ScoringSpec
+from seqrec.shared.markov import MarkovChain
 from seqrec.shared.scoring import Scorer
 from seqrec.shared.sequence_prior import SequencePrior
 
 
-def _prior(sequences, n_indices=8, window=3, max_successors=256, weight=1.0, bias=0.0) -> SequencePrior:
+def _prior(sequences, n_indices=8, window=3, max_successors=256, weight=1.0, bias=0.0, reach=1,
+           anchors=1) -> SequencePrior:
+    """A prior over `sequences`; first-order (reach 1, one anchor) unless asked, so counts are easy to check."""
     seqs = [np.array(s, dtype=np.int64) for s in sequences]
-    return SequencePrior.from_sequences(seqs, n_indices, window, max_successors).weighted(weight, bias)
+    return SequencePrior.from_sequences(seqs, n_indices, window, max_successors, reach, anchors).weighted(weight, bias)
+
+
+def test_rules_count_later_items_within_reach_at_one_over_their_distance():
+    prior = _prior([[1, 2, 3, 4], [1, 3]], reach=2)
+    start, stop = prior.indptr[1], prior.indptr[2]
+    assert prior.successors[start:stop].tolist() == [3, 2]  # 1→3: 1/2 + 1, 1→2: 1; 1→4 is 3 steps away
+    assert prior.log_counts[start:stop] == pytest.approx(np.log1p([1.5, 1.0]))
+    back = prior.pred_indptr[4], prior.pred_indptr[5]
+    assert prior.predecessors[back[0]:back[1]].tolist() == [3, 2]  # 4 came 1 step after 3, 2 steps after 2
+    assert prior.pred_log_counts[back[0]:back[1]] == pytest.approx(np.log1p([1.0, 0.5]))
+
+
+def test_the_newest_anchors_vote_the_kth_newest_weighing_one_over_k():
+    prior = _prior([[1, 5], [2, 6], [3, 7], [2, 5]], window=8, weight=2.0, anchors=2)
+    got = _as_dict(prior.terms([3, 1, 2]))  # anchors: 2 (newest), then 1; 3 is beyond the two anchors
+    assert got == pytest.approx({1: 0.0, 2: 0.0, 3: 0.0, 6: 2 * np.log(2), 5: 2 * (np.log(2) + np.log(2) / 2)})
+    gap = _as_dict(prior.terms([3], [5, 7]))  # 3 votes forwards; after the gap 5, then 7 (weighing 1/2), backwards
+    assert gap == pytest.approx({3: np.log(2), 5: 0.0, 7: 2 * np.log(2), 1: 2 * np.log(2), 2: 2 * np.log(2)})
+
+
+def test_markov_chain_stays_first_order():
+    chain = MarkovChain([np.array([1, 2, 3]), np.array([1, 3])], 3)
+    # 1→2 and 1→3 once each (3 is also two steps after 1: not counted); popularity adds less than one
+    assert np.floor(chain.scores([1])[0]).tolist() == [0.0, 1.0, 1.0]
 
 
 def test_counts_most_frequent_successors_first_and_truncated():
@@ -182,3 +210,12 @@ def test_the_factorized_weight_scales_the_transition_columns_of_the_rows():
     np.testing.assert_array_equal(halved[:, layout.model_cols], full[:, layout.model_cols])
     np.testing.assert_array_equal(halved[:, layout.bias_col], full[:, layout.bias_col])
     assert parts.with_factorized_weight(1.0) is parts
+
+
+def test_a_bundle_written_before_the_rules_reads_as_first_order():
+    prior = _prior([[1, 2, 3]], reach=10, anchors=10)
+    raw = ScoringSpec(Layout(4, 0, 0), prior.spec()).to_dict()
+    assert (raw["prior"]["reach"], raw["prior"]["anchors"]) == (10, 10)
+    del raw["prior"]["reach"], raw["prior"]["anchors"]
+    old = ScoringSpec.from_dict(raw).prior
+    assert (old.reach, old.anchors) == (1, 1)

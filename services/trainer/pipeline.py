@@ -26,7 +26,7 @@ from seqrec.services.trainer.freshness import (
     recent_share,
 )
 from seqrec.services.trainer.model import BERT4Rec
-from seqrec.services.trainer.prior_fit import fit_sequence_prior, transition_counts
+from seqrec.services.trainer.prior_fit import fit_sequence_prior, sequence_rules
 from seqrec.services.trainer.report import training_warnings
 from seqrec.services.trainer.split import EvalSet, LeaveOneOut, everything, leave_one_out, training_windows
 from seqrec.services.trainer.train import EpochRecord, TrainingError, TrainResult, train_model
@@ -231,7 +231,7 @@ def _write(cfg: TrainConfig, out_dir: str | Path, data: Interactions, result: Tr
     under the weights fitted on validation."""
     prior = selection.prior
     if refit["epochs"]:
-        prior = transition_counts(data.sequences, data.vocab.mask_index, result.model.cfg.max_len)
+        prior = sequence_rules(data.sequences, data.vocab.mask_index, result.model.cfg.max_len)
         prior = prior.weighted(selection.prior.transition_weight, selection.prior.repeat_bias)
     metrics = {**selection.metrics, "refit": refit}
     contents = BundleContents(cfg, data, prior, metrics, selection.exposure_boost, selection.factorized_weight,

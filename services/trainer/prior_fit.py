@@ -1,7 +1,7 @@
 """Fit the score's post-training weights on the validation split, after the encoder is trained: the sequence
-prior's two (transition counts, repeat bias) and the weight of the factorized transitions.
+prior's two (sequential rules, repeat bias) and the weight of the factorized transitions.
 
-The counts come from the training sequences alone (the validation and test transitions are not in them).
+The rules come from the training sequences alone (the validation and test transitions are not in them).
 The weights are the point of a small grid with the best validation NDCG@10 over the full catalog, seen
 items kept (the model's own ranking); ties go to the smaller prior weights and to the factorized transitions
 as trained (weight 1). Test users are never looked at.
@@ -72,17 +72,17 @@ def _grid_ranks(scores: np.ndarray, factorized: np.ndarray, histories: Sequence[
     return out
 
 
-def transition_counts(sequences: Sequence[np.ndarray], mask_index: int, max_len: int) -> SequencePrior:
-    """The prior's counts over `sequences` for a model of `max_len` with this [MASK] index, weights zero."""
+def sequence_rules(sequences: Sequence[np.ndarray], mask_index: int, max_len: int) -> SequencePrior:
+    """The prior's rules over `sequences` for a model of `max_len` with this [MASK] index, weights zero."""
     return SequencePrior.from_sequences(sequences, mask_index + 1, max_len - 1)
 
 
 def fit_sequence_prior(model: BERT4Rec, scorer: Scorer, train: Sequence[np.ndarray], valid: EvalSet,
                        mask_index: int, seed: int = 0) -> PriorFit:
-    """Transition counts over `train` and the grid point that ranks `valid` best with `scorer` (the model's rows,
+    """Sequential rules over `train` and the grid point that ranks `valid` best with `scorer` (the model's rows,
     no prior yet); returns the weighted prior and the factorized transitions' weight, the model and scorer are
     left as they are."""
-    prior = transition_counts(train, mask_index, model.cfg.max_len)
+    prior = sequence_rules(train, mask_index, model.cfg.max_len)
     layout = model.cfg.layout
     without = scorer.rows.copy()
     without[:, layout.transition_cols] = 0.0
