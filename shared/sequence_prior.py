@@ -123,8 +123,8 @@ class SequencePrior:
         n_linked = sum(len(items) for items, _ in linked)
         indices, position = np.unique(np.concatenate([*(items for items, _ in linked), seen_items]),
                                       return_inverse=True)
-        log_counts = np.zeros(len(indices), np.float32)
-        np.add.at(log_counts, position[:n_linked], np.concatenate([counts for _, counts in linked]))
+        evidence = np.concatenate([counts for _, counts in linked] or [np.zeros(0, np.float32)])
+        log_counts = np.bincount(position[:n_linked], weights=evidence, minlength=len(indices)).astype(np.float32)
         seen = np.zeros(len(indices), np.float32)
         seen[position[n_linked:]] = 1.0
         return indices, log_counts, seen
