@@ -197,8 +197,16 @@ def run(name: str, seed: int, preset: str, scratch: Path, extra: tuple[str, ...]
 
 
 # Measured on the main before this benchmark's settings existed (spec defaults, the same protocol; issue 15).
-BEFORE = {"ml": {"ndcg@10": 0.0608, "hr@10": 0.1066, "train": "818 s (--epochs 300, cap hit)"},
-          "beauty": {"ndcg@10": 0.0255, "hr@10": 0.0380, "train": "2,277 s (--epochs 1000)"}}
+# Earlier rows, measured with earlier code on the same protocol (their raw results are in git history):
+# (dataset, settings, seeds, NDCG@10, HR@10, seen kept, encoder alone, Markov chain, training).
+BEFORE = [
+    ("ml", "spec defaults, before (issue 15)", "1", "0.0608", "0.1066", "", "", "", "818 s (--epochs 300, cap hit)"),
+    ("ml", "accuracy, first-order transition counts (2026-12-04)", "3", "0.0587 ± 0.0010", "0.1000 ± 0.0028",
+     "0.0585 ± 0.0008", "0.0531 ± 0.0042", "0.0529", "1696 ± 45 s"),
+    ("beauty", "spec defaults, before (issue 15)", "1", "0.0255", "0.0380", "", "", "", "2,277 s (--epochs 1000)"),
+    ("beauty", "accuracy, first-order transition counts (2026-12-05)", "1", "0.0326", "0.0473", "0.0325", "0.0202",
+     "0.0325", "918 s"),
+]
 
 
 def _mean_sd(values: list[float], digits: int = 4) -> str:
@@ -219,8 +227,8 @@ def report(results: list[dict]) -> str:
              "prior; sequential rules alone = the bundle's count term alone (what came within 10 steps after each "
              "of the user's 10 newest items, `shared/sequence_prior.py`), ties by popularity; Markov chain = "
              "counts of what directly followed the user's last item in the training file, ties by popularity "
-             "(all three seen excluded, full catalogue). Regenerate the table: `python bench/served_quality.py --report "
-             "docs/served_quality.jsonl`.", "",
+             "(all three seen excluded, full catalogue). Regenerate the table: `python bench/served_quality.py "
+             "--report docs/served_quality.jsonl`.", "",
              "| dataset | settings | seeds | served NDCG@10 | served HR@10 | seen kept NDCG@10 | encoder alone NDCG@10 "
              "| sequential rules alone NDCG@10 | Markov chain NDCG@10 | epochs (best) + refit | training wall "
              "| item positions / s |",
@@ -239,10 +247,10 @@ def report(results: list[dict]) -> str:
         speed = f"{np.mean([r['positions_per_s'] for r in runs]):,.0f}"
         settings = " ".join(["spec defaults" if preset == "none" else preset, *(f"`--{e}`" for e in extra)])
         lines.append(f"| {name} | {settings} | {len(runs)} | {' | '.join(cells)} | {epochs} | {wall} | {speed} |")
-    for name, before in BEFORE.items():
+    for name, settings, seeds, ndcg, hr, kept, encoder, markov, train in BEFORE:
         if any(r["dataset"] == name for r in results):
-            lines.append(f"| {name} | spec defaults, before (issue 15) | 1 | {before['ndcg@10']:.4f} "
-                         f"| {before['hr@10']:.4f} | | | | | | {before['train']} | |")
+            lines.append(f"| {name} | {settings} | {seeds} | {ndcg} | {hr} | {kept} | {encoder} | | {markov} | | "
+                         f"{train} | |")
     lines += ["", "Commands (each run alone on the 2-core machine):", ""]
     lines += [f"- {r['dataset']} seed {r['seed']}: `{r['train_command']}`" for r in results]
     return "\n".join(lines) + "\n"
