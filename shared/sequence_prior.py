@@ -14,7 +14,8 @@ the gap); the window is then the gap's (`gap_window`).
 
 - Sequential rules: what follows what is sparse and high-rank, and the 64-wide encoder compresses it poorly.
   Counting what came within a few steps (not only right after), from the last few items (not only the last),
-  is much stronger than the first-order chain wherever the order of nearby items is loose (docs/ablation.md).
+  is much stronger than the first-order chain wherever the order of nearby items is loose
+  (docs/sequence_rules.md).
 - Repeat bias: whether people consume again what they already have. Movie ratings never repeat, so a
   model that learns that puts seen items last; a shop where people reorder learns a bias near zero.
 
@@ -47,15 +48,16 @@ def _adjacency(previous: np.ndarray, following: np.ndarray, weights: np.ndarray,
     """(indptr, neighbours, log(1 + summed weight)) of the weighted pairs previous → following: the
     `max_neighbours` strongest neighbours of each index (ties: lower index)."""
     codes, position = np.unique(previous * n_indices + following, return_inverse=True)
-    counts = np.bincount(position.reshape(-1), weights=weights, minlength=len(codes))
+    # ranked by the stored float32 value, so sums that differ only in their last bits tie (lower index first)
+    strength = np.log1p(np.bincount(position.reshape(-1), weights=weights, minlength=len(codes))).astype(np.float32)
     previous, following = codes // n_indices, codes % n_indices
-    order = np.lexsort((following, -counts, previous))  # by previous item, most frequent first
-    previous, following, counts = previous[order], following[order], counts[order]
+    order = np.lexsort((following, -strength, previous))  # by previous item, strongest first
+    previous, following, strength = previous[order], following[order], strength[order]
     starts = np.searchsorted(previous, np.arange(n_indices))
     keep = np.arange(len(previous)) - starts[previous] < max_neighbours
-    previous, following, counts = previous[keep], following[keep], counts[keep]
+    previous, following, strength = previous[keep], following[keep], strength[keep]
     indptr = np.searchsorted(previous, np.arange(n_indices + 1)).astype(np.int64)
-    return indptr, following.astype(np.int64), np.log1p(counts).astype(np.float32)
+    return indptr, following.astype(np.int64), strength
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,15 @@ class SequencePrior:
                        anchors: int = RULE_ANCHORS) -> SequencePrior:
         """Sequential rules over the pairs of `sequences` (item indices) at most `reach` steps apart, both ways;
         weights zero."""
-        previous, following, weights = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
-        for seq in sequences:
-            seq = np.asarray(seq, dtype=np.int64)
-            for steps in range(1, min(reach, len(seq) - 1) + 1):
-                previous.append(seq[:-steps])
-                following.append(seq[steps:])
-                weights.append(np.full(len(seq) - steps, 1.0 / steps))
+        sequences = [np.asarray(seq, dtype=np.int64) for seq in sequences]
+        items = np.concatenate(sequences or [np.zeros(0, np.int64)])
+        owner = np.repeat(np.arange(len(sequences)), np.array([len(seq) for seq in sequences], dtype=np.int64))
+        previous, following, weights = [], [], []
+        for steps in range(1, reach + 1):  # one vectorised pass per distance, pairs within one sequence only
+            same = owner[:-steps] == owner[steps:]
+            previous.append(items[:-steps][same])
+            following.append(items[steps:][same])
+            weights.append(np.full(len(previous[-1]), 1.0 / steps))
         pairs = np.concatenate(previous), np.concatenate(following), np.concatenate(weights)
         return cls(*_adjacency(pairs[0], pairs[1], pairs[2], n_indices, max_successors),
                    *_adjacency(pairs[1], pairs[0], pairs[2], n_indices, max_successors), window,

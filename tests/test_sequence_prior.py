@@ -219,3 +219,23 @@ def test_a_bundle_written_before_the_rules_reads_as_first_order():
     del raw["prior"]["reach"], raw["prior"]["anchors"]
     old = ScoringSpec.from_dict(raw).prior
     assert (old.reach, old.anchors) == (1, 1)
+
+
+@pytest.mark.parametrize("reach", [1, 3, 10])
+def test_rules_equal_a_plain_count_over_every_pair(reach):
+    """The vectorised counting against a loop over every pair: the same successors, strongest first (by the stored
+    float32 value, ties to the lower index), truncated alike; empty and one-item sequences count nothing."""
+    rng = np.random.default_rng(reach)
+    sequences = [rng.integers(1, 60, size=rng.integers(0, 30)) for _ in range(300)] + [np.array([5]), np.zeros(0)]
+    strength: dict[tuple[int, int], float] = {}
+    for seq in sequences:
+        for steps in range(1, reach + 1):
+            for a, b in zip(seq[:-steps].tolist() if steps < len(seq) else [], seq[steps:].tolist(), strict=True):
+                strength[(a, b)] = strength.get((a, b), 0.0) + 1.0 / steps
+    want: dict[int, list[tuple[np.float32, int]]] = {}
+    for (a, b), value in strength.items():
+        want.setdefault(a, []).append((-np.float32(np.log1p(value)), b))
+    prior = _prior(sequences, n_indices=62, max_successors=20, reach=reach)
+    got = {a: prior.successors[prior.indptr[a]:prior.indptr[a + 1]].tolist() for a in range(62)
+           if prior.indptr[a + 1] > prior.indptr[a]}
+    assert got == {a: [b for _, b in sorted(rows)[:20]] for a, rows in want.items()}
