@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from served_quality import prepare  # noqa: E402
+from served_quality import prepare, rule_ranks  # noqa: E402
 
 from seqrec.shared.metrics import ranking_metrics  # noqa: E402
 from seqrec.shared.sequence_prior import RULE_ANCHORS, RULE_REACH, SequencePrior  # noqa: E402
@@ -43,23 +43,12 @@ def user_sequences(name: str, scratch: Path) -> tuple[list[np.ndarray], np.ndarr
     return [by_user[user] for user in users], targets
 
 
-def rule_ranks(counted: list[np.ndarray], histories: list[np.ndarray], targets: np.ndarray, n_items: int,
-               reach: int, anchors: int) -> np.ndarray:
+def counted_rule_ranks(counted: list[np.ndarray], histories: list[np.ndarray], targets: np.ndarray, n_items: int,
+                       reach: int, anchors: int) -> np.ndarray:
     """Ranks of the targets by the rules over `counted` alone (weight 1, no repeat bias), seen items excluded."""
     prior = SequencePrior.from_sequences(counted, n_items + 2, 1 << 20, reach=reach, anchors=anchors).weighted(1, 0)
-    popularity = np.bincount(np.concatenate(counted), minlength=n_items + 2).astype(np.float64)
-    tie_break = 1e-6 * popularity / (popularity.max() + 1.0)
-    ranks = np.full(len(targets), n_items)
-    for row, (history, target) in enumerate(zip(histories, targets, strict=True)):
-        if target == 0 or len(history) == 0:
-            continue  # an item the file never holds cannot be recommended: a miss
-        scores = tie_break.copy()
-        indices, bonus = prior.terms(history)
-        scores[indices] += bonus
-        scores[[0, n_items + 1]] = -np.inf
-        scores[history[history != target]] = -np.inf
-        ranks[row] = np.count_nonzero(scores > scores[target])
-    return ranks
+    popularity = np.bincount(np.concatenate(counted), minlength=n_items + 1)[1:].astype(np.float64)
+    return rule_ranks(prior, histories, targets, popularity)
 
 
 def measure(name: str, scratch: Path, seed: int = 0) -> list[dict]:
@@ -71,9 +60,9 @@ def measure(name: str, scratch: Path, seed: int = 0) -> list[dict]:
     valid_counted = [seq[:-1] for seq in sequences]
     rows = []
     for reach, anchors in GRID:
-        valid = rule_ranks(valid_counted, [sequences[i][:-1] for i in picks],
+        valid = counted_rule_ranks(valid_counted, [sequences[i][:-1] for i in picks],
                            np.array([sequences[i][-1] for i in picks]), n_items, reach, anchors)
-        test = rule_ranks(sequences, [sequences[i] for i in picks], targets[picks], n_items, reach, anchors)
+        test = counted_rule_ranks(sequences, [sequences[i] for i in picks], targets[picks], n_items, reach, anchors)
         rows.append({"dataset": name, "reach": reach, "anchors": anchors, "users": len(picks),
                      "valid_ndcg@10": ranking_metrics(valid, cutoffs=(10,))["ndcg@10"],
                      "test_ndcg@10": ranking_metrics(test, cutoffs=(10,))["ndcg@10"],

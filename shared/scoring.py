@@ -8,8 +8,8 @@
   affinity), its transition vector (factorized last-item transitions) and its bias. `item_rows` builds
   rows from an item's parts — what its id learned, its text, its flags (new, unseen) and the bundle's
   text head — at export and at UpsertItems alike.
-- `prior(i | h)`: the count-based sequence prior (`SequencePrior.terms`): transition counts from the last
-  history item and a repeat bias on the history window.
+- `prior(i | h)`: the count-based sequence prior (`SequencePrior.terms`): sequential rules from the newest
+  history items and a repeat bias on the history window.
 
 `Scorer` applies it: dense score matrices (training evaluation, every post-training fit, benchmarks), exact
 top-k with filters and exclusions (`ExactSearch`, batch recommendations) and the exact merge of a vector
