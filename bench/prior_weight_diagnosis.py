@@ -35,8 +35,7 @@ def main() -> None:
     encoder = OnnxEncoder(bundle)
     intents = np.concatenate([encoder.intents(histories[s:s + BLOCK_USERS])
                               for s in range(0, len(histories), BLOCK_USERS)])
-    print(f"fitted transition weight {prior.transition_weight}, repeat bias {prior.repeat_bias}, "
-          f"factorized weight {bundle.manifest.scoring.factorized_weight}")
+    print(f"fitted transition weight {prior.transition_weight}, repeat bias {prior.repeat_bias}")
     for weight in WEIGHTS:
         weighted = scorer.with_prior(prior.weighted(weight, prior.repeat_bias))
         ranks = [_ranked(weighted.scores(intents[s:s + BLOCK_USERS], histories[s:s + BLOCK_USERS]),

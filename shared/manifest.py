@@ -76,7 +76,6 @@ class ScoringSpec:
     prior: PriorSpec | None = None
     new_content_weight: float = 1.0  # content columns of a new item are its text times this
     exposure_boost: float = 0.0  # added to the bias of items nobody has interacted with (catalog-only, online)
-    factorized_weight: float = 1.0  # fitted weight of the factorized transitions, already in the id parts and rows
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -90,8 +89,7 @@ class ScoringSpec:
     def from_dict(cls, raw: dict[str, Any]) -> ScoringSpec:
         prior = raw.get("prior")
         return cls(Layout(**raw["layout"]), PriorSpec(**prior) if prior else None,
-                   float(raw.get("new_content_weight", 1.0)), float(raw.get("exposure_boost", 0.0)),
-                   float(raw.get("factorized_weight", 1.0)))
+                   float(raw.get("new_content_weight", 1.0)), float(raw.get("exposure_boost", 0.0)))
 
 
 @dataclass(frozen=True)

@@ -76,16 +76,6 @@ class ItemParts:
     def with_exposure(self, boost: float) -> ItemParts:
         return dataclasses.replace(self, exposure_boost=float(boost))
 
-    def with_factorized_weight(self, weight: float) -> ItemParts:
-        """These parts with the factorized transitions' columns times `weight` (their fitted weight in the score:
-        the bundle stores the weighted id parts, so rows rebuilt from them online keep it)."""
-        if weight == 1.0:
-            return self
-        id_rows = self.id_rows.copy()
-        start = self.layout.model
-        id_rows[:, start:start + self.layout.transition] *= np.float32(weight)
-        return dataclasses.replace(self, id_rows=id_rows)
-
     def rows(self) -> np.ndarray:
         return item_rows(self.layout, self.id_rows, self.flags, self.text, self.head, self.exposure_boost)
 

@@ -52,7 +52,6 @@ class BundleContents:
     prior: SequencePrior  # the fitted sequence prior (weights zero: off)
     metrics: dict[str, Any]
     exposure_boost: float = 0.0  # fitted by freshness.calibrate_exposure (hybrid)
-    factorized_weight: float = 1.0  # the factorized transitions' weight, fitted by prior_fit
     history: list[EpochRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form manifest notes
@@ -69,10 +68,9 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def scoring_parts(model: BERT4Rec, exposure_boost: float, factorized_weight: float = 1.0) -> ItemParts:
-    """The model's item parts with the fitted exposure boost and factorized transitions' weight: what the bundle's
-    rows are built from."""
-    return model.eval().item_parts().with_exposure(exposure_boost).with_factorized_weight(factorized_weight)
+def scoring_parts(model: BERT4Rec, exposure_boost: float) -> ItemParts:
+    """The model's item parts with the fitted exposure boost: what the bundle's rows are built from."""
+    return model.eval().item_parts().with_exposure(exposure_boost)
 
 
 # What the export bar shows, in order.
@@ -84,7 +82,7 @@ def write_bundle(out_dir: str | Path, model: BERT4Rec, contents: BundleContents,
     manifest, commit atomically and verify; returns the bundle's path."""
     data = contents.data
     model = model.to("cpu").eval()
-    parts = scoring_parts(model, contents.exposure_boost, contents.factorized_weight)
+    parts = scoring_parts(model, contents.exposure_boost)
     text = parts.text
     writer = b.BundleWriter(Path(out_dir))
     with tqdm(total=len(EXPORT_STEPS), desc="export", unit="step", leave=False, disable=not progress) as bar:
@@ -170,8 +168,7 @@ def _manifest(model_cfg: ModelConfig, parts: ItemParts, contents: BundleContents
         mask_index=data.vocab.mask_index, n_items=data.vocab.n_items, n_users=len(data.user_ids),
         metadata_schema=dict(data.stats.get("metadata_schema") or {}),
         scoring=ScoringSpec(parts.layout, contents.prior.spec(),
-                            head.new_content_weight if head is not None else 1.0, parts.exposure_boost,
-                            contents.factorized_weight),
+                            head.new_content_weight if head is not None else 1.0, parts.exposure_boost),
         encoder=EncoderSpec(INPUT_NAME, OUTPUT_NAME),
         text=None if head is None else TextSpec(TEXT_MODEL, TEXT_DIM, list(cfg.data.meta_cols), cfg.data.name_col),
         n_catalog_only_items=data.vocab.n_items - data.n_warm, gap_filling=True,

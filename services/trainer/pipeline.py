@@ -172,12 +172,11 @@ def _calibrate_new_items(cfg: TrainConfig, model: BERT4Rec, scorer: Scorer, data
 
 @dataclass(frozen=True)
 class Selection:
-    """What model selection on the held-out split decided: the fitted prior, exposure boost and factorized
-    transitions' weight, the metrics of the selected model (those the bundle reports) and the warnings."""
+    """What model selection on the held-out split decided: the fitted prior and exposure boost, the metrics of
+    the selected model (those the bundle reports) and the warnings."""
 
     prior: SequencePrior
     exposure_boost: float
-    factorized_weight: float  # the factorized transitions' fitted weight in the score
     metrics: dict[str, Any]
     warnings: list[str]
     heldout_ranks: np.ndarray  # each test user's rank of their last item, seen items excluded (the quality gate's)
@@ -191,11 +190,11 @@ def _select(cfg: TrainConfig, data: Interactions, split: LeaveOneOut, result: Tr
     encoder_alone = model_scorer(model)
     prior_fit = fit_sequence_prior(model, encoder_alone, split.train, split.valid, mask_index, cfg.seed)
     log.info("sequence prior fitted", extra=prior_fit.summary())
-    factorized, boost = prior_fit.factorized_weight, 0.0
+    boost = 0.0
     if newest is not None:
-        fitted = Scorer.from_parts(scoring_parts(model, 0.0, factorized), prior_fit.prior)
+        fitted = Scorer.from_parts(scoring_parts(model, 0.0), prior_fit.prior)
         boost = _calibrate_new_items(cfg, model, fitted, data, split, newest)
-    scorer = Scorer.from_parts(scoring_parts(model, boost, factorized), prior_fit.prior)
+    scorer = Scorer.from_parts(scoring_parts(model, boost), prior_fit.prior)
     test = evaluate(model, split.test, mask_index, popularity=train_counts, seed=cfg.seed, scorer=scorer)
     heldout = full_ranks(model, split.test, mask_index, exclude_seen=True, scorer=scorer)  # as served
     metrics: dict[str, Any] = {
@@ -222,7 +221,7 @@ def _select(cfg: TrainConfig, data: Interactions, split: LeaveOneOut, result: Tr
                                  metrics["popularity_test"], result.stopped_early, result.device,
                                  result.stopped_by_budget)
     metrics["warnings"] = warnings
-    return Selection(prior_fit.prior, boost, factorized, metrics, warnings, heldout)
+    return Selection(prior_fit.prior, boost, metrics, warnings, heldout)
 
 
 def _write(cfg: TrainConfig, out_dir: str | Path, data: Interactions, result: TrainResult, selection: Selection,
@@ -234,7 +233,7 @@ def _write(cfg: TrainConfig, out_dir: str | Path, data: Interactions, result: Tr
         prior = sequence_rules(data.sequences, data.vocab.mask_index, result.model.cfg.max_len)
         prior = prior.weighted(selection.prior.transition_weight, selection.prior.repeat_bias)
     metrics = {**selection.metrics, "refit": refit}
-    contents = BundleContents(cfg, data, prior, metrics, selection.exposure_boost, selection.factorized_weight,
+    contents = BundleContents(cfg, data, prior, metrics, selection.exposure_boost,
                               result.history, selection.warnings, heldout_ranks=selection.heldout_ranks)
     path = write_bundle(out_dir, result.model, contents, progress)
     return path, metrics
