@@ -7,7 +7,8 @@ Every movie first rated in the last 10% of the timeline is withheld from trainin
 a movie is a cold event: the user's history before it (cold movies included, by text) is encoded
 and the full catalog is ranked. Compared, on the same events:
 - popularity (training counts),
-- text-only nearest neighbours of the last item (MiniLM cosine, the last item itself excluded),
+- text-only nearest neighbours of the last item (MiniLM cosine over "title genres", the last item itself
+  excluded),
 - the ID-only model (cold movies are outside its vocabulary: it cannot rank them),
 - the hybrid model (id + text with id dropout, new-item marks learned on the newest warm items, content
   affinity to the last items' text, new-item exposure calibrated on validation), through the bundle's
@@ -32,9 +33,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prepare_data import prepare_movielens_items  # noqa: E402
 
+from seqrec.services.embedder.minilm import MiniLM  # noqa: E402
 from seqrec.services.ranker.encoder import OnnxEncoder  # noqa: E402
 from seqrec.services.trainer.pipeline import run_training  # noqa: E402
-from seqrec.shared.bundle import TEXT_EMBEDDINGS, Bundle  # noqa: E402
+from seqrec.shared.bundle import Bundle  # noqa: E402
 from seqrec.shared.config import DataConfig, TrainConfig, build_hparams  # noqa: E402
 from seqrec.shared.logs import configure_logging  # noqa: E402
 from seqrec.shared.metrics import ranking_metrics, target_ranks  # noqa: E402
@@ -153,9 +155,18 @@ def exposure_tradeoff(bundle: Bundle, events: list[tuple[list[str], str]]) -> li
              "catalog_only_top10_share": catalog_only_share(bundle, valid_encoded, shift)} for shift in SHIFTS]
 
 
-def text_knn_ranks(bundle: Bundle, events: list[tuple[list[str], str]]) -> np.ndarray:
-    """Rank of the target among the items most MiniLM-similar to the last item (itself excluded)."""
-    vocab, text = bundle.vocab(), bundle.array(TEXT_EMBEDDINGS)[1:bundle.mask_index]
+def baseline_texts(items: pd.DataFrame) -> dict[str, str]:
+    """The text-only baseline's text of each movie: its title and genres ("title genres"), a stronger neighbour
+    text than the model's own template with tags."""
+    return {str(m): f"{t} {g}".strip() for m, t, g in zip(items["movieId"], items["title"].fillna(""),
+                                                          items["genres"].fillna(""), strict=True)}
+
+
+def text_knn_ranks(bundle: Bundle, events: list[tuple[list[str], str]], texts: dict[str, str]) -> np.ndarray:
+    """Rank of the target among the items whose MiniLM embedding of `texts` is most similar to the last item's
+    (itself excluded), over the bundle's catalog."""
+    vocab = bundle.vocab()
+    text = MiniLM(device="cpu").embed([texts.get(item, "") for item in vocab.ids()])
     last = np.array([vocab.index(history[-1]) - 1 for history, _ in events])
     targets = np.array([vocab.index(target) - 1 for _, target in events])
     ranks = np.empty(len(events), dtype=np.int64)
@@ -191,14 +202,17 @@ def train(name: str, data: Path, items: Path, out: Path, hybrid: bool, args: arg
 
 def write_report(results: dict, docs: Path, command: str) -> None:
     rows = [("popularity", results["cold"]["popularity"], None),
-            ("text-only nearest neighbours (MiniLM)", results["cold"]["text_knn"], None),
+            ("text-only nearest neighbours (MiniLM of title and genres)", results["cold"]["text_knn"], None),
             ("ID-only BERT4Rec", results["cold"]["id_only"], results["warm"]["id_only"]),
             ("hybrid BERT4Rec (id + MiniLM text)", results["cold"]["hybrid"], results["warm"]["hybrid"])]
     lines = ["# Item cold start on ml-latest-small", "", f"Command: `{command}`", "",
              f"Movies first rated in the last 10% of the timeline are withheld from training "
              f"({results['n_cold_items']} of {results['n_items']} movies); their text is known. "
              f"{results['n_cold_events']} later ratings of them are ranked against the full catalog "
-             f"(seen items not excluded). Warm = each model's leave-one-out test on the training data.", "",
+             f"(seen items not excluded). Warm = each model's leave-one-out test on the training data. The "
+             f"text-only baseline ranks by MiniLM cosine to the last item's text, its text being the title and "
+             f"genres (e.g. `{results['baseline_text_example']}`); the hybrid model embeds its own template "
+             f"(name, genres, tags).", "",
              "| method | cold HR@10 | cold NDCG@10 | warm test HR@10 | warm test NDCG@10 |",
              "|---|---|---|---|---|"]
     for name, cold, warm in rows:
@@ -206,7 +220,7 @@ def write_report(results: dict, docs: Path, command: str) -> None:
         lines.append(f"| {name} | {cold['hr@10']:.4f} | {cold['ndcg@10']:.4f} | {w} |")
     exposure = results["new_item_exposure"]
     ratio = results["cold"]["hybrid"]["hr@10"] / max(results["cold"]["text_knn"]["hr@10"], 1e-12)
-    lines += ["", f"Hybrid cold HR@10 is {ratio:.2f}x text-only nearest neighbours (bar: 2x); hybrid warm "
+    lines += ["", f"Hybrid cold HR@10 is {ratio:.2f}x text-only nearest neighbours (bar: 2.5x, aim 3x); hybrid warm "
               f"NDCG@10 {results['warm']['hybrid']['ndcg@10']:.4f} vs ID-only "
               f"{results['warm']['id_only']['ndcg@10']:.4f} (bar: no lower).",
               f"New-item exposure (hybrid, `new_item_exposure` -1): the {exposure['newest_items']} newest warm items "
@@ -243,6 +257,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     ml = args.shared / "data" / "ml-latest-small"
     items = prepare_movielens_items(ml / "movies.csv", ml / "tags.csv", args.out / "ml_items.csv")
+    texts = baseline_texts(pd.read_csv(items, dtype={"movieId": str}))
     ratings = pd.read_csv(ml / "ratings.csv", dtype={"userId": str, "movieId": str})
     train_rows, cold, cutoff = split_cold(ratings)
     data = args.out / "ml_warm.csv"
@@ -260,12 +275,12 @@ def main() -> None:
 
     cold_metrics = {
         "popularity": ranking_metrics(popularity_ranks(hybrid, train_rows, events)),
-        "text_knn": ranking_metrics(text_knn_ranks(hybrid, events)),
+        "text_knn": ranking_metrics(text_knn_ranks(hybrid, events, texts)),
         "id_only": ranking_metrics(model_ranks(id_only, events)),
         "hybrid": ranking_metrics(model_ranks(hybrid, events)),
     }
     results = {"n_items": int(ratings["movieId"].nunique()), "n_cold_items": len(cold), "n_cold_events": len(events),
-               "cutoff": cutoff, "cold": cold_metrics,
+               "cutoff": cutoff, "cold": cold_metrics, "baseline_text_example": texts[sorted(cold)[0]],
                "new_item_exposure": hybrid.metrics()["data"]["new_item_exposure"],
                "exposure_tradeoff": exposure_tradeoff(hybrid, events),
                "warm": {"hybrid": hybrid.metrics()["test"], "id_only": id_only.metrics()["test"]},
