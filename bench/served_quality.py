@@ -215,6 +215,10 @@ BEFORE = [
     ("beauty", "spec defaults, before (issue 15)", "1", "0.0255", "0.0380", "", "", "", "2,277 s (--epochs 1000)"),
     ("beauty", "accuracy, first-order transition counts (2026-12-05)", "1", "0.0326", "0.0473", "0.0325", "0.0202",
      "0.0325", "918 s"),
+    ("ml", "accuracy, sequential rules, argmax fit with the factorized weight (2026-12-08)", "3", "0.0731 ± 0.0018",
+     "0.1366 ± 0.0050", "0.0731 ± 0.0018", "0.0353 ± 0.0078", "0.0529", "1712 ± 13 s"),
+    ("beauty", "accuracy, sequential rules, argmax fit with the factorized weight (2026-12-08)", "1", "0.0405",
+     "0.0632", "0.0401", "0.0059", "0.0325", "1109 s"),
 ]
 
 
