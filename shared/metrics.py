@@ -29,6 +29,12 @@ def exclude_seen(scores: np.ndarray, histories: list[np.ndarray] | list[list[int
     scores[rows, target_cols] = target_scores
 
 
+def ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Each user's NDCG@k (one relevant item): 1 / log2(rank + 2) inside the top k, else 0."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
 def ranking_metrics(ranks: np.ndarray, cutoffs: tuple[int, ...] = CUTOFFS) -> dict[str, float]:
     """HR@K, NDCG@K for every cutoff and MRR, averaged over users."""
     ranks = np.asarray(ranks, dtype=np.float64)
@@ -38,6 +44,6 @@ def ranking_metrics(ranks: np.ndarray, cutoffs: tuple[int, ...] = CUTOFFS) -> di
     for k in cutoffs:
         hit = ranks < k
         out[f"hr@{k}"] = float(hit.mean())
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+        out[f"ndcg@{k}"] = float(ndcg_gains(ranks, k).mean())
     out["mrr"] = float((1.0 / (ranks + 1.0)).mean())
     return out

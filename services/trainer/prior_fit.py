@@ -23,6 +23,7 @@ import numpy as np
 from seqrec.services.trainer.evaluate import intents
 from seqrec.services.trainer.model import BERT4Rec
 from seqrec.services.trainer.split import EvalSet
+from seqrec.shared.metrics import ndcg_gains
 from seqrec.shared.scoring import Scorer
 from seqrec.shared.sequence_prior import SequencePrior
 
@@ -62,15 +63,14 @@ def _grid_gains(scores: np.ndarray, histories: Sequence[np.ndarray], targets: np
     inside = (cols >= 0) & (cols < scores.shape[1])
     rows, cols, log_counts, seen = rows[inside], cols[inside], log_counts[inside], seen[inside]
     user = np.arange(len(targets))
-    out = np.zeros((len(TRANSITION_WEIGHTS), len(REPEAT_BIASES), len(targets)))
+    out = np.empty((len(TRANSITION_WEIGHTS), len(REPEAT_BIASES), len(targets)))
     weighted = scores.copy()
     base = weighted[rows, cols].copy()
     for a, weight in enumerate(TRANSITION_WEIGHTS):
         for b, bias in enumerate(REPEAT_BIASES):
             weighted[rows, cols] = base + SequencePrior.combine(log_counts, seen, weight, bias)
-            ranks = np.count_nonzero(weighted > weighted[user, targets - 1][:, None], axis=1)
-            hit = ranks < CUTOFF
-            out[a, b, hit] = 1.0 / np.log2(ranks[hit] + 2.0)
+            out[a, b] = ndcg_gains(np.count_nonzero(weighted > weighted[user, targets - 1][:, None], axis=1),
+                                   CUTOFF)
     return out
 
 
